@@ -1,0 +1,37 @@
+# LongVideo-RL: the two set-up commands are `make demo` and `make test`; each builds .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU machines: torch pinned to the CPU build that this machine image carries (see ENVIRONMENT.md).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-data
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
+
+venv: $(STAMP)  ## create .venv with every extra installed
+
+$(STAMP): pyproject.toml hack/install-deps.sh
+	bash hack/install-deps.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## synthesise a small long-video dataset and validate it
+	$(BIN)/lvr data synth --out $(DEMO_DIR) --videos 12 --seconds 60 --seed 0
+	$(BIN)/lvr data validate $(DEMO_DIR)/train.jsonl
+
+test: $(STAMP)  ## run every test suite (CI runs this)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## skip suites marked slow
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## run the benchmarks quoted in BENCHMARKS.md
+	$(BIN)/python bench/decode.py
+
+clean:  ## remove the venv and generated demo data
+	rm -rf $(VENV) $(DEMO_DIR)

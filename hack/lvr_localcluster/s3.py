@@ -1,0 +1,74 @@
+"""A real S3 server on loopback (moto_server), with a bucket and credentials, for tests and the demo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvr_localcluster.ports import free_port, wait_for_port
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    endpoint: str  # host:port, no scheme (the minio client's form)
+    access_key: str
+    secret_key: str
+    bucket: str
+    secure: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def env(self) -> dict[str, str]:
+        """The variables our S3 clients read (same names as the cluster Secrets carry)."""
+        return {"LVR_S3_ENDPOINT": self.url, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+
+class S3Server:
+    """`with S3Server() as s3:` starts moto_server on a free port and creates `bucket`."""
+
+    def __init__(self, bucket: str = "lvr-test", log_dir: str | Path | None = None):
+        self.bucket = bucket
+        self.log_path = Path(log_dir or ".") / "moto_server.log"
+        self.proc: subprocess.Popen | None = None
+        self.endpoint: S3Endpoint | None = None
+
+    def start(self) -> S3Endpoint:
+        exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+        if exe is None:
+            raise RuntimeError("moto_server not found; install the dev extra: pip install -e '.[dev]'")
+        port = free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(port, 30, self.proc, "moto_server")
+        self.endpoint = S3Endpoint(f"127.0.0.1:{port}", "lvr-access", "lvr-secret-key", self.bucket)
+        from minio import Minio
+
+        client = Minio(self.endpoint.endpoint, self.endpoint.access_key, self.endpoint.secret_key, secure=False)
+        if not client.bucket_exists(self.bucket):
+            client.make_bucket(self.bucket)
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> S3Endpoint:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

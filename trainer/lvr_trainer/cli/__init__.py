@@ -1,0 +1,48 @@
+"""`lvr`: the one command-line entry point. Each subcommand lives in its own small module.
+
+Modules listed in COMMAND_MODULES expose `register(subparsers)`; they import nothing heavy at module
+level, so `lvr --help` stays fast and works without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "lvr_trainer.cli.data_cmd",
+    "lvr_trainer.cli.config_cmd",
+)
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as `lvr: error: ...`, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvr", description="LongVideo-RL: train VLMs to reason over long videos (CoT-SFT + GRPO, MR-SP).")
+    from lvr_trainer import __version__
+    parser.add_argument("--version", action="version", version=f"lvr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as err:
+        print(f"lvr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lvr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from lvr_trainer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""`lvr config`: check a trainer config file, or print its JSON schema."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("config", help="check a trainer config file or print the config schema")
+    cs = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    v = cs.add_parser("validate", help="load a YAML config and report every bad key")
+    v.add_argument("file")
+    v.set_defaults(func=_validate)
+    s = cs.add_parser("schema", help="print the JSON schema of the trainer config")
+    s.set_defaults(func=_schema)
+
+
+def _validate(args) -> int:
+    from lvr_trainer.cli import CLIError
+    from lvr_trainer.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as err:
+        raise CLIError(str(err)) from None
+    print(f"{args.file}: ok ({len(cfg.model_dump())} sections)")
+    return 0
+
+
+def _schema(args) -> int:
+    from lvr_trainer.config import TrainerConfig
+
+    print(json.dumps(TrainerConfig.model_json_schema(), indent=2))
+    return 0

@@ -1,0 +1,212 @@
+"""The trainer's configuration: one schema, shared by the CLI, the operator's CRDs and the pods.
+
+Pydantic only (no torch import), so the operator and `lvr config validate` can load it anywhere.
+Every field is documented once, in its `Field(description=...)`; the CRD generator reuses those texts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class FrameSampling(StrictModel):
+    """How frames are picked from a video and sized for the vision tower."""
+
+    num_frames: int | None = Field(
+        16, ge=1, le=8192,
+        description="Frames sampled uniformly over the whole video (segment centres). "
+        "Set to null and set `fps` to sample by rate instead. Default 16.")
+    fps: float | None = Field(
+        None, gt=0,
+        description="Sample at this many frames per second of video (capped by `max_frames`); "
+        "only used when `num_frames` is null.")
+    max_frames: int = Field(
+        512, ge=1, le=8192, description="Upper bound on frames when sampling by `fps`. Default 512.")
+    max_pixels: int = Field(
+        224 * 224, ge=28 * 28,
+        description="Pixel budget per frame; frames are scaled down (aspect kept) to fit it. "
+        "Default 50176 (224x224).")
+    min_pixels: int = Field(
+        56 * 56, ge=28 * 28, description="Frames smaller than this are scaled up. Default 3136.")
+    resize_factor: int = Field(
+        28, ge=1,
+        description="Height and width are rounded to multiples of this (patch 14 x spatial merge 2 "
+        "for Qwen2-VL/Qwen2.5-VL). Default 28.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FrameSampling:
+        if self.num_frames is None and self.fps is None:
+            raise ValueError("set either `num_frames` (uniform) or `fps` (by rate); both are null")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"`min_pixels` ({self.min_pixels}) exceeds `max_pixels` ({self.max_pixels})")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """Which model to train, and how it is loaded."""
+
+    path: str | None = Field(
+        None, description="Hugging Face model directory (local, or s3://bucket/prefix synced first), "
+        "e.g. a Qwen2.5-VL-7B-Instruct checkout. Exactly one of `path` and `preset`.")
+    preset: str | None = Field(
+        None, description="Name of a built-in tiny random-init preset (tests and demos), e.g. `tiny`.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="Parameter dtype on GPU; CPU runs always use float32. Default bfloat16.")
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa", description="Attention kernel. flash_attention_2 needs a CUDA build of flash-attn.")
+    freeze_vision: bool = Field(
+        True, description="Keep the vision tower frozen, so its embeddings can be cached. Default true.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.preset is None):
+            raise ValueError("set exactly one of `path` (a model directory) and `preset` (a tiny preset)")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Where the LongVideo-Reason style records are, and how their videos are read."""
+
+    train: str = Field(..., description="Training JSONL (local path or s3:// URI).")
+    val: str | None = Field(None, description="Held-out JSONL for periodic evaluation.")
+    sampling: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling.")
+    max_bad_row_fraction: float = Field(
+        0.01, ge=0, le=1,
+        description="Bad rows are skipped and counted; above this fraction the run stops. Default 0.01.")
+
+
+class CacheConfig(StrictModel):
+    """The shared video-embedding cache (MR-SP stage 1)."""
+
+    uri: str = Field(
+        "~/.cache/lvr/embeddings",
+        description="A local directory, or s3://bucket/prefix for a cluster-wide cache.")
+    enabled: bool = Field(True, description="Disable to re-encode every video every time (benchmarks).")
+    on_unreachable: Literal["recompute", "fail"] = Field(
+        "recompute", description="When the store cannot be reached: encode anyway, or stop with an error.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout for remote stores, seconds.")
+    max_bytes: int | None = Field(
+        None, ge=0, description="Size bound of a local store (least recently used entries evicted).")
+
+
+class ParallelStrategy(str, Enum):
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class ParallelConfig(StrictModel):
+    """How ranks are arranged: world = data_parallel x sequence_parallel."""
+
+    strategy: ParallelStrategy = Field(
+        ParallelStrategy.ddp, description="Data-parallel wrapper: ddp, or fsdp for models that do not fit.")
+    sequence_parallel: int = Field(
+        1, ge=1, description="Ranks that split one sequence (Ulysses). Must divide the world size.")
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warmup then cosine decay."""
+
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of `lr`.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables.")
+
+
+class TrainConfig(StrictModel):
+    """Loop sizes shared by SFT and RL."""
+
+    steps: int = Field(..., ge=1, description="Optimizer steps in the run.")
+    batch_size: int = Field(1, ge=1, description="Prompts per rank per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    seed: int = Field(0, description="Seed for data order, init and sampling.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    bf16: bool = Field(True, description="bf16 autocast where the device supports it.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_every: int = Field(0, ge=0, description="Evaluate on `data.val` every N steps (0: never).")
+    log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+
+
+class OutputConfig(StrictModel):
+    dir: str = Field("runs/default", description="Checkpoints and logs: a local directory or s3:// URI.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files under `dir`/tb.")
+
+
+class TrainerConfig(StrictModel):
+    """A whole `lvr sft` / `lvr rl` run."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model that `loc` (minus its last element) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """One line per problem: `source: key 'a.b': what is wrong (and how to fix it)`."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(model, loc)
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = f"unknown key; did you mean '{hint[0]}'?" if hint else f"unknown key; known keys: {', '.join(known)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{e['msg']} (got {e.get('input')!r})"
+        lines.append(f"{source}: key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>", model: type[StrictModel] = TrainerConfig):
+    """Validate an already-parsed mapping; errors name `source` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, model)) from None
+
+
+def load_config(path: str | Path, model: type[StrictModel] = TrainerConfig):
+    """Read a YAML file into `model`; a syntax error, unknown key or wrong type raises ConfigError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, str(path), model)

@@ -1,0 +1,1 @@
+"""Long-video data: the record schema, frame sampling, validation and the synthetic dataset."""

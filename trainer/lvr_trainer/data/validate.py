@@ -1,0 +1,118 @@
+"""`lvr data validate`: check every row of a dataset file; a bad row is counted, never fatal."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvr_trainer.config import FrameSampling
+from lvr_trainer.data.schema import RowError, VideoQARecord, iter_rows
+from lvr_trainer.data.video import VideoError, VideoInfo, probe, sample_frames
+
+# Row error kinds in report order, each with a one-line hint on fixing it.
+ERROR_KINDS: dict[str, str] = {
+    "json": "the line is not a JSON object",
+    "schema": "a field is missing, unknown or of the wrong type",
+    "answer": "the answer is not one of A, B, C, D",
+    "duplicate_id": "two rows share an id; ids must be unique",
+    "video_missing": "the video file does not exist (paths are relative to the JSONL file)",
+    "video_corrupt": "the video cannot be opened by the decoder",
+    "video_truncated": "the video is cut short: frames in its index do not decode",
+    "video_too_short": "the video has fewer frames than the sampler needs",
+}
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    total: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    videos_checked: int = 0
+    remote_unchecked: int = 0  # s3:// videos: decoded by `lvr encode`, which holds the S3 credentials
+    categories: Counter = field(default_factory=Counter)
+
+    @property
+    def valid(self) -> int:
+        return self.total - len(self.errors)
+
+    @property
+    def error_rate(self) -> float:
+        return len(self.errors) / self.total if self.total else 0.0
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(e.kind for e in self.errors)
+        return {k: c[k] for k in ERROR_KINDS if c[k]}
+
+    def to_dict(self, max_examples: int = 5) -> dict:
+        return {
+            "path": self.path, "rows": self.total, "valid": self.valid, "invalid": len(self.errors),
+            "error_rate": round(self.error_rate, 6), "videos_checked": self.videos_checked,
+            "remote_unchecked": self.remote_unchecked,
+            "categories": dict(self.categories), "errors": self.counts(),
+            "examples": [e.__dict__ for e in self.errors[:max_examples]],
+        }
+
+
+class _VideoChecker:
+    """Decodes each distinct video once (many questions share a video)."""
+
+    def __init__(self, sampling: FrameSampling, min_frames: int, decode: bool):
+        self.sampling, self.min_frames, self.decode = sampling, min_frames, decode
+        self.seen: dict[str, VideoError | VideoInfo] = {}
+
+    def check(self, path: str) -> VideoError | VideoInfo:
+        if path not in self.seen:
+            try:
+                if self.decode:
+                    self.seen[path] = sample_frames(path, self.sampling, self.min_frames).info
+                else:
+                    info = probe(path)
+                    if info.num_frames < self.min_frames:
+                        raise VideoError(path, "too_short", f"{info.num_frames} frames, need {self.min_frames}")
+                    self.seen[path] = info
+            except VideoError as err:
+                self.seen[path] = err
+        return self.seen[path]
+
+
+def validate_file(path: str | Path, sampling: FrameSampling | None = None, min_frames: int | None = None,
+                  check_videos: bool = True, decode: bool = True) -> ValidationReport:
+    """Check schema, answers, unique ids and (optionally) that each video decodes with enough frames.
+
+    `min_frames` defaults to the sampler's frame count (so no frame has to be repeated).
+    """
+    sampling = sampling or FrameSampling()
+    if min_frames is None:
+        min_frames = sampling.num_frames or 1
+    base_dir = Path(path).parent
+    report = ValidationReport(str(path))
+    checker = _VideoChecker(sampling, min_frames, decode)
+    ids: dict[str, int] = {}
+    for line, row in iter_rows(path):
+        report.total += 1
+        if isinstance(row, RowError):
+            report.errors.append(row)
+            continue
+        if check_videos and row.is_remote():
+            report.remote_unchecked += 1
+        problem = _check_record(line, row, ids, checker, base_dir, check_videos and not row.is_remote())
+        if problem:
+            report.errors.append(problem)
+        else:
+            report.categories[row.category] += 1
+    report.videos_checked = len(checker.seen)
+    return report
+
+
+def _check_record(line: int, record: VideoQARecord, ids: dict[str, int], checker: _VideoChecker,
+                  base_dir: Path, check_video: bool) -> RowError | None:
+    if record.id in ids:
+        return RowError(line, "duplicate_id", f"id '{record.id}' first used on line {ids[record.id]}", record.id)
+    ids[record.id] = line
+    if not check_video:
+        return None
+    result = checker.check(record.video_path(base_dir))
+    if isinstance(result, VideoError):
+        return RowError(line, f"video_{result.kind}", str(result), record.id)
+    return None

@@ -1,0 +1,1 @@
+"""Small helpers shared by the CLI, the loops and the benchmarks."""
