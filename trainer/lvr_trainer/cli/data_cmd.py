@@ -19,7 +19,7 @@ def register(sub) -> None:
     v.add_argument("--min-frames", type=int, default=None,
                    help="frames a video must have (default: --frames)")
     v.add_argument("--no-videos", action="store_true", help="check rows only, not the video files")
-    v.add_argument("--examples", type=int, default=5, help="error examples to show (default 5)")
+    v.add_argument("--examples", type=int, default=3, help="error examples to show per kind (default 3)")
     v.set_defaults(func=_validate)
 
     s = ds.add_parser("synth", help="write a synthetic long-video dataset: H.264 videos + train/val/test JSONL")
@@ -58,8 +58,10 @@ def _validate(args) -> int:
         print(format_table(["category", "questions"], cats))
     if report.remote_unchecked:
         print(f"{report.remote_unchecked} rows point at s3:// videos; `lvr encode` decodes those.")
-    for e in report.errors[: args.examples]:
-        print(f"  line {e.line}{' (' + e.id + ')' if e.id else ''}: {e.kind}: {e.message}")
+    for kind, errors in report.examples(args.examples).items():
+        print(f"{kind}:")
+        for e in errors:
+            print(f"  line {e.line}{' (' + e.id + ')' if e.id else ''}: {e.message}")
     if failed:
         print(f"FAILED: error rate {report.error_rate:.1%} is above --max-error-rate {args.max_error_rate:.1%}",
               file=sys.stderr)

@@ -84,7 +84,9 @@ def plan_events(rng: random.Random, spec: SynthSpec) -> list[Event]:
     colours = rng.sample(COLOURS, spec.events - 3)
     multiset = [colours[0]] * 3 + [colours[1]] * 2 + colours[2:]
     rng.shuffle(multiset)
-    while any(a == b for a, b in zip(multiset, multiset[1:])):  # two in a row would read as one event
+    # Two in a row would read as one event; the twice-seen colour must not end the video, or the last
+    # frame alone would answer "where was it the second time".
+    while any(a == b for a, b in zip(multiset, multiset[1:])) or multiset[-1] == colours[1]:
         rng.shuffle(multiset)
     step = spec.seconds / spec.events
     corners = [rng.choice(CORNERS) for _ in multiset]
@@ -121,18 +123,32 @@ def _log_text(events: list[Event]) -> str:
 
 
 def _order_question(events, rng, letter_counts):
-    """temporal: which of four colours (all in the video) appeared first, or last."""
+    """temporal: which of four colours appeared first (or last).
+
+    The colour of the first (last) event is never an option, or that one frame would give the answer
+    away; at least two options appear in the video, so they must be compared across time.
+    """
     which = rng.choice(["first", "last"])
-    seen = sorted({e.colour for e in events}, key=COLOURS.index)
-    key = (lambda c: _first(events, c).index) if which == "first" else (lambda c: -_last(events, c).index)
+    seen = {e.colour for e in events}
+    edge = events[0 if which == "first" else -1].colour
+    if which == "first":
+        def key(c):
+            return _first(events, c).index if c in seen else len(events)
+    else:
+        def key(c):
+            return -_last(events, c).index if c in seen else len(events)
+    candidates = [c for c in COLOURS if c != edge]
     groups: dict[str, list[tuple[str, ...]]] = {k: [] for k in LETTERS}
-    for four in itertools.combinations(seen, 4):
-        groups[LETTERS[four.index(min(four, key=key))]].append(four)
+    for four in itertools.combinations(candidates, 4):
+        if sum(c in seen for c in four) >= 2:
+            groups[LETTERS[four.index(min(four, key=key))]].append(four)
     letter = _least_used_letter(groups, letter_counts, rng)
     opts = rng.choice(groups[letter])
     answer = min(opts, key=key)
     at = (_first if which == "first" else _last)(events, answer).index + 1
-    step = f"Among {', '.join(opts)}, the {which} to appear is {answer} (square {at})."
+    absent = [c for c in opts if c not in seen]
+    step = (f"Among {', '.join(opts)}, the {which} to appear is {answer} (square {at})"
+            + (f"; {', '.join(absent)} never appear{'s' if len(absent) == 1 else ''}." if absent else "."))
     return ("temporal", f"Which of these colours appeared {which} in the video?", opts, letter, step,
             {"qtype": f"{which}_of", "colours": list(opts)})
 

@@ -44,13 +44,22 @@ class ValidationReport:
         c = Counter(e.kind for e in self.errors)
         return {k: c[k] for k in ERROR_KINDS if c[k]}
 
-    def to_dict(self, max_examples: int = 5) -> dict:
+    def examples(self, per_kind: int) -> dict[str, list[RowError]]:
+        """The first `per_kind` errors of each kind, so every kind of problem is shown."""
+        out: dict[str, list[RowError]] = {}
+        for e in self.errors:
+            bucket = out.setdefault(e.kind, [])
+            if len(bucket) < per_kind:
+                bucket.append(e)
+        return {k: out[k] for k in ERROR_KINDS if k in out}
+
+    def to_dict(self, per_kind: int = 3) -> dict:
         return {
             "path": self.path, "rows": self.total, "valid": self.valid, "invalid": len(self.errors),
             "error_rate": round(self.error_rate, 6), "videos_checked": self.videos_checked,
             "remote_unchecked": self.remote_unchecked,
             "categories": dict(self.categories), "errors": self.counts(),
-            "examples": [e.__dict__ for e in self.errors[:max_examples]],
+            "examples": {k: [e.__dict__ for e in v] for k, v in self.examples(per_kind).items()},
         }
 
 

@@ -87,6 +87,39 @@ def fit_size(height: int, width: int, factor: int, min_pixels: int, max_pixels: 
     return h, w
 
 
+_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+
+
+def mp4_truncation(path: str) -> str | None:
+    """Why an ISO-BMFF (mp4/mov) file is cut short, or None: a top-level box running past the end.
+
+    Reads only box headers. Files that are not ISO-BMFF (or are intact) give None.
+    """
+    size = os.path.getsize(path)
+    offset = 0
+    with open(path, "rb") as fh:
+        while offset + 8 <= size:
+            fh.seek(offset)
+            header = fh.read(16)
+            box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8]
+            if offset == 0 and box_type not in _FIRST_BOXES:
+                return None  # not ISO-BMFF
+            if not box_type.isascii() or not box_type.decode("ascii", "replace").isprintable():
+                return None  # not a box structure
+            if box_size == 1 and len(header) >= 16:
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:
+                return None  # box extends to the end of the file by definition
+            if box_size < 8:
+                return None
+            if offset + box_size > size:
+                name = box_type.decode("ascii")
+                return (f"box '{name}' at byte {offset} declares {box_size} bytes but the file ends "
+                        f"at byte {size} ({offset + box_size - size} bytes missing)")
+            offset += box_size
+    return None
+
+
 def _open(path: str, **size):
     import decord  # local: keeps `import lvr_trainer.data` free of native decoders
 
@@ -97,9 +130,11 @@ def _open(path: str, **size):
     try:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
     except Exception as err:  # decord raises DECORDError / RuntimeError with ffmpeg's text
+        cut = mp4_truncation(path)
+        if cut:
+            raise VideoError(path, "truncated", f"{cut}; re-copy or re-encode the file") from None
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        kind = "truncated" if "moov atom not found" in str(err) else "corrupt"
-        raise VideoError(path, kind, f"cannot open ({text})") from None
+        raise VideoError(path, "corrupt", f"decoder cannot open it ({text})") from None
 
 
 def probe(path: str) -> VideoInfo:

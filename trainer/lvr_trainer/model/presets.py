@@ -1,0 +1,67 @@
+"""Named random-init Qwen2.5-VL presets: `tiny` for tests and the demo, `small` for benchmarks.
+
+A preset fixes the architecture; the vocabulary and the vision token ids come from the tokenizer, so
+the same preset works with the tiny built tokenizer and with the real Qwen one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lvr_trainer.model.tokenizer import VisionTokenIds
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one preset. Text head_dim = hidden / heads; sum(mrope_section) must equal head_dim / 2."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    mrope_section: tuple[int, int, int]
+    vision_depth: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    window_size: int
+    fullatt_blocks: tuple[int, ...]
+
+
+PRESETS: dict[str, Preset] = {
+    # ENVIRONMENT.md's measured recipe: forward+backward well under a second at 8 frames of 112x112.
+    "tiny": Preset(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, mrope_section=(2, 3, 3),
+                   vision_depth=2, vision_hidden=32, vision_intermediate=64, vision_heads=2,
+                   window_size=56, fullatt_blocks=(1,)),
+    # Wider, for benchmarks where the vision tower's cost should be visible (~10M parameters + vocab).
+    "small": Preset(hidden=384, intermediate=1024, layers=4, heads=6, kv_heads=2, mrope_section=(8, 12, 12),
+                    vision_depth=4, vision_hidden=256, vision_intermediate=1024, vision_heads=4,
+                    window_size=112, fullatt_blocks=(1, 3)),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds):
+    """A `Qwen2_5_VLConfig` for preset `name` with this vocabulary; unknown names list the known ones."""
+    from transformers import Qwen2_5_VLConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(preset_names())}")
+    p = PRESETS[name]
+    if 2 * sum(p.mrope_section) != p.hidden // p.heads:
+        raise ValueError(f"preset {name}: mrope_section {p.mrope_section} must sum to head_dim/2")
+    text = dict(vocab_size=vocab_size, hidden_size=p.hidden, intermediate_size=p.intermediate,
+                num_hidden_layers=p.layers, num_attention_heads=p.heads, num_key_value_heads=p.kv_heads,
+                max_position_embeddings=32768, tie_word_embeddings=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                 "mrope_section": list(p.mrope_section)})
+    vision = dict(depth=p.vision_depth, hidden_size=p.vision_hidden, intermediate_size=p.vision_intermediate,
+                  num_heads=p.vision_heads, out_hidden_size=p.hidden, window_size=p.window_size,
+                  fullatt_block_indexes=list(p.fullatt_blocks), tokens_per_second=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=tokens.image,
+                            video_token_id=tokens.video, vision_start_token_id=tokens.vision_start,
+                            vision_end_token_id=tokens.vision_end, tie_word_embeddings=True)
