@@ -59,7 +59,7 @@ def vision_tower(model):
     return visual
 
 
-def build_preset(name: str, tokenizer, seed: int = 0):
+def build_preset(name: str, tokenizer, seed: int = 0, attn_implementation: str = "sdpa"):
     """A random-init preset model whose vocabulary and vision token ids match `tokenizer`."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -67,13 +67,11 @@ def build_preset(name: str, tokenizer, seed: int = 0):
     from lvr_trainer.model.presets import build_preset_config
     from lvr_trainer.model.tokenizer import vision_token_ids
 
-    config = build_preset_config(name, len(tokenizer), vision_token_ids(tokenizer))
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    devices = []
-    with torch.random.fork_rng(devices=devices):
+    config = build_preset_config(name, len(tokenizer), vision_token_ids(tokenizer),
+                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation=attn_implementation)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
@@ -89,8 +87,7 @@ def load_model(cfg: ModelConfig, device=None):
     dtype = _dtype(cfg, device)
     if cfg.preset is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
-        model = build_preset(cfg.preset, tokenizer, cfg.seed).to(dtype)
-        model.config._attn_implementation = cfg.attn_implementation
+        model = build_preset(cfg.preset, tokenizer, cfg.seed, cfg.attn_implementation).to(dtype)
     else:
         from transformers import AutoConfig, AutoModelForImageTextToText
 

@@ -45,7 +45,8 @@ def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
-def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds):
+def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds, eos_id: int | None = None,
+                        pad_id: int | None = None):
     """A `Qwen2_5_VLConfig` for preset `name` with this vocabulary; unknown names list the known ones."""
     from transformers import Qwen2_5_VLConfig
 
@@ -57,6 +58,7 @@ def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds):
     text = dict(vocab_size=vocab_size, hidden_size=p.hidden, intermediate_size=p.intermediate,
                 num_hidden_layers=p.layers, num_attention_heads=p.heads, num_key_value_heads=p.kv_heads,
                 max_position_embeddings=32768, tie_word_embeddings=True,
+                bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e4,
                                  "mrope_section": list(p.mrope_section)})
     vision = dict(depth=p.vision_depth, hidden_size=p.vision_hidden, intermediate_size=p.vision_intermediate,
@@ -64,4 +66,5 @@ def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds):
                   fullatt_block_indexes=list(p.fullatt_blocks), tokens_per_second=2)
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=tokens.image,
                             video_token_id=tokens.video, vision_start_token_id=tokens.vision_start,
-                            vision_end_token_id=tokens.vision_end, tie_word_embeddings=True)
+                            vision_end_token_id=tokens.vision_end, tie_word_embeddings=True,
+                            bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id)
