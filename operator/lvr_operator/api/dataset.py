@@ -1,0 +1,64 @@
+"""LongVideoDataset: a JSONL of long-video QA rows, its videos, and the embedding cache it fills."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from lvr_operator.api.common import CacheSpec, CamelModel, Condition, ResourcesSpec
+from lvr_operator.api.phases import DatasetPhase
+
+
+class DatasetSource(CamelModel):
+    """Where the rows and videos are: s3:// URIs, or paths on a PersistentVolumeClaim."""
+
+    jsonl: str = Field(..., min_length=1, description="Rows (JSONL): s3://bucket/key or a path under "
+                       "/data when `pvc` is set. Required.")
+    videos: str | None = Field(None, description="Prefix that relative `video` paths resolve against. "
+                               "Default: the JSONL's directory.")
+    pvc: str | None = Field(None, description="PersistentVolumeClaim mounted read-only at /data. Default unset.")
+
+
+class EncoderSpec(CamelModel):
+    """The vision tower that `lvr encode` runs to fill the cache."""
+
+    model: str | None = Field(None, description="Model directory or s3:// URI whose vision tower encodes the "
+                              "frames. Default: skip caching (validate only).")
+    preset: str | None = Field(None, description="Tiny built-in preset instead of `model` (tests). Default unset.")
+
+
+class LongVideoDatasetSpec(CamelModel):
+    """A dataset: validated once, its video embeddings cached once, shared by every job."""
+
+    source: DatasetSource = Field(..., description="Rows and videos. Required.")
+    frames: int = Field(64, ge=1, le=8192, description="Frames sampled per video, 1-8192. Default 64.")
+    max_error_rate: float = Field(0.0, ge=0, le=1, description="Fraction of bad rows tolerated, 0-1. Default 0.")
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec, description="Vision tower for caching.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Where embeddings are cached.")
+    resources: ResourcesSpec = Field(
+        default_factory=lambda: ResourcesSpec(nodes=1, gpus_per_node=1),
+        description="The preprocessing pod's size (nodes is ignored). Default 1 GPU.")
+    image: str | None = Field(None, description="Image with `lvr`. Default: the operator's --trainer-image.")
+    backoff_limit: int = Field(2, ge=0, le=20, description="Retries of a failed preprocessing pod. Default 2.")
+
+
+class RowCounts(CamelModel):
+    """What `lvr data validate` found."""
+
+    total: int = Field(0, ge=0, description="Rows read.")
+    valid: int = Field(0, ge=0, description="Rows that passed every check.")
+    invalid: int = Field(0, ge=0, description="Rows skipped, by any error.")
+
+
+class DatasetStatus(CamelModel):
+    """Observed state of a LongVideoDataset; written only by the operator."""
+
+    phase: DatasetPhase = Field(DatasetPhase.pending, description="Summary phase.")
+    message: str | None = Field(None, description="Summary of the latest transition.")
+    conditions: list[Condition] = Field(default_factory=list, description="Detailed conditions.")
+    observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
+    rows: RowCounts | None = Field(None, description="Row counts from validation.")
+    cached_videos: int | None = Field(None, ge=0, description="Videos whose embeddings are in the cache.")
+    cached_bytes: int | None = Field(None, ge=0, description="Bytes of embeddings in the cache.")
+    attempts: int = Field(0, ge=0, description="Preprocessing pods started so far.")
+    start_time: str | None = Field(None, description="When preprocessing started.")
+    completion_time: str | None = Field(None, description="When the dataset became Ready or Failed.")

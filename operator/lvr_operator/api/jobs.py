@@ -1,0 +1,114 @@
+"""SFTJob and RLJob: spec and status models.
+
+`spec.trainer` is the trainer's own `TrainerConfig` (lvr_trainer/config.py), minus what the operator
+derives from the other spec fields (model path, dataset, cache, output). The CRD embeds the trainer's
+schema there and keeps unknown keys, so that a typo reaches the operator, which answers with an
+InvalidSpec condition naming the key and its closest match instead of the apiserver dropping it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lvr_operator.api.common import (CacheSpec, CamelModel, Condition, ObjectRef, OutputSpec, PlacementSpec,
+                                     ResourcesSpec, RunPolicy)
+from lvr_operator.api.phases import JobPhase
+
+TRAINER_SCHEMA_MARK = "x-lvr-embed-trainer-config"
+
+
+class ModelSource(CamelModel):
+    """The starting weights: exactly one of `uri` and `fromSFTJob`."""
+
+    uri: str | None = Field(None, description="Model directory: s3://bucket/prefix or a path. Default unset.")
+    from_sft_job: str | None = Field(
+        None, alias="fromSFTJob",
+        description="Name of an SFTJob in this namespace; the job waits until it Succeeded and starts from "
+        "its output checkpoint. Default unset.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.uri is None) == (self.from_sft_job is None):
+            raise ValueError("set exactly one of `model.uri` (a model directory) and `model.fromSFTJob` "
+                             "(an SFTJob's name)")
+        return self
+
+
+class JobSpecBase(CamelModel):
+    """Fields shared by SFTJob and RLJob."""
+
+    dataset_ref: ObjectRef = Field(..., description="The LongVideoDataset to train on; the job waits until "
+                                   "it is Ready. Required.")
+    model: ModelSource = Field(..., description="Starting weights. Required.")
+    frames: int | None = Field(None, ge=1, le=8192, description="Frames sampled per video, 1-8192. "
+                               "Default: the dataset's `frames`.")
+    trainer: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={TRAINER_SCHEMA_MARK: True},
+        description="The trainer's config (see `lvr config schema`): train, optim, parallel, ... "
+        "`model.path`, `data.train`, `cache.uri` and `output.dir` are filled in by the operator. Default {}.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Gang size. Default 1 node x 8 GPUs.")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec,
+                                     description="Node selection. Default: an 8-GPU NVIDIA node.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Embedding cache. Default: the dataset's.")
+    output: OutputSpec = Field(..., description="Checkpoint destination. Required.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadline, TTL, suspend.")
+    image: str | None = Field(None, description="Trainer image. Default: the operator's --trainer-image.")
+    command: list[str] | None = Field(
+        None, description="Advanced: replaces the torchrun launch command (the rendezvous env is still "
+        "set: LVR_NNODES, LVR_NODE_RANK, LVR_NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT). Default unset.")
+
+
+class SFTJobSpec(JobSpecBase):
+    """Chain-of-thought supervised fine-tuning (stage 1)."""
+
+
+class RolloutSpec(CamelModel):
+    """The rollout engine that generates the G responses per prompt."""
+
+    engine: Literal["vllm", "hf"] = Field("vllm", description="vllm, or hf (transformers generate). Default vllm.")
+    mode: Literal["sidecar", "inprocess"] = Field(
+        "sidecar", description="sidecar: a vLLM server container beside the trainer in each pod; "
+        "inprocess: inside the trainer processes. Default sidecar.")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take, (0, 1]. Default 0.5.")
+    image: str | None = Field(None, description="Sidecar image. Default: the operator's --vllm-image.")
+    port: int = Field(8000, ge=1024, le=65535, description="Sidecar HTTP port. Default 8000.")
+    tensor_parallel: int = Field(1, ge=1, le=8, description="vLLM tensor-parallel size, 1-8. Default 1.")
+
+
+class RLJobSpec(JobSpecBase):
+    """GRPO reinforcement learning with MR-SP (stage 2)."""
+
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout engine. Default vLLM sidecar.")
+
+
+class JobProgress(CamelModel):
+    """Training progress, reported by rank 0 through its pod's annotation and mirrored here."""
+
+    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps in the run.")
+    percent: int | None = Field(None, ge=0, le=100, description="step / totalSteps, in percent.")
+    summary: str | None = Field(None, description="`step/total`, for the printer column.")
+    reward: float | None = Field(None, description="Mean reward of the last logged step (RL).")
+    accuracy: float | None = Field(None, description="Last evaluation or rollout accuracy, 0-1.")
+    loss: float | None = Field(None, description="Last logged training loss.")
+    last_checkpoint: str | None = Field(None, description="URI of the newest complete checkpoint.")
+    updated_at: str | None = Field(None, description="When rank 0 last reported (RFC 3339).")
+
+
+class JobStatus(CamelModel):
+    """Observed state of an SFTJob/RLJob; written only by the operator."""
+
+    phase: JobPhase = Field(JobPhase.pending, description="Summary phase (see conditions for details).")
+    message: str | None = Field(None, description="Human-readable summary of the latest transition.")
+    conditions: list[Condition] = Field(default_factory=list, description="Detailed conditions.")
+    observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
+    start_time: str | None = Field(None, description="When the gang was first created (or last resumed).")
+    completion_time: str | None = Field(None, description="When the job Succeeded or Failed.")
+    restarts: int = Field(0, ge=0, description="Gang restarts so far.")
+    next_restart_time: str | None = Field(None, description="While Restarting: when the gang is recreated.")
+    workers: int | None = Field(None, ge=0, description="Worker pods currently running.")
+    model_uri: str | None = Field(None, description="The weights the trainer starts from (resolved).")
+    progress: JobProgress | None = Field(None, description="Progress reported by the trainer.")

@@ -1,0 +1,75 @@
+"""LongVideoDataset child: one preprocessing pod, `lvr data validate` (init container) then `lvr encode`.
+
+Each step writes its JSON report to /dev/termination-log, so the operator reads row and cache counts
+from the pod's status without any API access from the pod.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lvr_operator.api.common import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, GPU_RESOURCE
+from lvr_operator.api.dataset import LongVideoDatasetSpec
+from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, LABEL_ROLE, child_meta, meta, name_of
+from lvr_operator.manifests.job import s3_env
+from lvr_operator.manifests.trainer_config import DATA_MOUNT, LOCAL_CACHE, dataset_jsonl
+from lvr_operator.settings import OperatorSettings
+
+VALIDATE = "validate"
+ENCODE = "encode"
+TERMINATION_LOG = "/dev/termination-log"
+# Run a step, keep its stdout as the termination message (the report), and keep its exit code.
+_REPORT = 'out=$("$@"); rc=$?; printf "%s" "$out" > ' + TERMINATION_LOG + '; printf "%s\\n" "$out"; exit $rc'
+
+
+def _step(name: str, image: str, argv: list[str], env: list[dict], mounts: list[dict]) -> dict[str, Any]:
+    return {"name": name, "image": image, "command": ["sh", "-c", _REPORT, name, *argv], "env": env,
+            "volumeMounts": mounts, "terminationMessagePolicy": "FallbackToLogsOnError"}
+
+
+def validate_argv(spec: LongVideoDatasetSpec) -> list[str]:
+    return ["lvr", "data", "validate", dataset_jsonl(spec), "--json", "--frames", str(spec.frames),
+            "--max-error-rate", str(spec.max_error_rate), "--examples", "3"]
+
+
+def encode_argv(spec: LongVideoDatasetSpec) -> list[str] | None:
+    """`lvr encode`, or None when the spec names no encoder (validate only)."""
+    enc = spec.encoder
+    if not (enc.model or enc.preset):
+        return None
+    cache = spec.cache.s3.uri() if spec.cache.s3 else LOCAL_CACHE
+    argv = ["lvr", "encode", "--data", dataset_jsonl(spec), "--cache", cache]
+    return argv + (["--model", enc.model] if enc.model else ["--preset", str(enc.preset)])
+
+
+def prep_pod(ds: dict[str, Any], spec: LongVideoDatasetSpec, name: str, attempt: int,
+             settings: OperatorSettings) -> dict[str, Any]:
+    """The preprocessing pod of generation metadata.generation, try `attempt`."""
+    image = spec.image or settings.trainer_image
+    s3 = spec.cache.s3
+    env = s3_env(s3.credentials_secret if s3 else None, s3.endpoint if s3 else None)
+    mounts = [{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}] if spec.source.pvc else []
+    validate = _step(VALIDATE, image, validate_argv(spec), env, mounts)
+    encode_args = encode_argv(spec)
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "automountServiceAccountToken": False}
+    if encode_args is None:
+        pod_spec["containers"] = [validate]
+    else:
+        encode = _step(ENCODE, image, encode_args, env, mounts)
+        if spec.resources.gpus_per_node:
+            gpus = {GPU_RESOURCE: spec.resources.gpus_per_node}
+            encode["resources"] = {"limits": gpus, "requests": dict(gpus)}
+            pod_spec["nodeSelector"] = dict(DEFAULT_NODE_SELECTOR)
+            pod_spec["tolerations"] = [dict(t) for t in DEFAULT_TOLERATIONS]
+        pod_spec["initContainers"] = [validate]
+        pod_spec["containers"] = [encode]
+    if spec.source.pvc:
+        pod_spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": spec.source.pvc,
+                                                                          "readOnly": True}}]
+    labels = {LABEL_ROLE: "preprocess", LABEL_ATTEMPT: str(attempt),
+              LABEL_GENERATION: str(meta(ds).get("generation", 1))}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": child_meta(ds, name, labels), "spec": pod_spec}
+
+
+def dataset_name(ds: dict[str, Any]) -> str:
+    return name_of(ds)

@@ -1,0 +1,99 @@
+"""SFTJob / RLJob children: ConfigMap, headless Service, trainer ServiceAccount + Role, worker pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from lvr_operator.api.common import GPU_RESOURCE
+from lvr_operator.api.jobs import JobSpecBase
+from lvr_operator.manifests.common import (ANNOTATION_PROGRESS, LABEL_ROLE,
+                                           child_meta, config_name, name_of, namespace_of, owner_labels,
+                                           service_name, trainer_account_name, worker_name)
+from lvr_operator.settings import OperatorSettings
+
+CONFIG_DIR = "/etc/lvr"
+CONFIG_FILE = f"{CONFIG_DIR}/trainer.yaml"
+TRAINER = "trainer"
+ROLLOUT = "rollout"
+
+
+def config_map(job: dict[str, Any], trainer_config: Any) -> dict[str, Any]:
+    """The validated trainer config as YAML, mounted at /etc/lvr/trainer.yaml."""
+    text = yaml.safe_dump(trainer_config.model_dump(mode="json"), sort_keys=False)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": child_meta(job, config_name(name_of(job))),
+            "data": {"trainer.yaml": text}}
+
+
+def headless_service(job: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """Gives worker-0 a stable DNS name (<job>-worker-0.<job>-workers) for the torchrun rendezvous."""
+    name = name_of(job)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": child_meta(job, service_name(name)),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {**owner_labels(job), LABEL_ROLE: "worker"},
+                     "ports": [{"name": "rendezvous", "port": settings.master_port,
+                                "targetPort": settings.master_port}]}}
+
+
+def trainer_rbac(job: dict[str, Any], nodes: int) -> list[dict[str, Any]]:
+    """A ServiceAccount that may get and patch only this job's own worker pods (progress annotation)."""
+    name, ns = name_of(job), namespace_of(job)
+    account = trainer_account_name(name)
+    pods = [worker_name(name, r) for r in range(nodes)]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": child_meta(job, account)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": child_meta(job, account),
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": child_meta(job, account),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]},
+    ]
+
+
+def rendezvous_env(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: OperatorSettings) -> list[dict]:
+    name, ns = name_of(job), namespace_of(job)
+    master = f"{worker_name(name, 0)}.{service_name(name)}.{ns}.svc"
+    values = {"LVR_JOB": f"{ns}/{name}", "LVR_JOB_KIND": job["kind"], "LVR_NNODES": spec.resources.nodes,
+              "LVR_NODE_RANK": rank, "LVR_NPROC_PER_NODE": nproc(spec), "MASTER_ADDR": master,
+              "MASTER_PORT": settings.master_port, "LVR_CONFIG": CONFIG_FILE,
+              "LVR_PROGRESS_ANNOTATION": ANNOTATION_PROGRESS}
+    env = [{"name": k, "value": str(v)} for k, v in values.items()]
+    env += [{"name": "LVR_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "LVR_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    return env
+
+
+def s3_env(secret: str | None, endpoint: str | None) -> list[dict[str, Any]]:
+    """Cache credentials from the user's Secret (keys accessKey / secretKey) and the endpoint."""
+    env: list[dict[str, Any]] = [{"name": "AWS_ENDPOINT_URL", "value": endpoint}] if endpoint else []
+    if secret:
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey"))]
+    return env
+
+
+def nproc(spec: JobSpecBase) -> int:
+    return max(spec.resources.gpus_per_node, 1)
+
+
+def launch_command(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: OperatorSettings) -> list[str]:
+    """torchrun with the gang's shape, running `lvr sft|rl --config /etc/lvr/trainer.yaml`."""
+    if spec.command:
+        return list(spec.command)
+    name, ns = name_of(job), namespace_of(job)
+    stage = "rl" if job["kind"] == "RLJob" else "sft"
+    return ["torchrun", f"--nnodes={spec.resources.nodes}", f"--nproc-per-node={nproc(spec)}",
+            f"--node-rank={rank}", f"--master-addr={worker_name(name, 0)}.{service_name(name)}.{ns}.svc",
+            f"--master-port={settings.master_port}", "-m", "lvr_trainer.cli", stage, "--config", CONFIG_FILE]
+
+
+def resources(spec: JobSpecBase) -> dict[str, Any]:
+    limits: dict[str, Any] = {}
+    if spec.resources.gpus_per_node:
+        limits[GPU_RESOURCE] = spec.resources.gpus_per_node
+    if spec.resources.cpu:
+        limits["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        limits["memory"] = spec.resources.memory
+    return {"limits": limits, "requests": dict(limits)} if limits else {}

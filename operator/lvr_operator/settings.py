@@ -1,0 +1,14 @@
+"""Operator-wide settings (images, timings); one frozen object handed to builders and reconcilers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    trainer_image: str = "longvideo-rl/trainer:latest"
+    vllm_image: str = "longvideo-rl/vllm:latest"
+    resync_seconds: float = 10.0       # periodic reconcile of every object (deadlines, backoff timers)
+    master_port: int = 29500           # torchrun rendezvous port on rank 0
+    log_lines: int = 20                # last log lines quoted in a Failed message
