@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = (
     "lvr_trainer.cli.data_cmd",
     "lvr_trainer.cli.config_cmd",
+    "lvr_operator.cli_cmds",
 )
 
 
