@@ -1,0 +1,134 @@
+"""Sequence-parallel prefill: log-probs of target tokens from `inputs_embeds`, for SP = 1 or > 1.
+
+What the SFT and RL loops call for the policy and the reference model (MR-SP stage 2, "Scaling RL
+to Long Videos", arXiv:2507.07966). The vision tower is not run here: the loops splice cached video
+embeddings into the text embeddings first and pass the result as `inputs_embeds`.
+
+Per SP rank, for a batch padded to T' = SP * ceil(T / SP):
+    inputs_embeds (B, T, H) -> pad -> this rank's shard (B, T'/SP, H)
+    position_ids  (3, B, T) -> pad -> shard (3, B, T'/SP)      [mRoPE computed once on the full sequence]
+    decoder layers (attention: Ulysses all-to-all, everything else local) -> hidden (B, T'/SP, H)
+    lm_head + log_softmax in chunks -> (B, T'/SP) -> all-gather -> (B, T') -> unpad -> (B, T)
+Every rank of an SP group must be given the same sample(s); every rank returns the same log-probs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
+
+from .comm import gather_sequence
+from .grid import ProcessGrid
+from .sequence import causal_padding_mask, is_right_padded, pad_to_multiple, split_for_rank, unpad
+from .ulysses import enable_ulysses, language_model_parts, ulysses_context
+
+
+def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature     # (B, C, V)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (B, C)
+
+
+def token_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Linear, target_ids: torch.Tensor,
+                   temperature: float = 1.0, chunk_size: int = 4096) -> torch.Tensor:
+    """log p(target_ids[b, t] | position t) from final hidden states, `(B, T, H)` -> `(B, T)` float32.
+
+    The `(B, T, V)` logits are never held whole: they are built `chunk_size` positions at a time and,
+    when gradients are needed and there is more than one chunk, recomputed in backward (checkpoint).
+    Negative targets (ignore index -100) are read as token 0; mask them in the loss.
+    """
+    targets = target_ids.clamp(min=0)
+    length = hidden.shape[1]
+    if length <= chunk_size:
+        return _chunk_logprobs(hidden, lm_head.weight, lm_head.bias, targets, temperature)
+    parts = []
+    for start in range(0, length, chunk_size):
+        h, t = hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_logprobs, h, lm_head.weight, lm_head.bias, t, temperature,
+                                    use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(h, lm_head.weight, lm_head.bias, t, temperature))
+    return torch.cat(parts, dim=1)
+
+
+def _full_positions(position_ids: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """`(3, B, T)` mRoPE positions; 1-D `(B, T)` positions are broadcast, None means 0..T-1."""
+    if position_ids is None:
+        position_ids = torch.arange(length, device=device).expand(batch, length)
+    if position_ids.ndim == 2:
+        position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
+    if position_ids.shape[0] != 3 or position_ids.shape[-1] != length:
+        raise ValueError(f"position_ids must be (3, B, T) with T={length}, got {tuple(position_ids.shape)}")
+    return position_ids
+
+
+def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None,
+                        target_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        grid: ProcessGrid | None = None, *, temperature: float = 1.0,
+                        chunk_size: int = 4096) -> torch.Tensor:
+    """Log-probs of `target_ids` under a Qwen2-VL / Qwen2.5-VL model, sequence-parallel over `grid`.
+
+    Args:
+        model: a `Qwen2_5_VLForConditionalGeneration` / `Qwen2VLForConditionalGeneration`.
+        inputs_embeds: `(B, T, H)`, the full sequence (text embeddings with video embeddings spliced
+            in), identical on every rank of the SP group.
+        position_ids: `(3, B, T)` mRoPE positions from `model.model.get_rope_index` on the full
+            sequence (or `(B, T)` 1-D positions, or None for 0..T-1).
+        target_ids: `(B, T)`, the token to score at each position (the inputs shifted left by one).
+        attention_mask: `(B, T)`, 1 real / 0 padding; None means all real. Any padding layout works;
+            right padding (or none) keeps attention on the fast causal path.
+        grid: the process grid; None or SP=1 runs the plain single-process model.
+        temperature: logits are divided by it (rollout sampling temperature).
+        chunk_size: positions per lm_head chunk (bounds the `(B, chunk, V)` logits).
+    Returns:
+        `(B, T)` float32 log-probs, the same on every SP rank, differentiable. Values at padding and
+        ignored targets are meaningless; mask them. After backward, call `reduce_gradients`.
+    """
+    lm, head = language_model_parts(model)
+    batch, length, _ = inputs_embeds.shape
+    positions = _full_positions(position_ids, batch, length, inputs_embeds.device)
+    if grid is None or grid.sp_size == 1:
+        hidden = lm(inputs_embeds=inputs_embeds, position_ids=positions, attention_mask=attention_mask,
+                    use_cache=False).last_hidden_state                                   # (B, T, H)
+        return token_logprobs(hidden, head, target_ids, temperature, chunk_size)
+
+    sp, rank = grid.sp_size, grid.sp_rank
+    enable_ulysses(model)
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+    full_mask = pad_to_multiple(attention_mask, sp, dim=1, value=0)                    # (B, T')
+    mask4d = None if is_right_padded(full_mask) else causal_padding_mask(full_mask)    # (B, 1, T', T')
+    ctx = ulysses_context(model, grid.sp_group, sp, mask4d)
+
+    local_embeds = split_for_rank(pad_to_multiple(inputs_embeds, sp, dim=1), sp, rank, dim=1)    # (B, T'/SP, H)
+    local_pos = split_for_rank(pad_to_multiple(positions, sp, dim=2), sp, rank, dim=2)          # (3, B, T'/SP)
+    local_targets = split_for_rank(pad_to_multiple(target_ids, sp, dim=1), sp, rank, dim=1)     # (B, T'/SP)
+    hidden = lm(inputs_embeds=local_embeds, position_ids=local_pos,
+                attention_mask={"full_attention": ctx}, use_cache=False).last_hidden_state   # (B, T'/SP, H)
+    local_lp = token_logprobs(hidden, head, local_targets, temperature, chunk_size)          # (B, T'/SP)
+    return unpad(gather_sequence(local_lp, grid.sp_group, dim=1), length, dim=1)            # (B, T)
+
+
+@torch.no_grad()
+def reduce_gradients(model: torch.nn.Module, grid: ProcessGrid | None) -> None:
+    """Make every rank's `.grad` the gradient of the DP-averaged loss.
+
+    Each SP rank holds the part of the gradient that flowed through its shard, so the SP group
+    *sums*; the DP group then *averages* (each DP rank's loss is a mean over its own samples). Use
+    this instead of DDP's all-reduce (or wrap with DDP over the DP group only and scale nothing).
+    """
+    if grid is None or grid.layout.world_size == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    if grid.sp_size > 1:
+        dist.all_reduce(flat, group=grid.sp_group)
+    if grid.dp_size > 1:
+        dist.all_reduce(flat, group=grid.dp_group)
+        flat /= grid.dp_size
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
