@@ -10,21 +10,28 @@ import torch
 VOCAB, IMAGE, VIDEO, V_START, V_END = 128, 120, 121, 122, 123
 
 
-def tiny_model(seed: int = 0, heads: int = 4, kv_heads: int = 2, layers: int = 2):
-    """`Qwen2_5_VLForConditionalGeneration`, hidden 64, head_dim 64/heads, mRoPE section for head_dim 16."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def tiny_model(seed: int = 0, heads: int = 4, kv_heads: int = 2, layers: int = 2, family: str = "qwen2_5_vl"):
+    """A random `Qwen2_5_VLForConditionalGeneration` (or `Qwen2VLForConditionalGeneration` with
+    family="qwen2_vl"): hidden 64, 4 heads of 16 (mRoPE section 2+3+3), 2 KV heads, 2 layers."""
+    import transformers
 
     torch.manual_seed(seed)
-    config = Qwen2_5_VLConfig(
+    if family == "qwen2_vl":
+        vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+        config_cls, model_cls = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
+    else:
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      window_size=56, fullatt_block_indexes=[0])
+        config_cls, model_cls = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
+    config = config_cls(
         text_config=dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, attention_dropout=0.0,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           window_size=56, fullatt_block_indexes=[0]),
+        vision_config=vision,
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=V_START, vision_end_token_id=V_END,
         attn_implementation="sdpa")
-    return Qwen2_5_VLForConditionalGeneration(config).float().eval()
+    return model_cls(config).float().eval()
 
 
 def _sample(gen: torch.Generator, prefix: int, grid_thw: tuple[int, int, int], suffix: int):

@@ -2,7 +2,7 @@
 single-process model on this rank, and writes `rank<N>.json` into `--out`.
 
 Run by tests/parallel/test_sp_distributed.py as `torchrun --nproc_per_node=W sp_worker.py --out DIR`.
-Scenarios depend on W: 2 -> SP=2 (right padding, left padding + gradient checkpointing);
+Scenarios depend on W: 2 -> SP=2 (right padding, left padding + gradient checkpointing, Qwen2-VL);
 4 -> DP x SP = 2 x 2, and SP=4 with 2 KV heads (< SP, replicated). Plus, always, an impossible grid.
 """
 
@@ -26,9 +26,9 @@ from lvr_trainer.parallel import init_process_grid, reduce_gradients, sp_forward
 SPECS = [(6, (2, 4, 6), 11), (3, (2, 4, 4), 6), (2, (4, 4, 4), 3), (7, (2, 6, 4), 2)]
 
 
-def run_scenario(sp: int, pad_side: str, checkpointing: bool, per_rank: int = 2) -> dict:
+def run_scenario(sp: int, pad_side: str, checkpointing: bool, family: str = "qwen2_5_vl", per_rank: int = 2) -> dict:
     grid = init_process_grid(sp)
-    model = tiny_model(seed=0)
+    model = tiny_model(seed=0, family=family)
     batch = make_batch(model, SPECS[: per_rank * grid.dp_size], pad_side=pad_side, seed=1)
     model.train()  # dropout is 0; train() turns gradient checkpointing on when enabled
     if checkpointing:
@@ -69,13 +69,14 @@ def main() -> None:
     dist.init_process_group("gloo")
     world, rank = dist.get_world_size(), dist.get_rank()
     scenarios = {
-        2: {"sp2_right_pad": (2, "right", False), "sp2_left_pad_ckpt": (2, "left", True)},
+        2: {"sp2_right_pad": (2, "right", False), "sp2_left_pad_ckpt": (2, "left", True),
+            "qwen2vl_sp2": (2, "right", False, "qwen2_vl")},
         4: {"dp2_sp2": (2, "right", False), "sp4_kv_replicated": (4, "right", False)},
     }[world]
     result: dict = {}
-    for name, (sp, pad, ckpt) in scenarios.items():
+    for name, args_ in scenarios.items():
         try:
-            result[name] = run_scenario(sp, pad, ckpt)
+            result[name] = run_scenario(*args_)
         except Exception:  # report, keep going: the test prints it
             result[name] = {"error": traceback.format_exc()}
     try:

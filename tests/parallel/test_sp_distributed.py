@@ -60,6 +60,10 @@ def test_sp2_left_padded_with_gradient_checkpointing(two_ranks):
     _check(two_ranks, "sp2_left_pad_ckpt", sp=2, dp=1)
 
 
+def test_sp2_qwen2_vl(two_ranks):
+    _check(two_ranks, "qwen2vl_sp2", sp=2, dp=1)
+
+
 def test_dp2_x_sp2(four_ranks):
     _check(four_ranks, "dp2_sp2", sp=2, dp=2)
 
