@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench clean help
+.PHONY: venv demo test test-fast bench clean help cluster-bins cluster-up cluster-down
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -24,7 +24,7 @@ demo: $(STAMP)  ## synthesise a small long-video dataset and validate it
 	$(BIN)/lvr data synth --out $(DEMO_DIR) --videos 12 --seconds 60 --seed 0
 	$(BIN)/lvr data validate $(DEMO_DIR)/train.jsonl
 
-test: $(STAMP)  ## run every test suite (CI runs this)
+test: $(STAMP) cluster-bins  ## run every test suite (CI runs this)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip suites marked slow
@@ -32,6 +32,15 @@ test-fast: $(STAMP)  ## skip suites marked slow
 
 bench: $(STAMP)  ## run the benchmarks quoted in BENCHMARKS.md
 	$(BIN)/python bench/decode.py
+
+cluster-bins:  ## build kube-apiserver/scheduler/controller-manager once (cached in ~/.cache/lvr)
+	bash hack/build-kube.sh >/dev/null
+
+cluster-up: $(STAMP) cluster-bins  ## start the local cluster in the background; prints its kubeconfig
+	$(BIN)/python -m lvr_localcluster up
+
+cluster-down:  ## stop the local cluster and every process it started
+	$(BIN)/python -m lvr_localcluster down
 
 clean:  ## remove the venv and generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)

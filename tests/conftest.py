@@ -6,6 +6,9 @@ import pytest
 
 from lvr_localcluster.s3 import S3Server
 
+# The local Kubernetes fixtures (kube_cluster, kube_api, k8s_client, kube_namespace, kopf_operator).
+pytest_plugins = ["lvr_localcluster.pytest_plugin"]
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):

@@ -1,0 +1,130 @@
+"""`python -m lvr_localcluster up|down|status|serve|build` — the local cluster from a shell (make cluster-up).
+
+`up` starts `serve` as a background daemon (its own session, so it survives the shell), waits until the
+cluster is ready and prints the kubeconfig path. `down` asks the daemon to stop (SIGTERM), then ends any
+process group still recorded in <dir>/pids. State lives in LVR_CLUSTER_DIR (default: <repo>/.cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lvr_localcluster import procs
+from lvr_localcluster.controlplane import REPO_ROOT, kube_bin_dir
+
+DEFAULT_DIR = Path(os.environ.get("LVR_CLUSTER_DIR", REPO_ROOT / ".cluster"))
+
+
+def _daemon_pid(state_dir: Path) -> int | None:
+    """Pid of a live `serve` daemon for `state_dir`, or None."""
+    try:
+        info = json.loads((state_dir / "serve.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(info.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}/cmdline").exists() else b""
+    return pid if b"lvr_localcluster" in cmdline else None
+
+
+def cmd_serve(state_dir: Path) -> int:
+    """Run the cluster in this process until SIGTERM/SIGINT (the daemon behind `up`)."""
+    from lvr_localcluster.cluster import LocalCluster
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cluster = LocalCluster(state_dir).start()
+    info = {"pid": os.getpid(), "kubeconfig": str(cluster.kubeconfig), "server": cluster.server,
+            "nodes": cluster.nodes, "start_seconds": round(cluster.start_seconds, 1)}
+    (state_dir / "serve.json").write_text(json.dumps(info, indent=1))
+    try:
+        stop.wait()
+    finally:
+        cluster.stop()
+        (state_dir / "serve.json").unlink(missing_ok=True)
+    return 0
+
+
+def cmd_up(state_dir: Path, timeout: float) -> int:
+    if _daemon_pid(state_dir):
+        return cmd_status(state_dir)
+    kube_bin_dir(build=True)  # build (minutes, first time only) in the foreground, with its progress shown
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "serve.json").unlink(missing_ok=True)
+    log = state_dir / "serve.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "lvr_localcluster", "serve", "--dir", str(state_dir)],
+                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True, cwd=REPO_ROOT)
+    deadline = time.monotonic() + timeout
+    while not (state_dir / "serve.json").exists():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            if daemon.poll() is None:
+                daemon.terminate()
+            print(f"cluster-up: failed; {log} ends with:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    return cmd_status(state_dir)
+
+
+def cmd_down(state_dir: Path, timeout: float) -> int:
+    pid = _daemon_pid(state_dir)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _daemon_pid(state_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _daemon_pid(state_dir):
+            os.kill(pid, signal.SIGKILL)
+    leftovers = procs.kill_recorded(state_dir / "pids")
+    (state_dir / "serve.json").unlink(missing_ok=True)
+    print(f"cluster-down: stopped{' daemon ' + str(pid) if pid else ' (no daemon was running)'}"
+          f"{f', ended {leftovers} leftover process group(s)' if leftovers else ''}")
+    return 0
+
+
+def cmd_status(state_dir: Path) -> int:
+    if not _daemon_pid(state_dir):
+        print(f"cluster: not running (state dir {state_dir}); start it with `make cluster-up`")
+        return 1
+    info = json.loads((state_dir / "serve.json").read_text())
+    print(f"cluster: running (pid {info['pid']}, {info['server']}, nodes {', '.join(info['nodes'])}, "
+          f"started in {info['start_seconds']}s)")
+    print(f"kubeconfig: {info['kubeconfig']}")
+    print(f"  export KUBECONFIG={info['kubeconfig']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lvr_localcluster", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "serve", "build"])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for up/down")
+    args = parser.parse_args(argv)
+    state_dir = args.dir.resolve()
+    if args.command == "build":
+        print(kube_bin_dir(build=True))
+        return 0
+    if args.command == "serve":
+        return cmd_serve(state_dir)
+    if args.command == "up":
+        return cmd_up(state_dir, args.timeout)
+    if args.command == "down":
+        return cmd_down(state_dir, args.timeout)
+    return cmd_status(state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

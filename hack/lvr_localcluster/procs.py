@@ -1,0 +1,113 @@
+"""Child processes that cannot outlive the cluster: own process group, a pid file, group-wide kill.
+
+Every process we start (control plane, pods' containers) gets its own session, so one `killpg` ends it
+and everything it forked (torchrun's workers, a shell's children). Each group id is also written to a
+pid file under the cluster's state directory, so `cluster-down` from another shell, or the next start
+after a crash, can still find and end them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGKILL the child if the thread that spawned it dies (pytest killed -9)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pid files and atexit hooks still clean up
+
+
+MARKER_ENV = "LVR_LOCALCLUSTER"
+
+
+def spawn(argv: list[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+          pid_dir: Path | None = None, marker: str = "", name: str | None = None) -> subprocess.Popen:
+    """Start `argv` in a new session, stdout+stderr appended to `log_path`; record its pgid in `pid_dir`.
+
+    `marker` goes into the child's environment (LVR_LOCALCLUSTER) and its pid file, so that a later
+    `kill_recorded` ends only processes this cluster started, even if a pid was reused since.
+    """
+    env = dict(os.environ if env is None else env)
+    env[MARKER_ENV] = marker
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+    if pid_dir is not None:
+        pid_dir.mkdir(parents=True, exist_ok=True)
+        (pid_dir / f"{name or Path(argv[0]).name}.{proc.pid}.pid").write_text(f"{proc.pid} {marker}\n")
+    return proc
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of group `pgid` exists (zombies of our own children count until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def kill_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the whole group, wait up to `grace` seconds, then SIGKILL whatever is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()  # reap our direct child so it stops counting as alive
+            if not group_alive(pgid):
+                break
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def kill_recorded(pid_dir: Path, grace: float = 5.0) -> int:
+    """End every group recorded in `pid_dir` (left by this or an earlier, crashed, run); return how many."""
+    killed = 0
+    for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
+        pgid_text, _, marker = pid_file.read_text().strip().partition(" ")
+        pgid = int(pgid_text) if pgid_text.isdigit() else 0
+        if pgid > 1 and group_alive(pgid) and _has_marker(pgid, marker):
+            kill_group(pgid, grace)
+            killed += 1
+        pid_file.unlink(missing_ok=True)
+    return killed
+
+
+def _has_marker(pid: int, marker: str) -> bool:
+    """True when process `pid` carries LVR_LOCALCLUSTER=`marker`, i.e. we started it (not a reused pid)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone, or not ours to read
+    return f"{MARKER_ENV}={marker}".encode() in environ
+
+
+def forget(pid_dir: Path | None, proc: subprocess.Popen) -> None:
+    """Drop the pid file of a process that has ended and been reaped."""
+    if pid_dir is not None:
+        for pid_file in pid_dir.glob(f"*.{proc.pid}.pid"):
+            pid_file.unlink(missing_ok=True)
