@@ -1,0 +1,145 @@
+"""The I/O adapter: reads what `reconcile_*` needs from the API and applies a Plan. The only module
+here that talks to Kubernetes (besides kopf itself). Every call is counted, for bench/operator.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from lvr_operator.api.common import GROUP, VERSION
+from lvr_operator.api.kinds import kind_by_name
+from lvr_operator.manifests.common import namespace_of, owner_selector
+from lvr_operator.reconcile.model import Create, Delete, DeleteOwner, Event, Plan, status_patch
+
+log = logging.getLogger("lvr_operator")
+CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
+_SNAKE = {"ConfigMap": "config_map", "Service": "service", "ServiceAccount": "service_account",
+          "Role": "role", "RoleBinding": "role_binding", "Pod": "pod"}
+
+
+def load_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Cluster:
+    def __init__(self, api: client.ApiClient | None = None):
+        self.api = api or load_client()
+        self.core, self.rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.calls[what] += 1
+
+    def _raw(self, what: str, fn, *args, **kw) -> Any:
+        self._count(what)
+        resp = fn(*args, _preload_content=False, **kw)
+        return json.loads(resp.data)
+
+    def get_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._raw("get", self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
+                             kind_by_name(kind).plural, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._raw("list", self.core.list_namespaced_pod, namespace_of(owner),
+                         label_selector=owner_selector(owner))["items"]
+
+    def children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
+        ns, sel, found = namespace_of(owner), owner_selector(owner), set()
+        for kind in CHILD_KINDS:
+            api = self.rbac if kind.startswith("Role") else self.core
+            items = self._raw("list", getattr(api, f"list_namespaced_{_SNAKE[kind]}"), ns, label_selector=sel)
+            found |= {(kind, i["metadata"]["name"]) for i in items["items"]}
+        return found
+
+    def nodes_and_active_pods(self) -> tuple[list[dict], list[dict]]:
+        nodes = self._raw("list", self.core.list_node)["items"]
+        pods = self._raw("list", self.core.list_pod_for_all_namespaces,
+                         field_selector="status.phase!=Succeeded,status.phase!=Failed")["items"]
+        return nodes, pods
+
+    def pod_log(self, namespace: str, name: str, container: str, lines: int) -> str:
+        try:
+            self._count("log")
+            return self.core.read_namespaced_pod_log(name, namespace, container=container, tail_lines=lines)
+        except ApiException:
+            return ""
+
+    def apply(self, owner: dict[str, Any], plan: Plan) -> None:
+        """Status first (it records the intent: restarts, start time), then children, then events."""
+        kind, ns, name = owner["kind"], namespace_of(owner), owner["metadata"]["name"]
+        patch = status_patch(owner.get("status"), plan.status)
+        if patch:
+            self._count("patch")
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, kind_by_name(kind).plural,
+                                                              name, {"status": patch})
+        for action in plan.actions:
+            self._act(owner, action)
+        for event in plan.events:
+            self.post_event(owner, event)
+
+    def _act(self, owner: dict[str, Any], action: Create | Delete | DeleteOwner) -> None:
+        ns = namespace_of(owner)
+        try:
+            if isinstance(action, Create):
+                kind = action.obj["kind"]
+                api = self.rbac if kind.startswith("Role") else self.core
+                self._count("create")
+                getattr(api, f"create_namespaced_{_SNAKE[kind]}")(ns, action.obj)
+            elif isinstance(action, Delete):
+                api = self.rbac if action.kind.startswith("Role") else self.core
+                self._count("delete")
+                getattr(api, f"delete_namespaced_{_SNAKE[action.kind]}")(action.name, ns)
+            elif isinstance(action, DeleteOwner):
+                self._count("delete")
+                self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
+                                                            owner["metadata"]["name"])
+        except ApiException as err:
+            if err.status not in (404, 409):     # gone already / exists already: the goal is met
+                log.warning("%s %s/%s: %s %s", type(action).__name__, ns, owner["metadata"]["name"],
+                            err.status, err.reason)
+                raise
+
+    def delete_children(self, owner: dict[str, Any]) -> int:
+        """Delete every owned object by label (works without a garbage collector)."""
+        n = 0
+        for pod in self.pods(owner):
+            self._act(owner, Delete("Pod", pod["metadata"]["name"]))
+            n += 1
+        for kind, name in sorted(self.children(owner)):
+            self._act(owner, Delete(kind, name))
+            n += 1
+        return n
+
+    def post_event(self, owner: dict[str, Any], event: Event) -> None:
+        now = datetime.now(timezone.utc)
+        meta = owner["metadata"]
+        body = {"metadata": {"generateName": f"{meta['name']}.", "namespace": namespace_of(owner)},
+                "involvedObject": {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+                                   "namespace": namespace_of(owner), "uid": meta.get("uid")},
+                "type": event.type, "reason": event.reason, "message": event.message[:1024],
+                "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
+                "source": {"component": "lvr-operator"}, "reportingComponent": "lvr-operator"}
+        try:
+            self._count("event")
+            self.core.create_namespaced_event(namespace_of(owner), body)
+        except ApiException as err:
+            log.warning("event for %s/%s not posted: %s", namespace_of(owner), meta["name"], err.reason)

@@ -1,0 +1,77 @@
+"""Gang admission: how many workers of a given size the cluster can place right now.
+
+Counted per node: allocatable nvidia.com/gpu minus the requests of pods on it that have not finished;
+GPU pods not yet bound are taken off the total. Nodes must be Ready, schedulable, match the
+nodeSelector and tolerate every NoSchedule/NoExecute taint. (Affinity is left to the scheduler.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lvr_operator.api.common import GPU_RESOURCE
+
+
+def _qty(value: Any) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def pod_gpus(pod: dict[str, Any]) -> int:
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        total += _qty((res.get("requests") or {}).get(GPU_RESOURCE) or (res.get("limits") or {}).get(GPU_RESOURCE))
+    return total
+
+
+def tolerates(taint: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool:
+    if taint.get("effect") not in ("NoSchedule", "NoExecute"):
+        return True
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint.get("effect"):
+            continue
+        if t.get("operator") == "Exists" and (not t.get("key") or t["key"] == taint.get("key")):
+            return True
+        if t.get("key") == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def node_fits(node: dict[str, Any], selector: dict[str, str], tolerations: list[dict[str, Any]]) -> bool:
+    labels = node["metadata"].get("labels") or {}
+    if any(labels.get(k) != v for k, v in selector.items()):
+        return False
+    spec, status = node.get("spec") or {}, node.get("status") or {}
+    if spec.get("unschedulable"):
+        return False
+    if not all(tolerates(t, tolerations) for t in spec.get("taints") or []):
+        return False
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return ready is not None and ready.get("status") == "True"
+
+
+def free_slots(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], gpus_per_worker: int,
+               selector: dict[str, str], tolerations: list[dict[str, Any]]) -> int | None:
+    """Workers of `gpus_per_worker` GPUs that fit now; None when the request is CPU-only (not gated)."""
+    if gpus_per_worker <= 0:
+        return None
+    used: dict[str, int] = {}
+    unbound = 0
+    for p in pods:
+        if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        node = (p.get("spec") or {}).get("nodeName")
+        if node:
+            used[node] = used.get(node, 0) + pod_gpus(p)
+        else:
+            unbound += pod_gpus(p)
+    slots = 0
+    for n in nodes:
+        if node_fits(n, selector, tolerations):
+            free = _qty(((n.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)) - used.get(
+                n["metadata"]["name"], 0)
+            slots += max(free, 0) // gpus_per_worker
+    return max(slots - -(-unbound // gpus_per_worker), 0)

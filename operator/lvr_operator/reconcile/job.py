@@ -1,0 +1,157 @@
+"""SFTJob / RLJob reconciliation: one pure function from (job, observed, now) to a Plan.
+
+Order of checks, each a small step: spec valid -> finished (TTL) -> suspended -> dependencies ->
+deadline -> stale pods of an older attempt -> failed worker (gang restart with backoff, or Failed) ->
+all succeeded -> backoff wait -> create the missing gang (only when every worker can be placed) ->
+Created/Running, with progress mirrored from rank 0's pod annotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lvr_operator.api.phases import ConditionType as C
+from lvr_operator.api.phases import JobPhase as P
+from lvr_operator.api.phases import Reason as R
+from lvr_operator.api.phases import is_terminal
+from lvr_operator.manifests.common import meta
+from lvr_operator.reconcile.job_steps import (Ctx, check_dependencies, create_gang, handle_failure,
+                                              mirror_progress, parse_job)
+from lvr_operator.reconcile.model import Delete, DeleteOwner, Plan, parse_time, rfc3339
+from lvr_operator.reconcile.pods import worker
+from lvr_operator.settings import OperatorSettings
+
+
+@dataclass
+class JobObserved:
+    """What the handler read from the API before calling `reconcile_job`."""
+
+    now: datetime
+    pods: list[dict[str, Any]] = field(default_factory=list)          # this job's pods
+    children: set[tuple[str, str]] = field(default_factory=set)        # (kind, name) of other children
+    dataset: dict[str, Any] | None = None
+    sft_job: dict[str, Any] | None = None
+    free_slots: int | None = None                                      # None: not gated
+    logs: dict[str, str] = field(default_factory=dict)                 # failed pod -> log tail
+
+
+def reconcile_job(job: dict[str, Any], obs: JobObserved, settings: OperatorSettings) -> Plan:
+    ctx = Ctx(job, obs, settings)
+    if ctx.respec_after_invalid():
+        ctx.status = {"phase": P.pending.value, "restarts": 0, "conditions": []}
+    spec = parse_job(ctx)
+    if spec is None:
+        return ctx.finish()
+    if is_terminal(ctx.old_phase):
+        return _finished(ctx, spec)
+    if spec.run_policy.suspend:
+        return _suspend(ctx)
+    if ctx.old_phase == P.suspended.value:
+        ctx.status.pop("startTime", None)
+        ctx.set(C.suspended, False, R.RESUMED, "resumed; the trainer continues from its last checkpoint")
+    deps = check_dependencies(ctx, spec)
+    if deps is None:
+        return ctx.finish()
+    if _deadline_passed(ctx, spec):
+        return ctx.finish()
+    workers = [worker(p) for p in obs.pods]
+    attempt = int(ctx.status.get("restarts") or 0)
+    stale = [w for w in workers if w.attempt != attempt]
+    current = [w for w in workers if w.attempt == attempt]
+    ctx.plan.actions += [Delete("Pod", w.name) for w in stale if not w.deleting]
+    mirror_progress(ctx, current)
+    if any(w.state == "failed" for w in current):
+        return handle_failure(ctx, spec, current)
+    if len(current) == spec.resources.nodes and all(w.state == "succeeded" for w in current):
+        return _succeeded(ctx, current)
+    if stale:
+        ctx.plan.requeue(2)
+        return ctx.finish()
+    if _backing_off(ctx):
+        return ctx.finish()
+    if len(current) < spec.resources.nodes or _children_missing(ctx, spec):
+        return create_gang(ctx, spec, deps, {w.rank for w in current})
+    return _running(ctx, spec, current)
+
+
+def _children_missing(ctx: Ctx, spec: Any) -> bool:
+    return len(ctx.obs.children) < 5      # ConfigMap, Service, ServiceAccount, Role, RoleBinding
+
+
+def _finished(ctx: Ctx, spec: Any) -> Plan:
+    """Terminal: stop anything still running (a sidecar, a straggler); honour ttlSecondsAfterFinished."""
+    for w in (worker(p) for p in ctx.obs.pods):
+        if w.state in ("pending", "running") and not w.deleting:
+            ctx.plan.actions.append(Delete("Pod", w.name))
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    done = parse_time(ctx.status.get("completionTime"))
+    if ttl is not None and done is not None:
+        left = (done - ctx.obs.now).total_seconds() + ttl
+        if left <= 0:
+            ctx.plan.actions.append(DeleteOwner())
+        else:
+            ctx.plan.requeue(left)
+    return ctx.finish()
+
+
+def _suspend(ctx: Ctx) -> Plan:
+    for p in ctx.obs.pods:
+        if not meta(p).get("deletionTimestamp"):
+            ctx.plan.actions.append(Delete("Pod", meta(p)["name"]))
+    ctx.status["workers"] = 0
+    ctx.status.pop("nextRestartTime", None)
+    ctx.phase(P.suspended, R.SUSPENDED, "suspended (spec.runPolicy.suspend=true): pods deleted; set it to "
+              "false to resume from the last checkpoint")
+    ctx.set(C.suspended, True, R.SUSPENDED, "runPolicy.suspend is true")
+    return ctx.finish()
+
+
+def _deadline_passed(ctx: Ctx, spec: Any) -> bool:
+    deadline = spec.run_policy.active_deadline_seconds
+    start = parse_time(ctx.status.get("startTime"))
+    if deadline is None or start is None:
+        return False
+    left = (start - ctx.obs.now).total_seconds() + deadline
+    if left > 0:
+        ctx.plan.requeue(left)
+        return False
+    ctx.plan.actions += [Delete("Pod", meta(p)["name"]) for p in ctx.obs.pods if not meta(p).get("deletionTimestamp")]
+    ctx.fail(R.DEADLINE_EXCEEDED, f"ran longer than spec.runPolicy.activeDeadlineSeconds={deadline}s; pods "
+             "deleted. Raise the deadline, or resume from the last checkpoint with a new job")
+    return True
+
+
+def _succeeded(ctx: Ctx, current: list) -> Plan:
+    ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.state == "running"]
+    ctx.status["completionTime"] = rfc3339(ctx.obs.now)
+    ctx.status["workers"] = 0
+    ctx.phase(P.succeeded, R.SUCCEEDED, f"all {len(current)} worker(s) exited 0")
+    ctx.set(C.succeeded, True, R.SUCCEEDED, "training finished")
+    ctx.set(C.running, False, R.SUCCEEDED, "training finished")
+    return ctx.finish()
+
+
+def _backing_off(ctx: Ctx) -> bool:
+    due = parse_time(ctx.status.get("nextRestartTime"))
+    if due is None:
+        return False
+    left = (due - ctx.obs.now).total_seconds()
+    if left > 0:
+        ctx.plan.requeue(left)
+        return True
+    ctx.status.pop("nextRestartTime", None)
+    return False
+
+
+def _running(ctx: Ctx, spec: Any, current: list) -> Plan:
+    running = sum(w.state == "running" for w in current)
+    ctx.status["workers"] = running
+    if running == spec.resources.nodes:
+        ctx.phase(P.running, R.ALL_WORKERS_RUNNING, f"all {running} worker(s) running")
+        ctx.set(C.running, True, R.ALL_WORKERS_RUNNING, f"{running}/{spec.resources.nodes} workers running")
+    else:
+        ctx.phase(P.created, R.GANG_CREATED, f"{running}/{spec.resources.nodes} worker(s) running")
+    ctx.set(C.restarting, False, R.ALL_WORKERS_RUNNING, "") if ctx.has(C.restarting) else None
+    return ctx.finish()

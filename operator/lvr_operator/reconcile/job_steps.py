@@ -1,0 +1,192 @@
+"""The steps of `reconcile_job` that need more than a few lines: context, spec checks, dependencies,
+gang creation, failure handling and progress mirroring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from lvr_operator.api.common import S3CacheSpec
+from lvr_operator.api.dataset import LongVideoDatasetSpec
+from lvr_operator.api.kinds import kind_by_name
+from lvr_operator.api.phases import ConditionType as C
+from lvr_operator.api.phases import JobPhase as P
+from lvr_operator.api.phases import Reason as R
+from lvr_operator.manifests.common import ANNOTATION_PROGRESS, MAX_NAME, meta
+from lvr_operator.manifests.job import config_map, headless_service, trainer_rbac
+from lvr_operator.manifests.job_pod import worker_pod
+from lvr_operator.manifests.trainer_config import build_trainer_config
+from lvr_operator.reconcile.context import Ctx, explain_validation
+from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, tail
+from lvr_trainer.config import ConfigError
+
+__all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "mirror_progress"]
+
+
+@dataclass(frozen=True)
+class Deps:
+    dataset: LongVideoDatasetSpec | None
+    model_uri: str
+    dataset_s3: S3CacheSpec | None
+
+
+def parse_job(ctx: Ctx) -> Any | None:
+    """The typed spec, or None after marking the job InvalidSpec (schema-valid but unusable)."""
+    model = kind_by_name(ctx.job["kind"]).spec_model
+    try:
+        spec = model.model_validate(ctx.job.get("spec") or {})
+    except ValidationError as err:
+        return ctx.invalid(explain_validation(err, model, "spec"))
+    if len(ctx.name) > MAX_NAME:
+        return ctx.invalid(f"metadata.name: '{ctx.name}' is {len(ctx.name)} characters; pod host names need "
+                           f"it to be at most {MAX_NAME}. Recreate the job with a shorter name")
+    try:  # unknown trainer keys, bad values, SP size vs GPUs: reported before anything is created
+        build_trainer_config(spec, None, None, "spec.trainer")
+    except ConfigError as err:
+        return ctx.invalid(str(err).replace("spec.trainer: key '", "key 'spec.trainer."))
+    return spec
+
+
+def _dataset(ctx: Ctx, spec: Any) -> LongVideoDatasetSpec | None | str:
+    ds = ctx.obs.dataset
+    if ds is None:
+        return ctx.wait(R.DATASET_NOT_FOUND, f"spec.datasetRef.name: LongVideoDataset '{spec.dataset_ref.name}' "
+                        f"not found in namespace '{ctx.ns}'; create it, or fix the name", invalid=True)
+    try:
+        ds_spec = LongVideoDatasetSpec.model_validate(ds.get("spec") or {})
+    except ValidationError:
+        return ctx.wait(R.DATASET_NOT_READY, f"LongVideoDataset '{spec.dataset_ref.name}' has an invalid spec; "
+                        "see its InvalidSpec condition")
+    phase = (ds.get("status") or {}).get("phase", "Pending")
+    if phase != "Ready":
+        return ctx.wait(R.DATASET_NOT_READY, f"waiting for LongVideoDataset '{spec.dataset_ref.name}' to be "
+                        f"Ready (now {phase})")
+    return ds_spec
+
+
+def _model_uri(ctx: Ctx, spec: Any) -> str | None:
+    if spec.model.uri:
+        return spec.model.uri
+    sft, ref = ctx.obs.sft_job, spec.model.from_sft_job
+    if sft is None:
+        return ctx.wait(R.SFTJOB_NOT_FOUND, f"spec.model.fromSFTJob: SFTJob '{ref}' not found in namespace "
+                        f"'{ctx.ns}'; create it, or fix the name", invalid=True)
+    status = sft.get("status") or {}
+    if status.get("phase") == P.failed.value:
+        ctx.fail(R.DEPENDENCY_FAILED, f"SFTJob '{ref}' Failed: {status.get('message', '')}; fix and rerun it, "
+                 "then recreate this job")
+        return None
+    if status.get("phase") != P.succeeded.value:
+        return ctx.wait(R.SFTJOB_NOT_SUCCEEDED, f"waiting for SFTJob '{ref}' to succeed "
+                        f"(now {status.get('phase', 'Pending')})")
+    return ((status.get("progress") or {}).get("lastCheckpoint") or (sft.get("spec") or {}).get("output", {})
+            .get("uri"))
+
+
+def check_dependencies(ctx: Ctx, spec: Any) -> Deps | None:
+    """Dataset Ready and SFT checkpoint known, else WaitingForDependencies (None). Once the gang exists,
+    a later change of a dependency does not stop it."""
+    if ctx.obs.pods and ctx.status.get("modelUri"):
+        ds = ctx.obs.dataset
+        ds_spec = LongVideoDatasetSpec.model_validate(ds["spec"]) if ds else None
+        return Deps(ds_spec, ctx.status["modelUri"], ds_spec.cache.s3 if ds_spec else None)
+    ds_spec = _dataset(ctx, spec)
+    if ds_spec is None:
+        return None
+    model_uri = _model_uri(ctx, spec)
+    if model_uri is None:
+        return None
+    ctx.status["modelUri"] = model_uri
+    ctx.set(C.dependencies_ready, True, R.DEPENDENCIES_READY, "dataset Ready" +
+            (f", starting from SFTJob '{spec.model.from_sft_job}'" if spec.model.from_sft_job else ""))
+    if ctx.has(C.invalid_spec):
+        ctx.set(C.invalid_spec, False, R.SPEC_VALID, "")
+    return Deps(ds_spec, model_uri, ds_spec.cache.s3)
+
+
+def _gang_fits(ctx: Ctx, spec: Any) -> bool:
+    free, need = ctx.obs.free_slots, spec.resources.nodes
+    if free is None or free >= need:
+        return True
+    sel = spec.placement.effective_node_selector()
+    msg = (f"gang of {need} pod(s) x {spec.resources.gpus_per_node} nvidia.com/gpu does not fit: {free} "
+           f"can be placed now on Ready nodes matching nodeSelector {sel}; no pod is created until all fit")
+    ctx.set(C.created, False, R.INSUFFICIENT_RESOURCES, msg)
+    ctx.phase(P.pending, R.INSUFFICIENT_RESOURCES, msg)
+    ctx.plan.waiting = msg
+    ctx.plan.requeue(15)
+    return False
+
+
+def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> Any:
+    """Create every missing child (check-then-create by name); the whole gang in one pass."""
+    if not existing_ranks and not _gang_fits(ctx, spec):
+        return ctx.finish()
+    job, s = ctx.job, ctx.settings
+    cfg = build_trainer_config(spec, deps.dataset, deps.model_uri, "spec.trainer")
+    attempt = int(ctx.status.get("restarts") or 0)
+    resume = (ctx.status.get("progress") or {}).get("lastCheckpoint")
+    objs = [config_map(job, cfg), headless_service(job, s), *trainer_rbac(job, spec.resources.nodes)]
+    objs = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in ctx.obs.children]
+    objs += [worker_pod(job, spec, r, attempt, s, deps.model_uri, resume, deps.dataset_s3)
+             for r in range(spec.resources.nodes) if r not in existing_ranks]
+    ctx.plan.actions += [Create(o) for o in objs]
+    ctx.status.setdefault("startTime", rfc3339(ctx.obs.now))
+    ctx.status["workers"] = 0
+    n = spec.resources.nodes
+    ctx.set(C.created, True, R.GANG_CREATED, f"{n} worker pod(s) created (attempt {attempt})")
+    if ctx.old_phase not in (P.created.value, P.running.value):
+        ctx.phase(P.created, R.GANG_CREATED, f"created {n} worker pod(s) (attempt {attempt})")
+    ctx.plan.requeue(ctx.settings.resync_seconds)
+    return ctx.finish()
+
+
+def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
+    """A failed worker restarts the whole gang after a backoff, or fails the job at backoffLimit."""
+    bad = min((w for w in current if w.state == "failed"), key=lambda w: w.rank)
+    code = bad.end.exit_code if bad.end else None
+    logs = tail(ctx.obs.logs.get(bad.name) or (bad.end.message if bad.end else ""), ctx.settings.log_lines)
+    what = f"worker {bad.rank} (pod {bad.name}) exited with code {code}" + (
+        f" ({bad.end.reason})" if bad.end and bad.end.reason else "")
+    restarts, rp = int(ctx.status.get("restarts") or 0), spec.run_policy
+    if restarts < rp.backoff_limit:
+        delay = min(rp.backoff_seconds * 2 ** restarts, rp.max_backoff_seconds)
+        ctx.plan.actions += [Delete("Pod", w.name) for w in current if not w.deleting]
+        ctx.status["restarts"] = restarts + 1
+        ctx.status["workers"] = 0
+        ctx.status["nextRestartTime"] = rfc3339(ctx.obs.now.__class__.fromtimestamp(
+            ctx.obs.now.timestamp() + delay, ctx.obs.now.tzinfo))
+        msg = f"{what}; restarting the gang ({restarts + 1}/{rp.backoff_limit}) in {delay}s from the last checkpoint"
+        ctx.set(C.restarting, True, R.BACKOFF, msg)
+        ctx.set(C.running, False, R.WORKER_FAILED, what)
+        ctx.phase(P.restarting, R.WORKER_FAILED, msg, force_event=True)
+        ctx.plan.requeue(delay)
+        return ctx.finish()
+    ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.state in ("pending", "running")]
+    ctx.fail(R.BACKOFF_LIMIT_EXCEEDED, f"{what} after {restarts} restart(s) (backoffLimit {rp.backoff_limit})"
+             + (f"; last log lines:\n{logs}" if logs else ""))
+    return ctx.finish()
+
+
+_PROGRESS_KEYS = {"step": "step", "total_steps": "totalSteps", "totalSteps": "totalSteps", "reward": "reward",
+                  "accuracy": "accuracy", "loss": "loss", "last_checkpoint": "lastCheckpoint",
+                  "lastCheckpoint": "lastCheckpoint", "updated_at": "updatedAt", "updatedAt": "updatedAt"}
+
+
+def mirror_progress(ctx: Ctx, current: list) -> None:
+    """Copy rank 0's `longvideo.dev/progress` annotation (JSON) into status.progress."""
+    rank0 = next((w for w in current if w.rank == 0), None)
+    report = json_or_none((rank0.annotations or {}).get(ANNOTATION_PROGRESS)) if rank0 else None
+    if not report:
+        return
+    progress = dict(ctx.status.get("progress") or {})
+    for key, value in report.items():
+        if key in _PROGRESS_KEYS and value is not None:
+            progress[_PROGRESS_KEYS[key]] = value
+    step, total = progress.get("step"), progress.get("totalSteps")
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        progress["percent"] = min(100, step * 100 // total)
+        progress["summary"] = f"{step}/{total}"
+    ctx.status["progress"] = progress

@@ -1,0 +1,113 @@
+"""Plan, actions and condition helpers shared by the job and dataset reconcilers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create `obj` unless an object of its kind and name exists (an AlreadyExists answer is success)."""
+
+    obj: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.obj["kind"], self.obj["metadata"]["name"]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete a child by kind and name (NotFound is success)."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class DeleteOwner:
+    """Delete the custom resource itself (ttlSecondsAfterFinished)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str      # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    actions: list[Create | Delete | DeleteOwner] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    waiting: str | None = None       # set while waiting on something outside the operator's control
+    invalid: str | None = None       # set when the spec cannot work until the user changes it
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(float(seconds), 0.5)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning `old` into `new` at the top level of status (None: nothing changed)."""
+    old = old or {}
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch or None
+
+
+def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | str, reason: str, message: str,
+                  now: datetime, generation: int | None) -> list[dict[str, Any]]:
+    """Upsert a condition; lastTransitionTime moves only when its status flips."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    out, found = [], False
+    for c in conditions:
+        if c.get("type") == type_:
+            found = True
+            moved = c.get("status") != value
+            c = {"type": type_, "status": value, "reason": reason, "message": message,
+                 "lastTransitionTime": rfc3339(now) if moved else c.get("lastTransitionTime", rfc3339(now)),
+                 "observedGeneration": generation}
+        out.append(c)
+    if not found:
+        out.append({"type": type_, "status": value, "reason": reason, "message": message,
+                    "lastTransitionTime": rfc3339(now), "observedGeneration": generation})
+    return out
+
+
+def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def drop_condition(conditions: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
+    return [c for c in conditions if c.get("type") != type_]
+
+
+def json_or_none(text: str | None) -> dict[str, Any] | None:
+    """The JSON object at the start of `text` (a report may be followed by log lines), else None."""
+    if not text:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text.strip())
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def tail(text: str | None, lines: int) -> str:
+    return "\n".join((text or "").rstrip().splitlines()[-lines:])

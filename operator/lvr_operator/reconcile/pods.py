@@ -1,0 +1,80 @@
+"""What a pod says about its worker: pending, running, succeeded or failed (with exit code and log tail).
+
+Judged by the trainer container, not the pod phase: an RLJob pod keeps its vLLM sidecar running after
+the trainer exits, so the pod phase alone would never reach Succeeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_RANK
+
+
+@dataclass(frozen=True)
+class ContainerEnd:
+    exit_code: int | None
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    rank: int
+    attempt: int
+    state: str                      # pending | running | succeeded | failed
+    end: ContainerEnd | None = None
+    deleting: bool = False
+    annotations: dict[str, str] | None = None
+
+
+def _label_int(pod: dict[str, Any], key: str) -> int:
+    try:
+        return int((pod["metadata"].get("labels") or {}).get(key, "-1"))
+    except ValueError:
+        return -1
+
+
+def container_status(pod: dict[str, Any], name: str, init: bool = False) -> dict[str, Any] | None:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    return next((c for c in (pod.get("status") or {}).get(key) or [] if c.get("name") == name), None)
+
+
+def terminated(status: dict[str, Any] | None) -> ContainerEnd | None:
+    t = ((status or {}).get("state") or {}).get("terminated")
+    if not t:
+        return None
+    return ContainerEnd(t.get("exitCode"), t.get("reason") or "", t.get("message") or "")
+
+
+def container_state(pod: dict[str, Any], name: str, init: bool = False) -> tuple[str, ContainerEnd | None]:
+    """(pending|running|succeeded|failed, end) for one container, falling back to the pod phase."""
+    st = container_status(pod, name, init)
+    end = terminated(st)
+    if end is not None:
+        return ("succeeded" if end.exit_code == 0 else "failed"), end
+    phase = (pod.get("status") or {}).get("phase")
+    if phase == "Failed":
+        s = pod.get("status") or {}
+        return "failed", ContainerEnd(None, s.get("reason") or "PodFailed", s.get("message") or "")
+    if phase == "Succeeded":
+        return "succeeded", ContainerEnd(0, "Completed", "")
+    if ((st or {}).get("state") or {}).get("running") is not None:
+        return "running", None
+    return "pending", None
+
+
+def worker(pod: dict[str, Any], container: str = "trainer") -> Worker:
+    state, end = container_state(pod, container)
+    meta = pod["metadata"]
+    return Worker(meta["name"], _label_int(pod, LABEL_RANK), _label_int(pod, LABEL_ATTEMPT), state, end,
+                  bool(meta.get("deletionTimestamp")), meta.get("annotations") or {})
+
+
+def unschedulable_message(pod: dict[str, Any]) -> str | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return c.get("message") or "unschedulable"
+    return None

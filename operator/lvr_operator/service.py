@@ -1,0 +1,85 @@
+"""Observe -> reconcile (pure) -> apply, for one custom resource, serialised per object.
+
+Called by every kopf handler (create/update/resume, timer, pod events), so one lock per object keeps
+two triggers from reconciling the same job at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from lvr_operator.api.jobs import JobSpecBase
+from lvr_operator.api.kinds import kind_by_name
+from lvr_operator.api.phases import is_terminal
+from lvr_operator.cluster import Cluster
+from lvr_operator.reconcile.capacity import free_slots
+from lvr_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
+from lvr_operator.reconcile.job import JobObserved, reconcile_job
+from lvr_operator.reconcile.model import Plan
+from lvr_operator.reconcile.pods import container_state
+from lvr_operator.settings import OperatorSettings
+
+_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+latencies: list[float] = []      # seconds per reconcile, read by bench/operator.py
+
+
+def _failed_logs(cluster: Cluster, pods: list[dict[str, Any]], settings: OperatorSettings) -> dict[str, str]:
+    """Last log lines of failed containers whose termination message is empty."""
+    logs = {}
+    for pod in pods:
+        for c in (pod.get("spec") or {}).get("initContainers", []) + (pod.get("spec") or {}).get("containers", []):
+            state, end = container_state(pod, c["name"], c in (pod["spec"].get("initContainers") or []))
+            if state == "failed" and not (end and end.message):
+                logs[pod["metadata"]["name"]] = cluster.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"],
+                                                                c["name"], settings.log_lines)
+                break
+    return logs
+
+
+def _job_free_slots(cluster: Cluster, job: dict[str, Any], model: type) -> int | None:
+    try:
+        spec: JobSpecBase = model.model_validate(job.get("spec") or {})
+    except ValueError:
+        return None
+    if spec.resources.gpus_per_node <= 0:
+        return None
+    nodes, pods = cluster.nodes_and_active_pods()
+    return free_slots(nodes, pods, spec.resources.gpus_per_node, spec.placement.effective_node_selector(),
+                      spec.placement.effective_tolerations())
+
+
+def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSettings, now: datetime) -> JobObserved:
+    ns, spec = job["metadata"]["namespace"], job.get("spec") or {}
+    obs = JobObserved(now=now, pods=cluster.pods(job), children=cluster.children(job))
+    if (spec.get("datasetRef") or {}).get("name"):
+        obs.dataset = cluster.get_cr("LongVideoDataset", ns, spec["datasetRef"]["name"])
+    if (spec.get("model") or {}).get("fromSFTJob"):
+        obs.sft_job = cluster.get_cr("SFTJob", ns, spec["model"]["fromSFTJob"])
+    phase = (job.get("status") or {}).get("phase")
+    if not obs.pods and not is_terminal(phase) and not (spec.get("runPolicy") or {}).get("suspend"):
+        obs.free_slots = _job_free_slots(cluster, job, kind_by_name(job["kind"]).spec_model)
+    obs.logs = _failed_logs(cluster, obs.pods, settings)
+    return obs
+
+
+def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,
+                     now: datetime | None = None) -> Plan | None:
+    """One full reconcile of one object; None when it is gone or being deleted."""
+    with _locks[(kind, namespace, name)]:
+        started = time.monotonic()
+        obj = cluster.get_cr(kind, namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        now = now or datetime.now(timezone.utc)
+        if kind_by_name(kind).is_job:
+            plan = reconcile_job(obj, observe_job(cluster, obj, settings, now), settings)
+        else:
+            pods = cluster.pods(obj)
+            plan = reconcile_dataset(obj, DatasetObserved(now, pods, _failed_logs(cluster, pods, settings)), settings)
+        cluster.apply(obj, plan)
+        latencies.append(time.monotonic() - started)
+        return plan
