@@ -7,12 +7,15 @@ Every field is documented once, in its `Field(description=...)`; the CRD generat
 from __future__ import annotations
 
 import difflib
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lvr_trainer.algo.kinds import AdvantageKind, AnswerKind, KLKind, LossAgg, RewardName
 
 
 class StrictModel(BaseModel):
@@ -150,6 +153,138 @@ class OutputConfig(StrictModel):
     tensorboard: bool = Field(True, description="Write TensorBoard event files under `dir`/tb.")
 
 
+class RewardTerm(StrictModel):
+    """One term of the GRPO reward: total = sum of weight x reward function."""
+
+    name: str = Field(
+        ..., min_length=1,
+        description="A built-in reward (`accuracy`, `format`) or a custom one as `package.module:function`, "
+        "called as fn(response: str, answer: str, kind: str) -> float.")
+    weight: float = Field(..., allow_inf_nan=False, description="Multiplier of this term in the total reward.")
+
+    @model_validator(mode="after")
+    def _known_name(self) -> RewardTerm:
+        if ":" in self.name:
+            module, _, fn = self.name.partition(":")
+            if not module or not fn or not all(p.isidentifier() for p in (*module.split("."), *fn.split("."))):
+                raise ValueError(f"custom reward {self.name!r} must be written 'package.module:function'")
+        elif self.name not in {r.value for r in RewardName}:
+            builtin = ", ".join(r.value for r in RewardName)
+            raise ValueError(f"unknown reward {self.name!r}: use one of {builtin}, "
+                             "or a custom one as 'package.module:function'")
+        return self
+
+
+def _default_rewards() -> list[RewardTerm]:
+    return [RewardTerm(name=RewardName.accuracy.value, weight=0.9),
+            RewardTerm(name=RewardName.format.value, weight=0.1)]
+
+
+class GRPOConfig(StrictModel):
+    """Stage 2: GRPO (DeepSeekMath, arXiv:2402.03300) with clip-higher and dual-clip (lvr_trainer.algo.grpo)."""
+
+    group_size: int = Field(
+        8, ge=2, le=256,
+        description="G: replies sampled per prompt; advantages are normalised within each group. Default 8.")
+    temperature: float = Field(
+        1.0, gt=0, le=2.0,
+        description="Sampling temperature of rollouts (> 0; GRPO needs diverse replies). Default 1.0.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling mass of rollouts, in (0, 1]. Default 1.0.")
+    max_new_tokens: int = Field(
+        512, ge=1, le=32768,
+        description="Reply length cap in tokens; a reply cut here has no closed <answer> and scores 0. "
+        "Default 512.")
+    clip_low: float = Field(
+        0.2, ge=0, lt=1, description="PPO ratio lower bound is 1 - clip_low. Default 0.2.")
+    clip_high: float = Field(
+        0.3, ge=0, le=10,
+        description="PPO ratio upper bound is 1 + clip_high; above clip_low is DAPO's clip-higher. Default 0.3.")
+    dual_clip: float | None = Field(
+        3.0, gt=1,
+        description="Bound the loss of negative-advantage tokens at dual_clip x |A| (> 1); null disables. "
+        "Default 3.0.")
+    loss_agg: LossAgg = Field(
+        LossAgg.token_mean,
+        description="How per-token losses are reduced: token-mean, seq-mean-token-mean, seq-mean-token-sum. "
+        "Default token-mean.")
+    advantage: AdvantageKind = Field(
+        AdvantageKind.grpo, description="grpo: (r - mean) / (std + eps); dr_grpo: r - mean. Default grpo.")
+    advantage_eps: float = Field(1e-6, gt=0, description="eps in the advantage denominator. Default 1e-6.")
+    kl_coef: float = Field(
+        1e-3, ge=0,
+        description="Weight of the KL loss against the frozen reference model; 0 drops the reference model. "
+        "Default 0.001.")
+    kl_kind: KLKind = Field(
+        KLKind.low_var_kl,
+        description="KL estimator: k1, abs, mse or low_var_kl (k3, clamped). Default low_var_kl.")
+    ppo_epochs: int = Field(1, ge=1, le=16, description="Passes over each rollout batch. Default 1.")
+    mini_batches: int = Field(
+        1, ge=1,
+        description="Optimizer steps per pass: the rollout batch is split into this many mini-batches of whole "
+        "groups; old log-probs are kept from rollout time. Default 1 (on-policy).")
+    rewards: list[RewardTerm] = Field(
+        default_factory=_default_rewards,
+        description="Reward terms, summed with their weights. Default 0.9 accuracy + 0.1 format.")
+    answer_kind: AnswerKind = Field(
+        AnswerKind.mc, description="How `accuracy` compares the answer: mc (letter), number, text. Default mc.")
+    number_rel_tol: float = Field(
+        1e-4, ge=0, description="Relative tolerance of `accuracy` for answer_kind number. Default 1e-4.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GRPOConfig:
+        if not self.rewards:
+            raise ValueError("`rewards` is empty: give at least one term, e.g. [{name: accuracy, weight: 0.9}, "
+                             "{name: format, weight: 0.1}]")
+        names = [t.name for t in self.rewards]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"reward {', '.join(dupes)} listed twice in `rewards`: "
+                             "merge the entries into one weight")
+        return self
+
+
+class RolloutEngineKind(str, Enum):
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+class RolloutMode(str, Enum):
+    inprocess = "inprocess"
+    sidecar = "sidecar"
+
+
+class RolloutConfig(StrictModel):
+    """Which engine generates the GRPO replies, and where it runs."""
+
+    engine: RolloutEngineKind = Field(
+        RolloutEngineKind.transformers,
+        description="transformers (generate(); CPU and small runs) or vllm (GPU). Default transformers.")
+    mode: RolloutMode = Field(
+        RolloutMode.inprocess,
+        description="inprocess (same process as the trainer) or sidecar (a vLLM server next to the trainer, "
+        "reached at `sidecar_url`). Default inprocess.")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=0.95,
+        description="Share of GPU memory vLLM may take (the trainer needs the rest in-process). Default 0.5.")
+    sidecar_url: str | None = Field(
+        None, description="Base URL of the vLLM sidecar, e.g. http://localhost:8000; required in sidecar mode.")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Per-request timeout to the sidecar, seconds. Default 600.")
+
+    @model_validator(mode="after")
+    def _engine_mode(self) -> RolloutConfig:
+        if self.mode == RolloutMode.sidecar:
+            if self.engine != RolloutEngineKind.vllm:
+                raise ValueError("only the vllm engine runs as a sidecar: set engine: vllm, or mode: inprocess")
+            if not self.sidecar_url:
+                raise ValueError("mode sidecar needs `sidecar_url` (e.g. http://localhost:8000)")
+            if not self.sidecar_url.startswith(("http://", "https://")):
+                raise ValueError(f"sidecar_url {self.sidecar_url!r} must start with http:// or https://")
+        elif self.sidecar_url is not None:
+            raise ValueError("`sidecar_url` is only used in sidecar mode: remove it, or set mode: sidecar")
+        return self
+
+
 class TrainerConfig(StrictModel):
     """A whole `lvr sft` / `lvr rl` run."""
 
@@ -160,6 +295,8 @@ class TrainerConfig(StrictModel):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    rl: GRPOConfig | None = Field(None, description="GRPO settings; required by `lvr rl`, ignored by `lvr sft`.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engine for `lvr rl`.")
 
 
 class ConfigError(ValueError):
@@ -170,10 +307,14 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the sub-model that `loc` (minus its last element) points into."""
     current: Any = model
     for part in loc[:-1]:
+        if isinstance(part, int):  # an index into a list of sub-models: `rl.rewards.0.name`
+            continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
         current = field.annotation
+        # `Section | None` and `list[Section]`: look inside to the model
+        current = next((a for a in (*typing.get_args(current), current) if hasattr(a, "model_fields")), current)
     return list(getattr(current, "model_fields", {}))
 
 

@@ -13,7 +13,7 @@ Rules (tags are matched exactly, lowercase, as the SFT target writes them):
   `B`, `(B)`, `[B]`, `B.`, `B)`, `B:`, `B) text`, `B. text`, `B: text`, `Option B`, `Option (B): text`,
   `Answer: B`, `Choice B`, `Option B is right`, and any of these in markdown emphasis (`**B**`).
   A bare letter followed by a space and more text (`A man walks`) is *not* a choice: it reads as a word;
-  after a cue word (`Option B is right`) it is.
+  after a cue word (`Option B is right`) it is when it is a capital letter.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def _choice_patterns(letters: Sequence[str]) -> tuple[re.Pattern[str], re.Patter
     cls = "[" + "".join(re.escape(x) for x in letters) + "]"
     wrapped = rf"\((?P<p>{cls})\)|\[(?P<b>{cls})\]"
     bare = re.compile(rf"^(?:{wrapped}|(?P<l>{cls})(?=$|[.):]))", re.IGNORECASE)
-    # After a cue the letter may also be followed by a space or comma: `Option B is the one`.
-    cued = re.compile(rf"^{_CUE}(?:{wrapped}|(?P<l>{cls})(?=$|[\s.):,]))", re.IGNORECASE)
+    # After a cue the letter may be followed by more words if it is a capital (`Option B is the one`);
+    # a lowercase one there is a word (`the answer is a dog`).
+    cued = re.compile(rf"^{_CUE}(?:{wrapped}|(?P<l>{cls})(?=$|[.):,])|(?-i:(?P<u>{cls}))(?=\s))",
+                      re.IGNORECASE)
     return bare, cued
 
 
@@ -80,10 +82,47 @@ def parse_choice(span: str, letters: Sequence[str] = DEFAULT_LETTERS) -> str | N
     m = bare.match(body) or cued.match(body)
     if m is None:
         return None
-    return (m.group("p") or m.group("b") or m.group("l")).upper()
+    return next(g for g in m.groups() if g).upper()
 
 
 def extract_choice(text: str, letters: Sequence[str] = DEFAULT_LETTERS) -> str | None:
     """The letter in the *last* answer span of a whole reply; None without a span or a readable letter."""
     span = last_answer_span(text)
     return None if span is None else parse_choice(span, letters)
+
+
+_CUE_WORD = re.compile(r"\b(?:option|answer|choice)\b", re.IGNORECASE)
+
+
+def _standalone(letters: Sequence[str]) -> re.Pattern[str]:
+    cls = "[" + "".join(re.escape(x) for x in letters) + "]"
+    return re.compile(rf"(?<![A-Za-z0-9])(?:\((?i:{cls})\)|\[(?i:{cls})\]|{cls})(?![A-Za-z0-9])")
+
+
+def find_choice_lenient(text: str, letters: Sequence[str] = DEFAULT_LETTERS) -> str | None:
+    """A letter found anywhere in a reply, for the lenient scorer; the first rule that reads one wins.
+
+    1. the strict reading: `extract_choice` (so lenient is correct whenever strict is);
+    2. the last cue phrase anywhere (`the answer is C`, `Option (c)`, `answer: C.`), read by `parse_choice`;
+    3. a choice at the very start of the reply (`B. The man ...`, `(b) because ...`);
+    4. the last standalone capital letter: not touching other letters or digits (the `A` of `Apple`, `CD`
+       or `B2` does not count), and not the article `A` (an `A` followed by a space and a lowercase
+       letter); `(b)` and `[b]` count in either case, a bare lowercase letter never does.
+    """
+    letters = tuple(x.upper() for x in letters)
+    found = extract_choice(text, letters)
+    if found is not None:
+        return found
+    for cue in reversed(list(_CUE_WORD.finditer(text))):
+        found = parse_choice(text[cue.start():], letters)
+        if found is not None:
+            return found
+    found = parse_choice(text, letters)
+    if found is not None:
+        return found
+    for m in reversed(list(_standalone(letters).finditer(text))):
+        token = m.group(0)
+        if token == "A" and re.match(r"\s+[a-z]", text[m.end():]):
+            continue  # the article: "A man walks"
+        return token.strip("()[]").upper()
+    return None

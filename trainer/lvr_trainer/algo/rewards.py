@@ -12,6 +12,7 @@ Pure standard library (no torch).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import math
@@ -173,15 +174,25 @@ class WeightedReward:
     terms: tuple[tuple[str, RewardFn, float], ...]
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, float] | None = None) -> WeightedReward:
-        """Build from `{name or 'module:function': weight}`; default 0.9 accuracy + 0.1 format."""
+    def from_weights(
+        cls, weights: Mapping[str, float] | None = None, rel_tol: float = DEFAULT_REL_TOL,
+    ) -> WeightedReward:
+        """Build from `{name or 'module:function': weight}`; default 0.9 accuracy + 0.1 format.
+
+        `rel_tol` is bound into the built-in `accuracy` (config: `rl.number_rel_tol`).
+        """
         weights = DEFAULT_WEIGHTS if weights is None else weights
         if not weights:
             raise ValueError("no reward terms: give at least one, e.g. {'accuracy': 0.9, 'format': 0.1}")
+        terms = []
         for name, w in weights.items():
             if not math.isfinite(w):
                 raise ValueError(f"reward {name!r} has weight {w}; weights must be finite numbers")
-        return cls(tuple((name, resolve_reward(name), float(w)) for name, w in weights.items()))
+            fn = resolve_reward(name)
+            if fn is accuracy_reward and rel_tol != DEFAULT_REL_TOL:
+                fn = functools.partial(accuracy_reward, rel_tol=rel_tol)
+            terms.append((name, fn, float(w)))
+        return cls(tuple(terms))
 
     def __call__(self, response: str, answer: str, kind: str = AnswerKind.mc) -> tuple[float, dict[str, float]]:
         """(total, {`reward/<name>`: score}) for one reply."""
