@@ -153,6 +153,23 @@ class OutputConfig(StrictModel):
     tensorboard: bool = Field(True, description="Write TensorBoard event files under `dir`/tb.")
 
 
+class SFTConfig(StrictModel):
+    """Stage 1: chain-of-thought supervised fine-tuning."""
+
+    think: bool = Field(
+        True, description="Target `<think>{reasoning}</think><answer>{letter}</answer>`; false trains the "
+        "answer tag alone. Default true.")
+
+
+class EvalConfig(StrictModel):
+    """Held-out evaluation (`lvr eval`, and periodic evaluation inside `lvr sft` / `lvr rl`)."""
+
+    max_new_tokens: int = Field(256, ge=1, description="Reply length cap for greedy decoding. Default 256.")
+    batch_size: int = Field(16, ge=1, description="Prompts decoded together. Default 16.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N records (null: all).")
+    think: bool = Field(True, description="Ask for reasoning before the answer. Default true.")
+
+
 class RewardTerm(StrictModel):
     """One term of the GRPO reward: total = sum of weight x reward function."""
 
@@ -295,6 +312,8 @@ class TrainerConfig(StrictModel):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="CoT-SFT settings (`lvr sft`).")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     rl: GRPOConfig | None = Field(None, description="GRPO settings; required by `lvr rl`, ignored by `lvr sft`.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engine for `lvr rl`.")
 

@@ -1,0 +1,114 @@
+"""`lvr eval`: LongVideo-Reason-eval style multiple choice, greedy decoding from cached video embeddings.
+
+Used by `lvr eval` and by the loops' periodic validation, so a checkpoint scores the same wherever
+it is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lvr_trainer.config import EvalConfig, FrameSampling
+from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.eval.scoring import ScorerName, ScoredReply, results_table, score_reply, summarize
+from lvr_trainer.rollout.base import RolloutRequest, SamplingParams
+from lvr_trainer.rollout.hf import TransformersEngine
+from lvr_trainer.train.examples import prompt_for
+from lvr_trainer.train.features import VideoFeatureSource
+
+
+def request_for(model, tokenizer, record: VideoQARecord, source: VideoFeatureSource, think: bool) -> RolloutRequest:
+    """The generation request for one record: prompt ids and the video's (cached) embeddings."""
+    feats = source(record)
+    prompt = prompt_for(record, feats, tokenizer, think, model.config.vision_config.spatial_merge_size)
+    return RolloutRequest(prompt.input_ids[0], prompt.mm_token_type_ids[0], feats.embeds, feats.grid_thw,
+                          feats.second_per_grid_t)
+
+
+@dataclass
+class EvalResult:
+    summary: dict
+    items: list[ScoredReply]
+    replies: list[str]
+
+    @property
+    def accuracy(self) -> float:
+        """Overall strict accuracy."""
+        return self.summary[ScorerName.strict.value]["by_category"]["overall"]["accuracy"] or 0.0
+
+    @property
+    def well_formed(self) -> float:
+        return self.summary["well_formed_rate"]
+
+
+def evaluate(model, tokenizer, records: list[VideoQARecord], source: VideoFeatureSource, cfg: EvalConfig) -> EvalResult:
+    """Greedy replies to `records` (first `cfg.limit`), scored strict and lenient."""
+    records = records[: cfg.limit] if cfg.limit else records
+    was_training = model.training
+    model.eval()
+    engine = TransformersEngine(model, tokenizer, cfg.batch_size)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+    items, replies = [], []
+    for start in range(0, len(records), cfg.batch_size):
+        chunk = records[start:start + cfg.batch_size]
+        rollouts = engine.generate([request_for(model, tokenizer, r, source, cfg.think) for r in chunk], params)
+        for record, (reply,) in zip(chunk, rollouts):
+            replies.append(reply.text)
+            items.append(score_reply(reply.text, record.answer, id=record.id, category=record.category,
+                                     duration=record.duration))
+    model.train(was_training)
+    return EvalResult(summarize(items), items, replies)
+
+
+def write_results(out_dir: str | Path, results: dict[int, EvalResult], model_name: str, data: str) -> Path:
+    """results.json (every frame count), results.md (a table per frame count) and replies.jsonl."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model_name, "data": data, "by_frames": {str(f): r.summary for f, r in results.items()}}
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    md = [f"# Evaluation of {model_name} on {data}\n"]
+    for frames, r in results.items():
+        md += [f"## {frames} frames\n", results_table(r.summary), ""]
+    (out / "results.md").write_text("\n".join(md))
+    with open(out / "replies.jsonl", "w", encoding="utf-8") as fh:
+        for frames, r in results.items():
+            for item, reply in zip(r.items, r.replies):
+                fh.write(json.dumps({"frames": frames, "id": item.id, "answer": item.answer,
+                                     "strict": item.strict, "reply": reply}) + "\n")
+    return out
+
+
+def plot_accuracy_vs_frames(results: dict[int, EvalResult], path: str | Path) -> None:
+    """PNG: strict and lenient overall accuracy against the number of frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = sorted(results)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for scorer in ScorerName:
+        acc = [100 * (results[f].summary[scorer.value]["by_category"]["overall"]["accuracy"] or 0) for f in frames]
+        ax.plot(frames, acc, marker="o", label=scorer.value)
+    ax.axhline(25, color="grey", linestyle=":", label="chance (4 options)")
+    ax.set_xlabel("frames")
+    ax.set_ylabel("accuracy %")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("Accuracy vs. frames")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sampling_with_frames(base: FrameSampling, frames: int) -> FrameSampling:
+    return base.model_copy(update={"num_frames": frames, "fps": None})
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

@@ -1,0 +1,75 @@
+"""Data-parallel wrapping (DDP or FSDP) over the process grid, and full state dicts for checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from lvr_trainer.config import ParallelConfig, ParallelStrategy
+from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
+
+
+def setup_grid(cfg: ParallelConfig) -> ProcessGrid:
+    """The DP x SP grid from torchrun's environment; a single-process grid without torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return init_process_grid(cfg.sequence_parallel)
+    if cfg.sequence_parallel > 1:
+        raise ValueError(f"parallel.sequence_parallel={cfg.sequence_parallel} needs that many processes: "
+                         f"launch with torchrun --nproc_per_node={cfg.sequence_parallel} (or more)")
+    return single_process_grid("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid):
+    """Prepare `model` for data parallelism.
+
+    `ddp`: every rank keeps the whole model and, once per optimizer step (after all micro-batches),
+    `lvr_trainer.parallel.sp_forward.reduce_gradients` averages gradients over the DP group and sums
+    them over the SP group: DDP's semantics, one all-reduce per step. (torch's DDP wrapper is not used
+    because the loops call the language model's parts directly, never the wrapper's forward.)
+    `fsdp`: parameters sharded over the data-parallel ranks with FSDP2 (`fully_shard`).
+    """
+    if not is_fsdp(cfg, grid):
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.language_model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def is_fsdp(cfg: ParallelConfig, grid: ProcessGrid) -> bool:
+    return cfg.strategy == ParallelStrategy.fsdp and grid.layout.world_size > 1 and grid.sp_size == 1
+
+
+def full_states(model, optimizer, cfg: ParallelConfig, grid: ProcessGrid) -> tuple[dict | None, dict | None]:
+    """(model state, optimizer state), whole, on CPU, for saving from rank 0. Collective under FSDP:
+    every rank must call it. (None, None) means: use the plain module's own state dicts."""
+    if not is_fsdp(cfg, grid):
+        return None, None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=opts)
+
+
+def load_full_states(model, optimizer, model_state: dict | None, optim_state: dict, cfg: ParallelConfig,
+                     grid: ProcessGrid) -> None:
+    """Load a full optimizer state saved by `full_states` (and, under FSDP, the model state too)."""
+    if not is_fsdp(cfg, grid):
+        optimizer.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=opts)
+
+
+def all_reduce_sum(value: float, device, group=None) -> float:
+    if not dist.is_available() or not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, group=group)
+    return float(t.item())

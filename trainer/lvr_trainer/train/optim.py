@@ -1,0 +1,32 @@
+"""AdamW with linear warmup then cosine decay to a floor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lvr_trainer.config import OptimConfig
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup to 1 over
+    `warmup_steps`, then cosine from 1 down to `min_ratio` at `total_steps`."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
+    """(AdamW over trainable parameters, LambdaLR schedule). Norms and biases get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    return optimizer, schedule

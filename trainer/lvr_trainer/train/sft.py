@@ -1,0 +1,183 @@
+"""Stage 1: chain-of-thought SFT on LongVideo-Reason records (`lvr sft --config FILE`).
+
+One optimizer step, top to bottom:
+    global batch of record indices (a pure function of seed and step) -> this rank's micro-batches
+    -> examples (prompt with cached video embeddings spliced in + target, loss only on the target)
+    -> log-probs by (sequence-parallel) prefill -> loss = -sum(log p) / (target tokens in the whole step)
+    -> backward per micro-batch -> gradients reduced over ranks -> clip -> AdamW -> schedule
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lvr_trainer.config import TrainerConfig
+from lvr_trainer.data.schema import VideoQARecord, read_records
+from lvr_trainer.model.encode import embed_inputs, encode_video
+from lvr_trainer.parallel.grid import ProcessGrid
+from lvr_trainer.parallel.sp_forward import reduce_gradients, sp_forward_logprobs
+from lvr_trainer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from lvr_trainer.train.distributed import all_reduce_sum, full_states, load_full_states, setup_grid, wrap_model
+from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, sft_target
+from lvr_trainer.train.metrics import Metrics, RunLogger
+from lvr_trainer.train.optim import build_optimizer
+from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
+
+
+def global_indices(num_records: int, seed: int, step: int, global_batch: int) -> list[int]:
+    """Record indices of optimizer step `step`: consecutive slices of per-epoch permutations.
+
+    Pure in (seed, step), so a resumed run sees exactly the data the uninterrupted run would.
+    """
+    out = []
+    for pos in range(step * global_batch, (step + 1) * global_batch):
+        epoch, offset = divmod(pos, num_records)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(num_records, generator=g)[offset]))
+    return out
+
+
+def rank_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dp_size: int,
+                       dp_rank: int) -> list[list[int]]:
+    """Split a global batch (grad_accum x dp_size x batch_size) into this DP rank's micro-batches."""
+    per_micro = batch_size * dp_size
+    return [indices[m * per_micro + dp_rank * batch_size: m * per_micro + (dp_rank + 1) * batch_size]
+            for m in range(grad_accum)]
+
+
+def response_logprobs(model, batch: Batch, grid: ProcessGrid | None, temperature: float = 1.0) -> torch.Tensor:
+    """(B, S) log-probs of each position's next token (the loops mask with `batch.target_ids`)."""
+    embeds = batch.video_embeds
+    if embeds is None:  # trainable vision tower: encode with gradients, bypassing the cache
+        embeds = encode_video(model, batch.pixel_values, batch.video_grid_thw)
+    inputs_embeds = embed_inputs(model, batch.input_ids, embeds)
+    return sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,
+                               batch.attention_mask, grid, temperature=temperature)
+
+
+@dataclass
+class ExampleBank:
+    """Examples built once per record (the prompt, target and positions never change in SFT)."""
+
+    model: object
+    tokenizer: object
+    records: list[VideoQARecord]
+    source: object
+    think: bool
+    built: dict[int, Example] = field(default_factory=dict)
+
+    def __getitem__(self, i: int) -> Example:
+        if i not in self.built:
+            r = self.records[i]
+            self.built[i] = build_example(self.model, self.tokenizer, r, self.source(r), sft_target(r, self.think),
+                                          self.think)
+        return self.built[i]
+
+
+def _autocast(cfg: TrainerConfig, device: torch.device):
+    bf16 = cfg.train.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid, cfg: TrainerConfig,
+             device: torch.device) -> dict[str, float]:
+    """Forward/backward over this rank's micro-batches; returns the step's metrics (not yet averaged)."""
+    pad_id = bank.tokenizer.pad_token_id
+    local_tokens = sum(int((bank[i].labels != IGNORE).sum()) for mb in micro for i in mb)
+    total_tokens = all_reduce_sum(local_tokens, device, grid.dp_group) if grid.dp_size > 1 else local_tokens
+    loss_sum = 0.0
+    for mb in micro:
+        batch = collate([bank[i] for i in mb], pad_id).to(device)
+        mask = (batch.target_ids != IGNORE).float()
+        with _autocast(cfg, device):
+            logprobs = response_logprobs(model, batch, grid)
+        nll = -(logprobs * mask).sum()
+        # DP ranks average gradients, so scale by dp_size: the step's loss is the mean over all its tokens.
+        (nll * grid.dp_size / total_tokens).backward()
+        loss_sum += float(nll.detach())
+    return {"train/loss_sum": loss_sum, "train/tokens": float(local_tokens)}
+
+
+def _finish_step(model, optimizer, scheduler, grid: ProcessGrid, cfg: TrainerConfig) -> float:
+    reduce_gradients(model, grid)
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def _resume(output: Path, model, optimizer, scheduler, cfg: TrainerConfig, grid: ProcessGrid) -> int:
+    ckpt = latest_checkpoint(output)
+    if ckpt is None:
+        return 0
+    state = load_trainer_state(ckpt)
+    load_full_states(model, optimizer, None, state["optimizer"], cfg.parallel, grid)
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train; returns a summary. `resume` continues from `output.dir`'s latest checkpoint.
+    `stop_after` ends the run early after that many steps (as a crash would), for tests."""
+    grid = setup_grid(cfg.parallel)
+    device = torch.device(grid.device)
+    output = Path(cfg.output.dir)
+    ckpt = latest_checkpoint(output) if resume else None
+    model, tokenizer, processor = load_policy(cfg.model, device, from_dir=ckpt / "model" if ckpt else None)
+    model.train()
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction)
+    source = make_feature_source(model, processor, cfg, base_dir)
+    bank = ExampleBank(model, tokenizer, records, source, cfg.sft.think)
+    model = wrap_model(model, cfg.parallel, grid)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+    start = _resume(output, model, optimizer, scheduler, cfg, grid) if ckpt else 0
+    rank0 = grid.rank == 0
+    logger = RunLogger(output, cfg.train.steps, "sft", cfg.output.tensorboard, rank0, start)
+    metrics, t0 = Metrics(), time.perf_counter()
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum * grid.dp_size
+    losses: list[float] = []
+    last = start
+    for step in range(start, cfg.train.steps):
+        if stop_after is not None and step - start >= stop_after:
+            break
+        t_step = time.perf_counter()
+        indices = global_indices(len(records), cfg.train.seed, step, global_batch)
+        micro = rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size, grid.dp_rank)
+        m = sft_step(model, bank, micro, grid, cfg, device)
+        tokens = all_reduce_sum(m["train/tokens"], device, grid.dp_group) if grid.dp_size > 1 else m["train/tokens"]
+        loss = all_reduce_sum(m["train/loss_sum"], device, grid.dp_group) / tokens if grid.dp_size > 1 \
+            else m["train/loss_sum"] / tokens
+        grad_norm = _finish_step(model, optimizer, scheduler, grid, cfg)
+        losses.append(loss)
+        last = step + 1
+        elapsed = time.perf_counter() - t_step
+        metrics.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
+                        "perf/tokens_per_s": tokens / elapsed, "time/step_s": elapsed})
+        if last % cfg.train.log_every == 0 or last == cfg.train.steps:
+            logger.log(last, metrics.pop(), show=("train/loss", "perf/tokens_per_s"))
+        if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
+            _save(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+    if last == cfg.train.steps:
+        _save(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+    logger.close()
+    return {"steps": last, "start_step": start, "losses": losses, "seconds": time.perf_counter() - t0,
+            "vision_passes": source.vision_passes, "records": len(records),
+            "checkpoint": str(latest_checkpoint(output)) if latest_checkpoint(output) else None}
+
+
+def _save(output, step, model, tokenizer, processor, optimizer, scheduler, cfg, grid) -> None:
+    model_state, optim_state = full_states(model, optimizer, cfg.parallel, grid)
+    if grid.rank == 0:
+        save_checkpoint(output, step, model, tokenizer, processor, optimizer, scheduler, {},
+                        model_state, optim_state)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
