@@ -81,6 +81,10 @@ class Ctx:
         return (self.old_phase in {p.value for p in JOB_TERMINAL} and c is not None and c.get("status") == "True"
                 and self.status.get("observedGeneration") != self.generation)
 
+    def start_over(self) -> None:
+        self.status = {"phase": P.pending.value, "restarts": 0, "conditions": []}
+        self.old_phase = P.pending.value
+
     def finish(self) -> Plan:
         self.status["observedGeneration"] = self.generation
         self.plan.status = self.status

@@ -40,7 +40,7 @@ class JobObserved:
 def reconcile_job(job: dict[str, Any], obs: JobObserved, settings: OperatorSettings) -> Plan:
     ctx = Ctx(job, obs, settings)
     if ctx.respec_after_invalid():
-        ctx.status = {"phase": P.pending.value, "restarts": 0, "conditions": []}
+        ctx.start_over()
     spec = parse_job(ctx)
     if spec is None:
         return ctx.finish()
@@ -83,7 +83,7 @@ def _children_missing(ctx: Ctx, spec: Any) -> bool:
 def _finished(ctx: Ctx, spec: Any) -> Plan:
     """Terminal: stop anything still running (a sidecar, a straggler); honour ttlSecondsAfterFinished."""
     for w in (worker(p) for p in ctx.obs.pods):
-        if w.state in ("pending", "running") and not w.deleting:
+        if w.pod_active and not w.deleting:
             ctx.plan.actions.append(Delete("Pod", w.name))
     ttl = spec.run_policy.ttl_seconds_after_finished
     done = parse_time(ctx.status.get("completionTime"))
@@ -124,7 +124,7 @@ def _deadline_passed(ctx: Ctx, spec: Any) -> bool:
 
 
 def _succeeded(ctx: Ctx, current: list) -> Plan:
-    ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.state == "running"]
+    ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.pod_active and not w.deleting]
     ctx.status["completionTime"] = rfc3339(ctx.obs.now)
     ctx.status["workers"] = 0
     ctx.phase(P.succeeded, R.SUCCEEDED, f"all {len(current)} worker(s) exited 0")

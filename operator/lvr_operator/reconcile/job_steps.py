@@ -164,7 +164,7 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
         ctx.phase(P.restarting, R.WORKER_FAILED, msg, force_event=True)
         ctx.plan.requeue(delay)
         return ctx.finish()
-    ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.state in ("pending", "running")]
+    ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.pod_active and not w.deleting]
     ctx.fail(R.BACKOFF_LIMIT_EXCEEDED, f"{what} after {restarts} restart(s) (backoffLimit {rp.backoff_limit})"
              + (f"; last log lines:\n{logs}" if logs else ""))
     return ctx.finish()

@@ -28,6 +28,7 @@ class Worker:
     end: ContainerEnd | None = None
     deleting: bool = False
     annotations: dict[str, str] | None = None
+    pod_active: bool = True         # pod phase not Succeeded/Failed (a sidecar may still run)
 
 
 def _label_int(pod: dict[str, Any], key: str) -> int:
@@ -70,7 +71,8 @@ def worker(pod: dict[str, Any], container: str = "trainer") -> Worker:
     state, end = container_state(pod, container)
     meta = pod["metadata"]
     return Worker(meta["name"], _label_int(pod, LABEL_RANK), _label_int(pod, LABEL_ATTEMPT), state, end,
-                  bool(meta.get("deletionTimestamp")), meta.get("annotations") or {})
+                  bool(meta.get("deletionTimestamp")), meta.get("annotations") or {},
+                  (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
 
 
 def unschedulable_message(pod: dict[str, Any]) -> str | None:

@@ -1,0 +1,120 @@
+"""Pure builders: every child object a job or dataset gets."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from lvr_trainer.config import ConfigError, TrainerConfig
+
+from lvr_operator.api import LongVideoDatasetSpec, RLJobSpec, SFTJobSpec
+from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_OWNER, worker_name
+from lvr_operator.manifests.dataset import prep_pod
+from lvr_operator.manifests.job import config_map, headless_service, trainer_rbac
+from lvr_operator.manifests.job_pod import worker_pod
+from lvr_operator.manifests.rbac import operator_rules
+from lvr_operator.manifests.trainer_config import build_trainer_config
+from op_helpers import SETTINGS, dataset, job
+
+
+def _spec(kind="RLJob", **over):
+    obj = job(kind, **over)
+    return obj, (RLJobSpec if kind == "RLJob" else SFTJobSpec).model_validate(obj["spec"])
+
+
+DS = LongVideoDatasetSpec.model_validate(dataset()["spec"])
+
+
+def _env(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_trainer_config_derived_from_spec_and_overridable():
+    _, spec = _spec()
+    cfg = build_trainer_config(spec, DS, "s3://models/base", "x")
+    assert cfg.model.path == "s3://models/base" and cfg.data.train == "s3://data/train.jsonl"
+    assert cfg.cache.uri == "s3://cache/embeddings" and cfg.output.dir == "s3://ckpt/r1"
+    assert cfg.data.sampling.num_frames == 32 and cfg.train.steps == 100
+    _, spec = _spec(trainer={"train": {"steps": 3}, "model": {"preset": "tiny"}})
+    assert build_trainer_config(spec, DS, "s3://m", "x").model.preset == "tiny"
+
+
+def test_trainer_config_rejects_unknown_key_with_hint_and_bad_sp():
+    _, spec = _spec(trainer={"train": {"steps": 3}, "optim": {"lrr": 1e-5}})
+    with pytest.raises(ConfigError, match=r"optim.lrr.*did you mean 'lr'"):
+        build_trainer_config(spec, DS, "s3://m", "spec.trainer")
+    _, spec = _spec(trainer={"train": {"steps": 3}, "parallel": {"sequence_parallel": 3}})
+    with pytest.raises(ConfigError, match=r"3 does not divide the 16 GPUs.*1, 2, 4, 8, 16"):
+        build_trainer_config(spec, DS, "s3://m", "spec.trainer")
+
+
+def test_config_map_round_trips_through_the_trainer_models():
+    obj, spec = _spec()
+    cm = config_map(obj, build_trainer_config(spec, DS, "s3://m", "x"))
+    assert cm["metadata"]["name"] == "r1-config"
+    assert TrainerConfig.model_validate(yaml.safe_load(cm["data"]["trainer.yaml"])).train.steps == 100
+
+
+def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
+    obj, spec = _spec()
+    pods = [worker_pod(obj, spec, r, 1, SETTINGS, "s3://m", "s3://ckpt/r1/step-50", DS.cache.s3) for r in (0, 1)]
+    assert [p["metadata"]["name"] for p in pods] == ["r1-worker-0", "r1-worker-1"]
+    p1 = pods[1]
+    trainer, sidecar = p1["spec"]["containers"]
+    cmd = trainer["command"]
+    assert cmd[0] == "torchrun" and "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd
+    assert "--master-addr=r1-worker-0.r1-workers.ns.svc" in cmd and cmd[-3:] == ["rl", "--config", "/etc/lvr/trainer.yaml"]
+    env = _env(trainer)
+    assert env["LVR_NODE_RANK"] == "1" and env["MASTER_PORT"] == "29500" and env["LVR_RESUME_FROM"].endswith("step-50")
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "accessKey"}}
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in p1["spec"]["volumes"]
+    assert p1["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert p1["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert p1["spec"]["restartPolicy"] == "Never" and p1["spec"]["subdomain"] == "r1-workers"
+    assert p1["metadata"]["labels"][LABEL_ATTEMPT] == "1" and p1["metadata"]["labels"][LABEL_OWNER] == "r1"
+    assert p1["metadata"]["ownerReferences"][0] == {"apiVersion": "longvideo.dev/v1alpha1", "kind": "RLJob",
+                                                   "name": "r1", "uid": "uid-job", "controller": True,
+                                                   "blockOwnerDeletion": True}
+    assert sidecar["name"] == "rollout" and "--gpu-memory-utilization" in sidecar["command"]
+    assert "resources" not in sidecar and _env(trainer)["LVR_ROLLOUT_URL"] == "http://127.0.0.1:8000"
+    assert "ports" in pods[0]["spec"]["containers"][0] and "ports" not in trainer
+
+
+def test_sft_pod_has_no_sidecar_and_command_override_and_cpu_mode():
+    obj, spec = _spec("SFTJob", command=["python", "-c", "pass"], resources={"nodes": 1, "gpusPerNode": 0},
+                      placement={"nodeSelector": {}})
+    pod = worker_pod(obj, spec, 0, 0, SETTINGS, "s3://m")
+    (trainer,) = pod["spec"]["containers"]
+    assert trainer["command"] == ["python", "-c", "pass"] and "resources" not in trainer
+    assert _env(trainer)["LVR_NPROC_PER_NODE"] == "1" and "nodeSelector" not in pod["spec"]
+
+
+def test_headless_service_and_narrow_trainer_rbac():
+    obj, _ = _spec()
+    svc = headless_service(obj, SETTINGS)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    sa, role, binding = trainer_rbac(obj, 2)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"],
+                              "resourceNames": [worker_name("r1", 0), worker_name("r1", 1)]}]
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"] == "r1-trainer"
+
+
+def test_dataset_prep_pod_validate_then_encode():
+    ds = dataset()
+    ds["spec"]["encoder"] = {"preset": "tiny"}
+    spec = LongVideoDatasetSpec.model_validate(ds["spec"])
+    pod = prep_pod(ds, spec, "ds-prep-g1-0", 0, SETTINGS)
+    (init,), (enc,) = pod["spec"]["initContainers"], pod["spec"]["containers"]
+    assert init["command"][4:8] == ["lvr", "data", "validate", "s3://data/train.jsonl"]
+    assert "--json" in init["command"] and enc["command"][4:6] == ["lvr", "encode"]
+    assert "--cache" in enc["command"] and "s3://cache/embeddings" in enc["command"]
+    assert enc["resources"]["limits"]["nvidia.com/gpu"] == 1 and pod["spec"]["automountServiceAccountToken"] is False
+    no_enc = prep_pod(dataset(), LongVideoDatasetSpec.model_validate(dataset()["spec"]), "p", 0, SETTINGS)
+    assert "initContainers" not in no_enc["spec"] and no_enc["spec"]["containers"][0]["name"] == "validate"
+
+
+def test_operator_rbac_covers_what_the_trainer_role_grants():
+    rules = operator_rules()
+    pods = next(r for r in rules if "pods" in r["resources"])
+    assert {"get", "patch", "create", "delete"} <= set(pods["verbs"])
+    assert any("rljobs/status" in r["resources"] for r in rules)

@@ -1,0 +1,188 @@
+"""reconcile_job: the job's whole life as pure state transitions (observed pods in, plan out)."""
+
+from __future__ import annotations
+
+from lvr_operator.reconcile.model import Create, Delete, DeleteOwner, condition, status_patch
+from op_helpers import (ALL_CHILDREN, dataset, job, later, observed, pod_in, run, created_pods,
+                        with_status)
+
+
+def _cond(plan, type_):
+    return condition(plan.status["conditions"], type_)
+
+
+def _started(obj=None, **kw):
+    """(job with status after the gang was created, its two pods)."""
+    obj = obj or job(**kw)
+    plan = run(obj, observed())
+    return with_status(obj, plan.status), created_pods(plan)
+
+
+def test_fresh_job_creates_all_children_and_the_whole_gang():
+    plan = run(job(), observed())
+    kinds = sorted(a.obj["kind"] for a in plan.actions if isinstance(a, Create))
+    assert kinds == ["ConfigMap", "Pod", "Pod", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    assert plan.status["phase"] == "Created" and plan.status["startTime"] == "2026-11-24T12:00:00Z"
+    assert plan.status["modelUri"] == "s3://models/base" and plan.status["observedGeneration"] == 1
+    assert [e.reason for e in plan.events] == ["GangCreated"]
+    assert _cond(plan, "DependenciesReady")["status"] == "True"
+
+
+def test_missing_dataset_waits_with_invalid_spec_condition_and_creates_nothing():
+    plan = run(job(), observed(dataset_obj=None))
+    assert plan.actions == [] and plan.status["phase"] == "WaitingForDependencies"
+    c = _cond(plan, "InvalidSpec")
+    assert c["status"] == "True" and c["reason"] == "DatasetNotFound" and "'ds' not found" in c["message"]
+    assert plan.waiting and plan.requeue_after == 10
+
+
+def test_dataset_not_ready_condition_says_what_it_waits_for():
+    plan = run(job(), observed(dataset_obj=dataset("Caching")))
+    c = _cond(plan, "DependenciesReady")
+    assert c["status"] == "False" and c["reason"] == "DatasetNotReady" and "(now Caching)" in c["message"]
+    assert plan.actions == []
+
+
+def test_rl_job_waits_for_sft_then_starts_from_its_checkpoint():
+    obj = job(model={"fromSFTJob": "sft"})
+    sft = {"kind": "SFTJob", "spec": {"output": {"uri": "s3://ckpt/sft"}}, "status": {"phase": "Running"}}
+    plan = run(obj, observed(sft_job=sft))
+    assert _cond(plan, "DependenciesReady")["reason"] == "SFTJobNotSucceeded" and plan.actions == []
+    sft["status"] = {"phase": "Succeeded", "progress": {"lastCheckpoint": "s3://ckpt/sft/step-9"}}
+    plan = run(with_status(obj, plan.status), observed(sft_job=sft))
+    assert plan.status["modelUri"] == "s3://ckpt/sft/step-9" and len(created_pods(plan)) == 2
+    sidecar = created_pods(plan)[0]["spec"]["containers"][1]
+    assert "s3://ckpt/sft/step-9" in sidecar["command"]
+    sft["status"] = {"phase": "Failed", "message": "boom"}
+    plan = run(obj, observed(sft_job=sft))
+    assert plan.status["phase"] == "Failed" and _cond(plan, "Failed")["reason"] == "DependencyFailed"
+
+
+def test_gang_is_not_created_until_every_worker_fits():
+    plan = run(job(), observed(free_slots=1))
+    assert created_pods(plan) == [] and plan.status["phase"] == "Pending"
+    assert _cond(plan, "Created")["reason"] == "InsufficientResources" and "1 can be placed" in plan.waiting
+    assert len(created_pods(run(job(), observed(free_slots=2)))) == 2
+
+
+def test_restart_after_crash_mid_create_adds_only_missing_pods():
+    obj, pods = _started()
+    plan = run(job(), observed(pod_in(pods[0], "pending"), children={("ConfigMap", "r1-config")}, free_slots=0))
+    names = sorted(a.key for a in plan.actions if isinstance(a, Create))
+    assert ("Pod", "r1-worker-1") in names and ("Pod", "r1-worker-0") not in names
+    assert ("ConfigMap", "r1-config") not in names and len(names) == 5
+
+
+def test_running_and_progress_mirrored_from_rank_0():
+    obj, pods = _started()
+    report = {"step": 25, "total_steps": 100, "reward": 0.5, "accuracy": 0.4, "last_checkpoint": "s3://c/20"}
+    plan = run(obj, observed(pod_in(pods[0], "running", progress=report), pod_in(pods[1], "running")))
+    assert plan.status["phase"] == "Running" and plan.status["workers"] == 2 and plan.actions == []
+    p = plan.status["progress"]
+    assert (p["summary"], p["percent"], p["reward"], p["lastCheckpoint"]) == ("25/100", 25, 0.5, "s3://c/20")
+
+
+def test_failed_worker_restarts_whole_gang_after_backoff_from_checkpoint():
+    obj, pods = _started()
+    obj["status"]["progress"] = {"lastCheckpoint": "s3://c/20"}
+    plan = run(obj, observed(pod_in(pods[0], "running"), pod_in(pods[1], "failed", exit_code=3)))
+    assert sorted(a.name for a in plan.actions) == ["r1-worker-0", "r1-worker-1"]
+    assert plan.status["phase"] == "Restarting" and plan.status["restarts"] == 1
+    assert plan.status["nextRestartTime"] == "2026-11-24T12:00:10Z" and plan.requeue_after == 10
+    assert plan.events[0].type == "Warning" and "exited with code 3" in plan.events[0].message
+    obj = with_status(obj, plan.status)
+    assert created_pods(run(obj, observed(now=later(5)))) == []          # still backing off
+    plan = run(obj, observed(now=later(11)))
+    new = created_pods(plan)
+    assert len(new) == 2 and all(p["metadata"]["labels"]["longvideo.dev/attempt"] == "1" for p in new)
+    assert plan.status["phase"] == "Created"
+    env = {e["name"]: e.get("value") for e in new[0]["spec"]["containers"][0]["env"]}
+    assert env["LVR_RESUME_FROM"] == "s3://c/20"
+
+
+def test_backoff_doubles_and_limit_fails_with_exit_code_and_logs():
+    obj, pods = _started()
+    obj["status"]["restarts"] = 1
+    pods = [pod_in(p, "running") for p in pods]
+    for p in pods:
+        p["metadata"]["labels"]["longvideo.dev/attempt"] = "1"
+    pods[0] = pod_in(pods[0], "failed", exit_code=137)
+    plan = run(obj, observed(*pods))
+    assert plan.status["nextRestartTime"] == "2026-11-24T12:00:20Z"      # 10 s x 2
+    obj["status"]["restarts"] = 2
+    for p in pods:
+        p["metadata"]["labels"]["longvideo.dev/attempt"] = "2"
+    plan = run(obj, observed(*pods, logs={"r1-worker-0": "loading\nCUDA out of memory"}))
+    assert plan.status["phase"] == "Failed" and plan.status["completionTime"]
+    msg = _cond(plan, "Failed")["message"]
+    assert "worker 0" in msg and "code 137" in msg and "backoffLimit 2" in msg and "CUDA out of memory" in msg
+    assert [a.name for a in plan.actions] == ["r1-worker-1"]                # the survivor is stopped
+
+
+def test_stale_attempt_pods_are_deleted_before_recreating():
+    obj, pods = _started()
+    obj["status"]["restarts"] = 1
+    plan = run(obj, observed(pod_in(pods[0], "running")))
+    assert plan.actions == [Delete("Pod", "r1-worker-0")] and plan.requeue_after == 2
+
+
+def test_active_deadline_fails_and_deletes_pods():
+    obj, pods = _started(runPolicy={"activeDeadlineSeconds": 60})
+    plan = run(obj, observed(*(pod_in(p, "running") for p in pods), now=later(30)))
+    assert plan.status["phase"] == "Running" and plan.requeue_after == 30
+    plan = run(obj, observed(*(pod_in(p, "running") for p in pods), now=later(61)))
+    assert plan.status["phase"] == "Failed" and _cond(plan, "Failed")["reason"] == "DeadlineExceeded"
+    assert len([a for a in plan.actions if isinstance(a, Delete)]) == 2
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them():
+    obj, pods = _started()
+    obj["spec"]["runPolicy"]["suspend"] = True
+    plan = run(obj, observed(*(pod_in(p, "running") for p in pods)))
+    assert plan.status["phase"] == "Suspended" and len(plan.actions) == 2
+    obj = with_status(obj, plan.status)
+    obj["spec"]["runPolicy"]["suspend"] = False
+    plan = run(obj, observed(children=ALL_CHILDREN, now=later(100)))
+    assert len(created_pods(plan)) == 2 and plan.status["phase"] == "Created"
+    assert plan.status["startTime"] == "2026-11-24T12:01:40Z" and _cond(plan, "Suspended")["reason"] == "JobResumed"
+
+
+def test_unknown_trainer_key_is_invalid_spec_until_edited():
+    obj = job(trainer={"train": {"steps": 5}, "optim": {"lrr": 0.1}})
+    plan = run(obj, observed())
+    assert plan.status["phase"] == "Failed" and plan.actions == []
+    assert "spec.trainer.optim.lrr" in plan.invalid and "did you mean 'lr'" in plan.invalid
+    assert _cond(plan, "InvalidSpec")["status"] == "True"
+    obj = with_status(obj, plan.status)
+    assert run(obj, observed()).actions == []                               # stays Failed
+    obj["spec"]["trainer"] = {"train": {"steps": 5}}
+    obj["metadata"]["generation"] = 2
+    plan = run(obj, observed())
+    assert plan.status["phase"] == "Created" and len(created_pods(plan)) == 2
+
+
+def test_gpus_not_divisible_by_sp_size_is_invalid():
+    plan = run(job(resources={"nodes": 1, "gpusPerNode": 6}), observed())
+    assert "does not divide the 6 GPUs" in plan.invalid and "1, 2, 3, 6" in plan.invalid
+
+
+def test_success_stops_sidecars_then_ttl_deletes_the_job():
+    obj, pods = _started(runPolicy={"ttlSecondsAfterFinished": 60})
+    done = [pod_in(p, "succeeded") for p in pods]
+    for p in done:       # trainer exited 0, vLLM sidecar still running: pod phase Running
+        p["status"]["phase"] = "Running"
+        p["status"]["containerStatuses"][1]["state"] = {"running": {}}
+    plan = run(obj, observed(*done))
+    assert plan.status["phase"] == "Succeeded" and len(plan.actions) == 2
+    obj = with_status(obj, plan.status)
+    assert run(obj, observed(now=later(30))).requeue_after == 30
+    assert run(obj, observed(now=later(61))).actions == [DeleteOwner()]
+
+
+def test_reconcile_is_idempotent_and_patches_nothing_when_nothing_changed():
+    obj, pods = _started()
+    obs = observed(*(pod_in(p, "running") for p in pods))
+    first = run(obj, obs)
+    again = run(with_status(obj, first.status), obs)
+    assert again.actions == [] and again.events == []
+    assert status_patch(first.status, again.status) is None
