@@ -1,0 +1,42 @@
+"""Gang admission arithmetic: free GPU slots per matching, Ready, tolerated node."""
+
+from __future__ import annotations
+
+from lvr_operator.api.common import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
+from lvr_operator.reconcile.capacity import free_slots
+
+
+def _node(name, gpus=8, ready="True", taint=True, labels=None):
+    return {"metadata": {"name": name, "labels": labels if labels is not None else {"nvidia.com/gpu.present": "true"}},
+            "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}] if taint else []},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "conditions": [{"type": "Ready", "status": ready}]}}
+
+
+def _pod(gpus, node=None, phase="Running"):
+    return {"spec": {"nodeName": node, "containers": [{"resources": {"limits": {"nvidia.com/gpu": gpus}}}]},
+            "status": {"phase": phase}}
+
+
+def _slots(nodes, pods, gpus=8, tolerations=DEFAULT_TOLERATIONS):
+    return free_slots(nodes, pods, gpus, DEFAULT_NODE_SELECTOR, list(tolerations))
+
+
+def test_counts_free_nodes_and_subtracts_used_and_unbound():
+    nodes = [_node("a"), _node("b")]
+    assert _slots(nodes, []) == 2
+    assert _slots(nodes, [_pod(8, "a")]) == 1
+    assert _slots(nodes, [_pod(8, "a"), _pod(8)]) == 0           # a pending, unbound 8-GPU pod
+    assert _slots(nodes, [_pod(8, "a", phase="Succeeded")]) == 2
+    assert _slots(nodes, [_pod(4, "a")], gpus=4) == 3
+
+
+def test_unready_unlabelled_or_tainted_nodes_do_not_count():
+    assert _slots([_node("a", ready="Unknown")], []) == 0
+    assert _slots([_node("a", labels={})], []) == 0
+    assert _slots([_node("a")], [], tolerations=[]) == 0
+    assert _slots([_node("a", taint=False)], [], tolerations=[]) == 1
+
+
+def test_cpu_jobs_are_not_gated():
+    assert free_slots([], [], 0, {}, []) is None

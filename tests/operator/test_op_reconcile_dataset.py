@@ -1,0 +1,87 @@
+"""reconcile_dataset: preprocessing pod lifecycle, counts from reports, retries, spec changes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from lvr_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
+from lvr_operator.reconcile.model import Create, Delete
+from op_helpers import NOW, SETTINGS, dataset, with_status
+
+REPORT = json.dumps({"path": "train.jsonl", "rows": 10, "valid": 9, "invalid": 1, "error_rate": 0.1})
+
+
+def _ds(**spec):
+    obj = dataset(phase=None)
+    obj["spec"].update({"encoder": {"preset": "tiny"}, **spec})
+    return obj
+
+
+def _run(obj, *pods, logs=None):
+    return reconcile_dataset(obj, DatasetObserved(NOW, list(pods), logs or {}), SETTINGS)
+
+
+def _pod(plan):
+    return next(a.obj for a in plan.actions if isinstance(a, Create))
+
+
+def _state(pod, validate, encode=None):
+    pod = copy.deepcopy(pod)
+    pod["status"] = {"phase": "Pending" if encode is None else "Running",
+                     "initContainerStatuses": [{"name": "validate", "state": validate}],
+                     "containerStatuses": [{"name": "encode", "state": encode or {"waiting": {}}}]}
+    return pod
+
+
+def _done(code, msg=""):
+    return {"terminated": {"exitCode": code, "message": msg}}
+
+
+def test_lifecycle_validating_caching_ready_with_counts():
+    obj = _ds()
+    plan = _run(obj)
+    pod = _pod(plan)
+    assert pod["metadata"]["name"] == "ds-prep-g1-0" and plan.status["phase"] == "Validating"
+    obj = with_status(obj, plan.status)
+    plan = _run(obj, _state(pod, {"running": {}}))
+    assert plan.status["phase"] == "Validating" and plan.actions == []
+    plan = _run(obj, _state(pod, _done(0, REPORT), {"running": {}}))
+    assert plan.status["phase"] == "Caching" and plan.status["rows"] == {"total": 10, "valid": 9, "invalid": 1}
+    obj = with_status(obj, plan.status)
+    enc = json.dumps({"cached_videos": 4, "cached_bytes": 1024})
+    plan = _run(obj, _state(pod, _done(0, REPORT), _done(0, enc)))
+    assert plan.status["phase"] == "Ready" and plan.status["cachedVideos"] == 4 and plan.status["cachedBytes"] == 1024
+    assert plan.events[-1].reason == "DatasetReady" and "9 valid rows of 10" in plan.status["message"]
+    assert _run(with_status(obj, plan.status)).actions == []                  # Ready stays Ready
+
+
+def test_failed_validation_retries_then_fails_with_hint():
+    obj = _ds(backoffLimit=1)
+    pod = _pod(_run(obj))
+    plan = _run(obj, _state(pod, _done(1, REPORT)))
+    retry = _pod(plan)
+    assert retry["metadata"]["name"] == "ds-prep-g1-1" and plan.status["attempts"] == 2
+    obj = with_status(obj, plan.status)
+    plan = _run(obj, _state(pod, _done(1, REPORT)), _state(retry, _done(1, "")), logs={"ds-prep-g1-1": "bad row 7"})
+    assert plan.status["phase"] == "Failed" and plan.events[-1].type == "Warning"
+    msg = plan.status["message"]
+    assert "step `validate`" in msg and "code 1" in msg and "maxErrorRate" in msg and "bad row 7" in msg
+
+
+def test_spec_change_reruns_preprocessing_and_deletes_old_pods():
+    obj = _ds()
+    pod = _pod(_run(obj))
+    ready = with_status(obj, {"phase": "Ready", "observedGeneration": 1, "conditions": []})
+    ready["metadata"]["generation"] = 2
+    plan = _run(ready, _state(pod, _done(0, REPORT), _done(0, "{}")))
+    assert Delete("Pod", "ds-prep-g1-0") in plan.actions
+    assert _pod(plan)["metadata"]["name"] == "ds-prep-g2-0" and plan.status["phase"] == "Validating"
+
+
+def test_invalid_dataset_spec():
+    obj = _ds(frames=0)
+    plan = _run(obj)
+    assert plan.status["phase"] == "Failed" and plan.invalid and "spec.frames" in plan.invalid
+    obj = _ds(sourc={"jsonl": "x"})
+    assert "did you mean 'source'" in _run(obj).invalid
