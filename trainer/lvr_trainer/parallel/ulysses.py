@@ -55,13 +55,9 @@ def ulysses_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     q = all_to_all(query, ctx.group, scatter_dim=1, gather_dim=2)     # (B, Hq/W, T, D)
     k = all_to_all(key, ctx.group, scatter_dim=1, gather_dim=2)       # (B, Hkv'/W, T, D)
     v = all_to_all(value, ctx.group, scatter_dim=1, gather_dim=2)
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(
+    out = F.scaled_dot_product_attention(                             # GQA kept: KV heads not repeated
         q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, scale=scaling,
-        dropout_p=dropout if module.training else 0.0)                # (B, Hq/W, T, D)
+        dropout_p=dropout if module.training else 0.0, enable_gqa=q.shape[1] != k.shape[1])  # (B, Hq/W, T, D)
     out = all_to_all(out, ctx.group, scatter_dim=2, gather_dim=1)     # (B, Hq, T/W, D)
     return out.transpose(1, 2).contiguous()                           # (B, T/W, Hq, D)
 
