@@ -12,3 +12,11 @@ class OperatorSettings:
     resync_seconds: float = 10.0       # periodic reconcile of every object (deadlines, backoff timers)
     master_port: int = 29500           # torchrun rendezvous port on rank 0
     log_lines: int = 20                # last log lines quoted in a Failed message
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        import os
+
+        return cls(trainer_image=os.environ.get("LVR_TRAINER_IMAGE", cls.trainer_image),
+                   vllm_image=os.environ.get("LVR_VLLM_IMAGE", cls.vllm_image),
+                   resync_seconds=float(os.environ.get("LVR_RESYNC_SECONDS", cls.resync_seconds)))
