@@ -119,6 +119,10 @@ class ParallelConfig(StrictModel):
 
     strategy: ParallelStrategy = Field(
         ParallelStrategy.ddp, description="Data-parallel wrapper: ddp, or fsdp for models that do not fit.")
+    # Consumed by lvr_trainer.parallel: init_process_grid(sequence_parallel) builds the DP x SP grid
+    # (SP ranks consecutive), sp_forward_logprobs runs the prefill/backward sharded, reduce_gradients
+    # sums over SP and averages over DP. SP must also divide the attention heads (KV heads are
+    # replicated when fewer); rollout is unaffected. Kept out of `description` so the CRDs stay as generated.
     sequence_parallel: int = Field(
         1, ge=1, description="Ranks that split one sequence (Ulysses). Must divide the world size.")
 

@@ -80,8 +80,8 @@ def check_attention_heads(num_heads: int, num_kv_heads: int, sp_size: int) -> in
 class ProcessGrid:
     """This rank's place in the DP x SP grid and its process groups.
 
-    `sp_group` / `dp_group` are torch.distributed groups, or None when that dimension has size 1 and
-    no process group is needed (a plain single-process run has both None).
+    `sp_group` / `dp_group` are torch.distributed groups (created for every dimension, even of size 1,
+    under torchrun); a plain single-process run without torch.distributed has both None.
     """
 
     rank: int
