@@ -35,13 +35,11 @@ def token_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Linear, target_ids: t
     """log p(target_ids[b, t] | position t) from final hidden states, `(B, T, H)` -> `(B, T)` float32.
 
     The `(B, T, V)` logits are never held whole: they are built `chunk_size` positions at a time and,
-    when gradients are needed and there is more than one chunk, recomputed in backward (checkpoint).
+    when gradients are needed, recomputed in backward (checkpoint), so only `(B, T, H)` is saved.
     Negative targets (ignore index -100) are read as token 0; mask them in the loss.
     """
     targets = target_ids.clamp(min=0)
     length = hidden.shape[1]
-    if length <= chunk_size:
-        return _chunk_logprobs(hidden, lm_head.weight, lm_head.bias, targets, temperature)
     parts = []
     for start in range(0, length, chunk_size):
         h, t = hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size]
