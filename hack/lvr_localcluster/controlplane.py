@@ -157,8 +157,11 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop in reverse order (controllers first, etcd last) so nothing logs errors about a missing peer."""
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop in reverse order (controllers first, etcd last) so nothing logs errors about a missing peer.
+
+        The grace is short on purpose: the apiserver otherwise drains open watches for seconds, and the
+        state is thrown away at the next start anyway."""
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             if proc.poll() is None:

@@ -42,14 +42,14 @@ class KubeApi:
         if session is None:
             session = self._local.session = requests.Session()
             session.headers["Authorization"] = f"Bearer {self._token}"
-            session.verify = self._ca
         return session
 
     def request(self, method: str, path: str, body: Any = None, *, params: dict | None = None,
                 content_type: str = "application/json", timeout: float = 30) -> dict:
         data = None if body is None else json.dumps(body)
+        # verify= per request: a session-level value loses to REQUESTS_CA_BUNDLE from the environment.
         resp = self._session().request(method, self.server + path, data=data, params=params, timeout=timeout,
-                                       headers={"Content-Type": content_type})
+                                       headers={"Content-Type": content_type}, verify=self._ca)
         if resp.status_code >= 300:
             raise ApiError(method, path, resp.status_code, resp.text)
         return resp.json() if resp.content else {}
@@ -83,7 +83,8 @@ class KubeApi:
         """
         query = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
                  "timeoutSeconds": "15", **params}
-        with self._session().get(self.server + path, params=query, stream=True, timeout=(10, 30)) as resp:
+        with self._session().get(self.server + path, params=query, stream=True, timeout=(10, 30),
+                                 verify=self._ca) as resp:
             if resp.status_code >= 300:
                 raise ApiError("WATCH", path, resp.status_code, resp.text)
             for line in resp.iter_lines():

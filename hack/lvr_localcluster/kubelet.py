@@ -29,6 +29,7 @@ class Kubelet:
         self.kubeconfig_for = kubeconfig_for  # (namespace, serviceaccount, pod) -> kubeconfig path, or None
         self.workers: dict[str, PodWorker] = {}
         self.deleting: dict[str, float] = {}  # uid -> grace, for pods whose deletion we must finish
+        self.finished: set[str] = set()  # uids run to the end: never run twice, even on a stale event
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._watch_loop, name="lvr-kubelet", daemon=True)
@@ -121,6 +122,7 @@ class Kubelet:
         if deleted:
             with self.lock:
                 self.deleting.pop(uid, None)
+                self.finished.discard(uid)
             if worker:
                 worker.request_stop(0.0)
             return
@@ -136,15 +138,17 @@ class Kubelet:
                 self._finish_deletion(pod)
             return
         if worker is None and (pod.get("status") or {}).get("phase") in (None, "Pending"):
-            worker = PodWorker(self, pod)
             with self.lock:
-                self.workers[uid] = worker
+                if uid in self.finished or self.stop_event.is_set():
+                    return
+                worker = self.workers[uid] = PodWorker(self, pod)
             worker.start()
 
     def worker_done(self, worker: PodWorker) -> None:
         """Called by a worker when its processes are gone; completes a pending graceful deletion."""
         with self.lock:
             self.workers.pop(worker.uid, None)
+            self.finished.add(worker.uid)
             deleting = worker.uid in self.deleting
         if deleting and not self.stop_event.is_set():
             self._finish_deletion(worker.pod)

@@ -72,7 +72,7 @@ def pod_phase(init: list[ContainerRecord], main: list[ContainerRecord]) -> str:
 def _condition(kind: str, ok: bool, now: str, previous: dict, reason: str = "") -> dict:
     status = "True" if ok else "False"
     old = previous.get(kind, {})
-    cond = {"type": kind, "status": status, "lastProbeTime": None,
+    cond = {"type": kind, "status": status,
             "lastTransitionTime": old.get("lastTransitionTime") if old.get("status") == status else now}
     if reason and not ok:
         cond["reason"] = reason
@@ -91,7 +91,7 @@ def pod_status(old_status: dict, init: list[ContainerRecord], main: list[Contain
     if "PodScheduled" in previous:
         conditions.append(previous["PodScheduled"])
     status = {"phase": phase, "conditions": conditions, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-              "podIPs": [{"ip": "127.0.0.1"}], "startTime": start_time, "qosClass": old_status.get("qosClass"),
+              "podIPs": [{"ip": "127.0.0.1"}], "startTime": start_time,
               "containerStatuses": [r.api_status() for r in main]}
     if init:
         status["initContainerStatuses"] = [r.api_status() for r in init]

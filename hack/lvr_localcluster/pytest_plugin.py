@@ -7,7 +7,8 @@ Registered from tests/conftest.py with `pytest_plugins = ["lvr_localcluster.pyte
 - `k8s_client` (session): a `kubernetes.client.ApiClient` for the admin identity.
 - `kube_namespace` (function): a fresh namespace that accepts pods; deleted afterwards.
 - `kopf_operator` (function): `with kopf_operator("lvr_operator.main", namespace=ns) as runner:` runs an
-  operator module with kopf.testing.KopfRunner against the cluster and fails the test if kopf crashed.
+  operator (module name or .py path) with kopf.testing.KopfRunner against the cluster, and fails the test
+  if kopf itself crashed.
 - `wait_until(fn, timeout, what)`: poll `fn()` until truthy; the error names `what` and the last value.
 """
 
@@ -41,16 +42,26 @@ def wait_until(fn: Callable[[], Any], timeout: float = 30, what: str = "conditio
 def kube_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     """The real apiserver/scheduler/controller-manager + nodes + kubelet stand-in, for the whole session."""
     cluster = LocalCluster(tmp_path_factory.mktemp("kube"))
-    old = os.environ.get("KUBECONFIG")
-    with cluster:
-        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-        try:
-            yield cluster
-        finally:
-            if old is None:
-                os.environ.pop("KUBECONFIG", None)
-            else:
-                os.environ["KUBECONFIG"] = old
+    with cluster, _kubeconfig_env(str(cluster.kubeconfig)):
+        yield cluster
+
+
+@contextlib.contextmanager
+def _kubeconfig_env(path: str) -> Iterator[None]:
+    """Point KUBECONFIG at `path`, also for the `kubernetes` package if it is already imported: it reads
+    the variable once, at import, and kopf's default login (load_kube_config()) relies on it."""
+    from kubernetes.config import kube_config
+
+    old_env, old_default = os.environ.get("KUBECONFIG"), kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    os.environ["KUBECONFIG"] = kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+    try:
+        yield
+    finally:
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_default
+        if old_env is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old_env
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +98,8 @@ def kopf_operator(kube_cluster: LocalCluster):
     def run(module: str, *, namespace: str | None = None, extra_args: list[str] | None = None,
             timeout: float = 60) -> Iterator[KopfRunner]:
         scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
-        args = ["run", "--standalone", "--verbose", *scope, "-m", module, *(extra_args or [])]
+        target = [module] if module.endswith(".py") else ["-m", module]  # a file path or an importable module
+        args = ["run", "--standalone", "--verbose", *scope, *target, *(extra_args or [])]
         with KopfRunner(args, timeout=timeout) as runner:
             yield runner
         if runner.exception is not None:
