@@ -75,6 +75,7 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | s
                   now: datetime, generation: int | None) -> list[dict[str, Any]]:
     """Upsert a condition; lastTransitionTime moves only when its status flips."""
     value = status if isinstance(status, str) else ("True" if status else "False")
+    message = message or reason          # the apiserver rejected empty messages in merge patches
     out, found = [], False
     for c in conditions:
         if c.get("type") == type_:
