@@ -59,7 +59,7 @@ def field_value(pod: dict, path: str) -> str:
 
 
 def resource_value(container: dict, resource: str) -> str:
-    """`resourceFieldRef.resource` (e.g. limits.nvidia.com/gpu): the quantity as written in the spec."""
+    """`resourceFieldRef.resource` (e.g. limits.cpu): the quantity as written in the spec (no divisor)."""
     kind, _, name = resource.partition(".")
     return str((container.get("resources", {}).get(kind) or {}).get(name, ""))
 

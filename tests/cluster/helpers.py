@@ -16,7 +16,7 @@ def pod_manifest(name: str, command: list[str], *, gpus: int = 0, restart: str =
     main = {"name": "main", "image": "longvideo-rl-trainer:dev", "command": command, **container}
     spec: dict = {"restartPolicy": restart, "containers": [main], "terminationGracePeriodSeconds": 5}
     if gpus:
-        main["resources"] = {"limits": {GPU_RESOURCE: gpus}}
+        main["resources"] = {"limits": {GPU_RESOURCE: gpus, "cpu": "2"}}
         spec["nodeSelector"] = {"nvidia.com/gpu.product": GPU_LABELS["nvidia.com/gpu.product"]}
         spec["tolerations"] = [GPU_TOLERATION]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}

@@ -20,15 +20,15 @@ def core(k8s_client) -> client.CoreV1Api:
 
 def test_gpu_pod_binds_to_gpu_node_and_succeeds(core, kube_cluster, kube_namespace):
     env = [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-           {"name": "GPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.nvidia.com/gpu"}}}]
+           {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]
     core.create_namespaced_pod(kube_namespace, pod_manifest(
-        "trainer", python("import os; print('on', os.environ['NODE'], 'gpus', os.environ['GPUS'])"), gpus=8, env=env))
+        "trainer", python("import os; print('on', os.environ['NODE'], 'cpus', os.environ['CPUS'])"), gpus=8, env=env))
     pod = wait_phase(core, kube_namespace, "trainer", ("Succeeded", "Failed"))
     assert pod.spec.node_name == GPU_NODE
     assert pod.status.phase == "Succeeded"
     state = pod.status.container_statuses[0].state.terminated
     assert (state.exit_code, state.reason) == (0, "Completed")
-    assert kube_cluster.pod_log(kube_namespace, "trainer", "main").strip() == f"on {GPU_NODE} gpus 8"
+    assert kube_cluster.pod_log(kube_namespace, "trainer", "main").strip() == f"on {GPU_NODE} cpus 2"
 
 
 def test_pod_asking_16_gpus_stays_pending_unschedulable(core, kube_namespace):
