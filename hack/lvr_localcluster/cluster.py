@@ -11,6 +11,8 @@ Used by the pytest plugin (session fixture) and by `python -m lvr_localcluster s
 from __future__ import annotations
 
 import atexit
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +38,7 @@ class LocalCluster:
         self.heartbeat: Heartbeat | None = None
         self.kubelet: Kubelet | None = None
         self.nodes: list[str] = []
+        self.reaper: subprocess.Popen | None = None  # see reaper.py: cleans up if we die with kill -9
 
     @property
     def kubeconfig(self) -> Path:
@@ -55,6 +58,8 @@ class LocalCluster:
             remove_tree(self.state_dir / sub)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
+        self.reaper = subprocess.Popen([sys.executable, "-m", "lvr_localcluster.reaper", str(self.state_dir / "pids")],
+                                       start_new_session=True, stdin=subprocess.DEVNULL)
         try:
             self.control = ControlPlane(self.state_dir, bin_dir, self.marker)
             self.control.start(timeout)
@@ -81,7 +86,10 @@ class LocalCluster:
         if self.control:
             self.control.stop()
         procs.kill_recorded(self.state_dir / "pids")
-        self.kubelet = self.heartbeat = self.control = None
+        if self.reaper is not None:
+            self.reaper.terminate()
+            self.reaper.wait()
+        self.kubelet = self.heartbeat = self.control = self.reaper = None
         atexit.unregister(self.stop)
 
     def __enter__(self) -> LocalCluster:

@@ -97,13 +97,30 @@ def kill_recorded(pid_dir: Path, grace: float = 5.0) -> int:
     return killed
 
 
-def _has_marker(pid: int, marker: str) -> bool:
-    """True when process `pid` carries LVR_LOCALCLUSTER=`marker`, i.e. we started it (not a reused pid)."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False  # gone, or not ours to read
-    return f"{MARKER_ENV}={marker}".encode() in environ
+def _group_members(pgid: int) -> list[int]:
+    """Pids whose process group is `pgid` (the leader may be gone while its children live on)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _has_marker(pgid: int, marker: str) -> bool:
+    """True when a member of group `pgid` carries LVR_LOCALCLUSTER=`marker`: we started it, the pgid was
+    not reused by someone else's process."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    for pid in _group_members(pgid):
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            continue  # gone, or not ours to read
+    return False
 
 
 def forget(pid_dir: Path | None, proc: subprocess.Popen) -> None:
