@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "lvr_trainer.cli.data_cmd",
     "lvr_trainer.cli.config_cmd",
     "lvr_trainer.cli.sft_cmd",
+    "lvr_trainer.cli.rl_cmd",
     "lvr_trainer.cli.eval_cmd",
     "lvr_operator.cli_cmds",
 )

@@ -26,10 +26,18 @@ def reply_logprobs(logits: tuple[torch.Tensor, ...], tokens: torch.Tensor, tempe
 
 
 class TransformersEngine:
-    """Generates from the live policy module; `sync_weights` is therefore a no-op."""
+    """Generates from the live policy module; `sync_weights` is therefore a no-op.
+
+    The vision placeholder tokens (video/image pad, vision start/end) are never sampled: a reply holding
+    one could not be fed back as text (the prefill would expect video embeddings for it). Returned
+    log-probs are those of the unsuppressed distribution, as the trainer's prefill computes them.
+    """
 
     def __init__(self, model, tokenizer, batch_size: int = 16):
+        from lvr_trainer.model.tokenizer import vision_token_ids
+
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.suppress = sorted(set(vars(vision_token_ids(tokenizer)).values()))
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -59,7 +67,7 @@ class TransformersEngine:
             torch.manual_seed(params.seed)
         result = model.generate(
             **kwargs, **cached_video_kwargs(embeds, grid), **sampling, num_return_sequences=params.n,
-            max_new_tokens=params.max_new_tokens, output_logits=True, return_dict_in_generate=True,
+            max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress, output_logits=True, return_dict_in_generate=True,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         new = result.sequences[:, ids.shape[1]:]                               # (B * n, L)
         lps = reply_logprobs(result.logits, new, params.temperature)

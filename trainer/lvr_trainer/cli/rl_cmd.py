@@ -1,0 +1,36 @@
+"""`lvr rl`: stage 2, GRPO reinforcement learning from cached video embeddings."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rl", help="GRPO reinforcement learning of a video LLM (from an SFT checkpoint or any model)")
+    p.add_argument("--config", required=True, help="trainer config YAML with an `rl:` section (see examples/)")
+    p.add_argument("--resume", action="store_true", help="continue from output.dir's latest checkpoint")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from lvr_trainer.cli import CLIError
+    from lvr_trainer.config import ConfigError, load_config
+    from lvr_trainer.train.setup import DataError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        raise CLIError(str(err)) from None
+    from lvr_trainer.train.rl import RLConfigError, run_rl
+    from lvr_trainer.train.rl_rollout import RolloutUnavailable
+
+    try:
+        summary = run_rl(cfg, resume=args.resume)
+    except (DataError, RLConfigError, RolloutUnavailable) as err:
+        raise CLIError(str(err)) from None
+    history = summary["history"]
+    if history:
+        first, last = history[0], history[-1]
+        print(f"rl: steps {summary['start_step']}->{summary['steps']}, reward {first['reward/total']:.3f} -> "
+              f"{last['reward/total']:.3f}, format {first['rollout/format_rate']:.2f} -> "
+              f"{last['rollout/format_rate']:.2f}, {summary['seconds']:.1f}s, {summary['vision_passes']} vision "
+              f"passes for {summary['records']} records; checkpoint {summary['checkpoint']}")
+    return 0

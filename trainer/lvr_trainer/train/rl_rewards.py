@@ -1,0 +1,38 @@
+"""Shaped rewards for GRPO runs that start far from the reply format (a random-init model).
+
+The built-in `format` reward is all-or-nothing: a random-init model never writes a whole
+`<think>…</think><answer>…</answer>` reply, every group then scores the same, and GRPO's advantages are
+all 0. `format_progress` gives partial credit on the way there. Use it next to `format`, by name:
+
+    rl:
+      rewards:
+        - {name: format, weight: 1.0}
+        - {name: "lvr_trainer.train.rl_rewards:format_progress", weight: 1.0}
+
+Pure standard library; same signature as every reward: fn(response, answer, kind) -> float.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+TAGS: tuple[str, ...] = ("<think>", "</think>", "<answer>", "</answer>")
+_TAG = re.compile(r"</?(?:think|answer)>")
+
+
+def tag_skeleton_similarity(response: str) -> float:
+    """difflib ratio in [0, 1] between the reply's sequence of tags (other text dropped) and the target
+    sequence `<think> </think> <answer> </answer>`: 2 x matches / (tags in reply + 4). Missing, repeated
+    and misordered tags all lower it."""
+    found = _TAG.findall(response)
+    return difflib.SequenceMatcher(None, found, list(TAGS), autojunk=False).ratio()
+
+
+def format_progress(response: str, answer: str = "", kind: str = "mc") -> float:
+    """Partial format credit in [0, 1]: the mean of `tag_skeleton_similarity`, "starts with `<think>`" and
+    "ends with `</answer>`" (outer whitespace ignored). 1.0 for every well-formatted reply (also for
+    some malformed ones, e.g. an empty answer: pair it with the strict `format`). `answer`/`kind` unused."""
+    text = response.strip()
+    checks = (tag_skeleton_similarity(text), float(text.startswith(TAGS[0])), float(text.endswith(TAGS[-1])))
+    return sum(checks) / len(checks)

@@ -1,0 +1,150 @@
+"""GRPO's rollout phase: G sampled replies per prompt from cached video embeddings, their rewards and
+group-normalised advantages, and the padded token batches that the prefill and update phases score.
+
+Shapes: P prompts, G replies each, N = P * G replies in prompt-major order (group p is rows
+p*G .. p*G+G-1, as `algo.grpo.group_advantages` expects); S = padded prompt + reply length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lvr_trainer.algo.answers import is_well_formatted
+from lvr_trainer.algo.grpo import ADVANTAGES
+from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
+from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind
+from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.eval.run import request_for
+from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
+from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate
+
+
+class RolloutUnavailable(RuntimeError):
+    """The configured rollout engine cannot run in this build or on this machine."""
+
+
+def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int) -> RolloutEngine:
+    """The rollout engine named by `cfg.engine`; `batch_size` = sequences per generate call."""
+    if cfg.engine == RolloutEngineKind.transformers:
+        from lvr_trainer.rollout.hf import TransformersEngine
+
+        return TransformersEngine(model, tokenizer, batch_size)
+    raise RolloutUnavailable(
+        f"rollout.engine {cfg.engine.value!r} ({cfg.mode.value}) is not available in this build/machine: "
+        "the vLLM engine is not implemented yet; set rollout.engine: transformers")
+
+
+def reward_from_config(cfg: GRPOConfig) -> WeightedReward:
+    """`WeightedReward` from the `rl.rewards` terms (`rl.number_rel_tol` bound into `accuracy`)."""
+    return WeightedReward.from_weights({t.name: t.weight for t in cfg.rewards}, rel_tol=cfg.number_rel_tol)
+
+
+def sampling_params(cfg: GRPOConfig, seed: int, step: int) -> SamplingParams:
+    """G replies per prompt; the seed is a pure function of (run seed, step) so a resumed run samples
+    exactly what the uninterrupted run would."""
+    return SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
+                          max_new_tokens=cfg.max_new_tokens, seed=seed * 1_000_003 + step)
+
+
+def sample_groups(engine: RolloutEngine, model, tokenizer, records: list[VideoQARecord], source,
+                  params: SamplingParams, think: bool) -> list[Rollout]:
+    """N = P * G rollouts, prompt-major. The engine reads the cached embeddings; no vision pass."""
+    was_training = model.training
+    model.eval()
+    try:
+        groups = engine.generate([request_for(model, tokenizer, r, source, think) for r in records], params)
+    finally:
+        model.train(was_training)
+    return [ro for group in groups for ro in group]
+
+
+@dataclass
+class ScoredGroups:
+    """rewards, advantages: (N,) float32; metrics: `reward/*` and `rollout/*` batch means."""
+
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    metrics: dict[str, float]
+
+
+def score_groups(reward: WeightedReward, cfg: GRPOConfig, records: list[VideoQARecord],
+                 rollouts: list[Rollout]) -> ScoredGroups:
+    """Rewards of every reply, GRPO advantages within each group of G, and rollout statistics."""
+    g = cfg.group_size
+    answers = [records[i // g].answer for i in range(len(rollouts))]
+    texts = [ro.text for ro in rollouts]
+    totals, metrics = reward.score_batch(texts, answers, cfg.answer_kind.value)
+    rewards = torch.tensor(totals, dtype=torch.float32)                         # (N,)
+    advantages = ADVANTAGES[cfg.advantage](rewards, g, cfg.advantage_eps)      # (N,)
+    metrics.update(rollout_metrics(rollouts, answers, cfg, rewards))
+    return ScoredGroups(rewards, advantages, metrics)
+
+
+def rollout_metrics(rollouts: list[Rollout], answers: list[str], cfg: GRPOConfig,
+                    rewards: torch.Tensor) -> dict[str, float]:
+    """Strict accuracy, format rate, reply length, EOS rate, and the share of groups with any signal."""
+    n = max(len(rollouts), 1)
+    kind = cfg.answer_kind.value
+    acc = sum(accuracy_reward(ro.text, a, kind, rel_tol=cfg.number_rel_tol) for ro, a in zip(rollouts, answers))
+    lengths = [len(ro.token_ids) for ro in rollouts]
+    groups = rewards.view(-1, cfg.group_size)                                 # (P, G)
+    informative = (groups != groups[:, :1]).any(dim=1).float().mean()
+    return {
+        "rollout/accuracy": acc / n,
+        "rollout/format_rate": sum(is_well_formatted(ro.text) for ro in rollouts) / n,
+        "rollout/reply_len": sum(lengths) / n,
+        "rollout/reply_len_max": float(max(lengths, default=0)),
+        "rollout/finished_rate": sum(ro.finished for ro in rollouts) / n,
+        "rollout/informative_groups": float(informative),
+        "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+    }
+
+
+def reply_examples(model, tokenizer, records: list[VideoQARecord], rollouts: list[Rollout], source, think: bool,
+                   group_size: int) -> list[Example]:
+    """Prompt + the sampled token ids (no EOS added: a finished reply already ends with it), loss mask
+    on the reply. Features come from `source`'s memory: no vision pass."""
+    return [build_example(model, tokenizer, records[i // group_size], source(records[i // group_size]),
+                          ro.token_ids, think) for i, ro in enumerate(rollouts)]
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward unit of replies.
+
+    batch: padded token batch (B, S); mask: (B, S) float, 1 where `batch.target_ids` is a reply token;
+    advantages: (B,); old_logprobs / ref_logprobs: (B, S) under the sampling policy / the frozen reference
+    (ref None when kl_coef is 0); rollout_logprobs: (B, S) as reported by the engine (diagnostics).
+    """
+
+    batch: Batch
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    rollout_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+
+def engine_logprobs(examples: list[Example], rollouts: list[Rollout], length: int) -> torch.Tensor:
+    """(B, S) engine log-probs placed at the positions that predict each reply token (0 elsewhere)."""
+    out = torch.zeros(len(examples), length)
+    for i, (ex, ro) in enumerate(zip(examples, rollouts)):
+        k = len(ro.logprobs)
+        out[i, ex.prompt_len - 1: ex.prompt_len - 1 + k] = torch.tensor(ro.logprobs)
+    return out
+
+
+def micro_batches(examples: list[Example], rollouts: list[Rollout], advantages: torch.Tensor, per_micro: int,
+                  pad_id: int, device: torch.device) -> list[MicroBatch]:
+    """Split N replies into micro-batches of `per_micro` consecutive replies, collated and on `device`."""
+    out = []
+    for start in range(0, len(examples), per_micro):
+        exs, ros = examples[start:start + per_micro], rollouts[start:start + per_micro]
+        batch = collate(exs, pad_id)
+        mask = (batch.target_ids != IGNORE).float()
+        lps = engine_logprobs(exs, ros, batch.input_ids.shape[1])
+        out.append(MicroBatch(batch.to(device), mask.to(device), advantages[start:start + per_micro].to(device),
+                              lps.to(device)))
+    return out
