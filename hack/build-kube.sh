@@ -31,12 +31,20 @@ need_root_apt() {
   On another system build kube-apiserver/scheduler/controller-manager 1.20 yourself and put them,
   with etcd, in $bin, then: touch $dest/.complete"
   [[ $(id -u) -eq 0 ]] || die "must run as root to apt-get install build tools and add deb-src entries.
-  Re-run as root (sudo $0), or pre-install: ${apt_packages[*]} and add deb-src lines for bookworm."
+  Re-run as root (sudo $0), or have an admin install: ${missing[*]:-(nothing)} and add deb-src lines for
+  bookworm, bookworm-updates, bookworm-security (then apt-get update); after that no root is needed."
+}
+
+has_deb_src() { grep -rqsE '^(deb-src|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d/; }
+
+missing_packages() {
+  missing=()
+  for pkg in "${apt_packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 }
 
 add_deb_src() {
   # apt-get source needs deb-src entries; the stock image only has binary ones.
-  if grep -rqsE '^(deb-src|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d/; then return; fi
+  if has_deb_src; then return; fi
   log "adding deb-src entries for bookworm to /etc/apt/sources.list.d/lvr-deb-src.sources"
   cat > /etc/apt/sources.list.d/lvr-deb-src.sources <<SRC
 Types: deb-src
@@ -63,7 +71,6 @@ install_packages() {
 fetch_source() {
   # Unpacks Debian's kubernetes source into $work/src, checking it is the version we key the cache by.
   rm -rf "$work" && mkdir -p "$work"
-  debian_version=
   log "downloading Debian source package kubernetes"
   (cd "$work" && apt-get source --download-only -qq kubernetes >/dev/null 2>&1) \
     || die "apt-get source kubernetes failed; is deb-src configured and deb.debian.org reachable?"
@@ -100,13 +107,15 @@ compile() {
 
 main() {
   if cached; then echo "$bin"; exit 0; fi
-  need_root_apt
+  missing_packages
+  if ((${#missing[@]})) || ! has_deb_src; then need_root_apt; fi
   mkdir -p "$cache_root"
   exec 9>"$cache_root/build-kube.lock"
   flock 9  # one build at a time on a shared machine; the loser then finds the cache
   if cached; then echo "$bin"; exit 0; fi
   local t0=$SECONDS
-  add_deb_src; install_packages; fetch_source; replace_reflect2; compile
+  if ((${#missing[@]})) || ! has_deb_src; then add_deb_src; install_packages; fi
+  fetch_source; replace_reflect2; compile
   echo "kubernetes $debian_version" > "$dest/versions"
   dpkg-query -W -f='etcd-server ${Version}\n' etcd-server >> "$dest/versions"
   echo "$version" > "$dest/.complete"

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from lvr_localcluster import procs
 from lvr_localcluster.controlplane import REPO_ROOT, kube_bin_dir
+from lvr_localcluster.s3 import S3Endpoint, S3Server
 
+S3_SECRET = "lvr-s3"
 DEFAULT_DIR = Path(os.environ.get("LVR_CLUSTER_DIR", REPO_ROOT / ".cluster"))
 
 
@@ -46,15 +48,26 @@ def cmd_serve(state_dir: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cluster = LocalCluster(state_dir).start()
-    info = {"pid": os.getpid(), "kubeconfig": str(cluster.kubeconfig), "server": cluster.server,
-            "nodes": cluster.nodes, "start_seconds": round(cluster.start_seconds, 1)}
-    (state_dir / "serve.json").write_text(json.dumps(info, indent=1))
+    s3 = S3Server("lvr", state_dir / "logs", pid_dir=state_dir / "pids", marker=cluster.marker)
     try:
+        endpoint = s3.start()
+        cluster.api.ensure("/api/v1/namespaces/default/secrets", s3_secret(endpoint))
+        info = {"pid": os.getpid(), "kubeconfig": str(cluster.kubeconfig), "server": cluster.server,
+                "nodes": cluster.nodes, "start_seconds": round(cluster.start_seconds, 1),
+                "s3": {"endpoint": endpoint.url, "bucket": endpoint.bucket, "secret": S3_SECRET}}
+        (state_dir / "serve.json").write_text(json.dumps(info, indent=1))
         stop.wait()
     finally:
+        s3.stop()
         cluster.stop()
         (state_dir / "serve.json").unlink(missing_ok=True)
     return 0
+
+
+def s3_secret(endpoint: S3Endpoint) -> dict:
+    """Secret `lvr-s3` in namespace default: the S3 endpoint and keys, for pods' envFrom."""
+    data = {**endpoint.env(), "LVR_S3_BUCKET": endpoint.bucket}
+    return {"metadata": {"name": S3_SECRET}, "stringData": data}
 
 
 def cmd_up(state_dir: Path, timeout: float) -> int:
@@ -102,6 +115,7 @@ def cmd_status(state_dir: Path) -> int:
     info = json.loads((state_dir / "serve.json").read_text())
     print(f"cluster: running (pid {info['pid']}, {info['server']}, nodes {', '.join(info['nodes'])}, "
           f"started in {info['start_seconds']}s)")
+    print(f"s3: {info['s3']['endpoint']} bucket {info['s3']['bucket']} (keys in Secret default/{S3_SECRET})")
     print(f"kubeconfig: {info['kubeconfig']}")
     print(f"  export KUBECONFIG={info['kubeconfig']}")
     return 0

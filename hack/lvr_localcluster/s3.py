@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvr_localcluster import procs
 from lvr_localcluster.ports import free_port, wait_for_port
 
 
@@ -33,9 +34,13 @@ class S3Endpoint:
 class S3Server:
     """`with S3Server() as s3:` starts moto_server on a free port and creates `bucket`."""
 
-    def __init__(self, bucket: str = "lvr-test", log_dir: str | Path | None = None):
+    def __init__(self, bucket: str = "lvr-test", log_dir: str | Path | None = None, *,
+                 pid_dir: Path | None = None, marker: str = ""):
+        """`pid_dir`/`marker`: record the server like the cluster's processes (see procs.py), so that
+        `make cluster-down` or the cluster's reaper also end it."""
         self.bucket = bucket
         self.log_path = Path(log_dir or ".") / "moto_server.log"
+        self.pid_dir, self.marker = pid_dir, marker
         self.proc: subprocess.Popen | None = None
         self.endpoint: S3Endpoint | None = None
 
@@ -44,10 +49,8 @@ class S3Server:
         if exe is None:
             raise RuntimeError("moto_server not found; install the dev extra: pip install -e '.[dev]'")
         port = free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = procs.spawn([exe, "-H", "127.0.0.1", "-p", str(port)], log_path=self.log_path,
+                                pid_dir=self.pid_dir, marker=self.marker, name="moto_server")
         wait_for_port(port, 30, self.proc, "moto_server")
         self.endpoint = S3Endpoint(f"127.0.0.1:{port}", "lvr-access", "lvr-secret-key", self.bucket)
         from minio import Minio
@@ -65,6 +68,8 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc:
+            procs.forget(self.pid_dir, self.proc)
         self.proc = None
 
     def __enter__(self) -> S3Endpoint:
