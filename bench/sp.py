@@ -5,8 +5,9 @@ with real 3-D mRoPE positions from `get_rope_index`) every rank runs `sp_forward
 backward of the mean NLL, once, on a random-init Qwen2.5-VL language model (preset below). Per rank:
   * saved activations: bytes autograd keeps for backward (saved-tensor hooks, each storage counted
     once, parameters excluded) - the quantity Ulysses divides by SP;
-  * RSS peak: VmHWM minus VmRSS just before the step (peak reset per step via /proc/self/clear_refs),
-    which also counts transient buffers (all-to-all copies, attention workspaces, gradients);
+  * RSS peak: VmHWM minus VmRSS just before the step (peak reset per step via /proc/self/clear_refs,
+    freed memory returned to the OS by a fixed glibc mmap threshold and malloc_trim), which also
+    counts transient buffers (all-to-all copies, attention workspaces, gradients);
   * time of forward + backward (the slowest rank).
 Processes share the machine's cores (SP=1 gets all threads, SP=W one thread per rank), so on a small
 CPU the time column shows communication overhead, not speed-up.
@@ -17,6 +18,7 @@ CPU the time column shows communication overhead, not speed-up.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -108,6 +110,7 @@ def run_step(model, grid, length: int) -> dict:
 
     embeds, positions, targets = make_sample(model, length)
     model.zero_grad(set_to_none=True)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
     base = _status_kib("VmRSS")
     counter = SavedBytes(model)
@@ -148,7 +151,10 @@ def worker(out: Path, lengths: list[int]) -> None:
 
 
 def launch(sp: int, lengths: list[int], out: Path) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // sp))}
+    # glibc would keep freed activations mapped (its mmap threshold grows after frees), hiding later
+    # peaks from RSS: a fixed threshold returns every large block to the OS when it is freed.
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // sp)),
+           "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent / "trainer") + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}", __file__,
            "--worker", "--out", str(out), "--lengths", *map(str, lengths)]
