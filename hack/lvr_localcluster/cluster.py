@@ -157,7 +157,7 @@ class LocalCluster:
         return dirs[-1]
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
-        """The log of one container (default: the only/first one) of pod namespace/name."""
+        """The log of one container of pod namespace/name (default: the alphabetically first container)."""
         logs = self.pod_dir(namespace, name) / "logs"
         path = logs / f"{container}.log" if container else min(logs.glob("*.log"), default=logs / "missing.log")
         return path.read_text(errors="replace") if path.exists() else ""
