@@ -150,6 +150,9 @@ class TrainConfig(StrictModel):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(0, ge=0, description="Evaluate on `data.val` every N steps (0: never).")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads per process for torch (null: torch's default). Tiny CPU runs "
+        "are fastest with 1 thread per rank.")
 
 
 class OutputConfig(StrictModel):

@@ -119,7 +119,8 @@ def reduce_gradients(model: torch.nn.Module, grid: ProcessGrid | None) -> None:
     """
     if grid is None or grid.layout.world_size == 1:
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    # FSDP-sharded parameters (DTensor grads) are reduce-scattered by FSDP itself.
+    grads = [p.grad for p in model.parameters() if p.grad is not None and not hasattr(p.grad, "placements")]
     if not grads:
         return
     flat = torch._utils._flatten_dense_tensors(grads)

@@ -13,6 +13,9 @@ from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_pro
 
 def setup_grid(cfg: ParallelConfig) -> ProcessGrid:
     """The DP x SP grid from torchrun's environment; a single-process grid without torchrun."""
+    if cfg.strategy == ParallelStrategy.fsdp and cfg.sequence_parallel > 1:
+        raise ValueError("parallel.strategy=fsdp with parallel.sequence_parallel > 1 is not supported yet; "
+                         "use strategy: ddp with sequence parallelism, or sequence_parallel: 1 with fsdp")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return init_process_grid(cfg.sequence_parallel)
     if cfg.sequence_parallel > 1:
@@ -28,16 +31,24 @@ def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid):
     `lvr_trainer.parallel.sp_forward.reduce_gradients` averages gradients over the DP group and sums
     them over the SP group: DDP's semantics, one all-reduce per step. (torch's DDP wrapper is not used
     because the loops call the language model's parts directly, never the wrapper's forward.)
-    `fsdp`: parameters sharded over the data-parallel ranks with FSDP2 (`fully_shard`).
+    `fsdp`: each decoder layer's parameters sharded over the data-parallel ranks with FSDP2
+    (`fully_shard`): gathered for its forward and backward, gradients reduce-scattered. The rest
+    (embeddings, final norm, lm_head, the frozen vision tower) stays replicated; its gradients are
+    averaged by `reduce_gradients`, which skips the sharded (DTensor) ones.
     """
     if not is_fsdp(cfg, grid):
         return model
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.language_model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=_dp_mesh(grid))
     return model
+
+
+def _dp_mesh(grid: ProcessGrid):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(grid.device, (grid.dp_size,))
 
 
 def is_fsdp(cfg: ParallelConfig, grid: ProcessGrid) -> bool:
@@ -73,3 +84,26 @@ def all_reduce_sum(value: float, device, group=None) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, group=group)
     return float(t.item())
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, grid: ProcessGrid) -> float:
+    """Clip all gradients to a global L2 norm (after they are reduced); returns the norm before clipping.
+
+    Sharded (FSDP DTensor) gradients contribute their local shard's squares, summed over the DP group.
+    """
+    local, sharded = [], []
+    for p in model.parameters():
+        if p.grad is not None:
+            (sharded if hasattr(p.grad, "placements") else local).append(p.grad)
+    total = sum(float(g.detach().float().pow(2).sum()) for g in local)
+    if sharded:
+        shard_sq = torch.tensor([sum(float(g.to_local().float().pow(2).sum()) for g in sharded)],
+                                dtype=torch.float64)
+        dist.all_reduce(shard_sq, group=grid.dp_group)
+        total += float(shard_sq.item())
+    norm = total ** 0.5
+    if max_norm is not None and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in local + sharded:
+            g.mul_(scale)
+    return norm

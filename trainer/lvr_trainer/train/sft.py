@@ -21,7 +21,8 @@ from lvr_trainer.model.encode import embed_inputs, encode_video
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import reduce_gradients, sp_forward_logprobs
 from lvr_trainer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
-from lvr_trainer.train.distributed import all_reduce_sum, full_states, load_full_states, setup_grid, wrap_model
+from lvr_trainer.train.distributed import (all_reduce_sum, clip_grad_norm, full_states, load_full_states, setup_grid,
+                                           wrap_model)
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, sft_target
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
@@ -104,12 +105,11 @@ def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid
 
 def _finish_step(model, optimizer, scheduler, grid: ProcessGrid, cfg: TrainerConfig) -> float:
     reduce_gradients(model, grid)
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+    norm = clip_grad_norm(model, cfg.optim.grad_clip, grid)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
 
 
 def _resume(output: Path, model, optimizer, scheduler, cfg: TrainerConfig, grid: ProcessGrid) -> int:
@@ -126,6 +126,8 @@ def _resume(output: Path, model, optimizer, scheduler, cfg: TrainerConfig, grid:
 def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train; returns a summary. `resume` continues from `output.dir`'s latest checkpoint.
     `stop_after` ends the run early after that many steps (as a crash would), for tests."""
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
     grid = setup_grid(cfg.parallel)
     device = torch.device(grid.device)
     output = Path(cfg.output.dir)
@@ -135,7 +137,8 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction)
-    source = make_feature_source(model, processor, cfg, base_dir)
+    # MR-SP stage 1: ranks of one SP group hold the same samples, so they encode each video together.
+    source = make_feature_source(model, processor, cfg, base_dir, grid.sp_group if grid.sp_size > 1 else None)
     bank = ExampleBank(model, tokenizer, records, source, cfg.sft.think)
     model = wrap_model(model, cfg.parallel, grid)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
@@ -161,9 +164,9 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         last = step + 1
         elapsed = time.perf_counter() - t_step
         metrics.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
-                        "perf/tokens_per_s": tokens / elapsed, "time/step_s": elapsed})
+                        "perf/target_tokens_per_s": tokens / elapsed, "time/step_s": elapsed})
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
-            logger.log(last, metrics.pop(), show=("train/loss", "perf/tokens_per_s"))
+            logger.log(last, metrics.pop(), show=("train/loss", "perf/target_tokens_per_s"))
         if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
             _save(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
     if last == cfg.train.steps:
