@@ -24,6 +24,24 @@ _SNAKE = {"ConfigMap": "config_map", "Service": "service", "ServiceAccount": "se
           "Role": "role", "RoleBinding": "role_binding", "Pod": "pod"}
 
 
+class RetryLater(Exception):
+    """The apiserver asked us to come back (429/5xx, e.g. a new ServiceAccount whose token does not exist
+    yet); the handler turns it into kopf.TemporaryError(delay)."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+def _retry_after(err: ApiException) -> float | None:
+    if err.status not in (429, 500, 503):
+        return None
+    try:
+        return max(1.0, float((err.headers or {}).get("Retry-After") or 1))
+    except ValueError:
+        return 1.0
+
+
 def load_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
@@ -84,17 +102,23 @@ class Cluster:
             return ""
 
     def apply(self, owner: dict[str, Any], plan: Plan) -> None:
-        """Status first (it records the intent: restarts, start time), then children, then events."""
+        """Status first (it records the intent: restarts, start time), then children, then events.
+
+        Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
+        gets its token): the status patch already recorded the transition, so the next reconcile would
+        not post them again."""
         kind, ns, name = owner["kind"], namespace_of(owner), owner["metadata"]["name"]
         patch = status_patch(owner.get("status"), plan.status)
         if patch:
             self._count("patch")
             self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, kind_by_name(kind).plural,
                                                               name, {"status": patch})
-        for action in plan.actions:
-            self._act(owner, action)
-        for event in plan.events:
-            self.post_event(owner, event)
+        try:
+            for action in plan.actions:
+                self._act(owner, action)
+        finally:
+            for event in plan.events:
+                self.post_event(owner, event)
 
     def _act(self, owner: dict[str, Any], action: Create | Delete | DeleteOwner) -> None:
         ns = namespace_of(owner)
@@ -113,10 +137,14 @@ class Cluster:
                 self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
                                                             owner["metadata"]["name"])
         except ApiException as err:
-            if err.status not in (404, 409):     # gone already / exists already: the goal is met
-                log.warning("%s %s/%s: %s %s", type(action).__name__, ns, owner["metadata"]["name"],
-                            err.status, err.reason)
-                raise
+            if err.status in (404, 409):      # gone already / exists already: the goal is met
+                return
+            delay = _retry_after(err)
+            if delay is not None:
+                raise RetryLater(f"{type(action).__name__} in {ns}: {err.status} {err.reason}; retrying", delay) from err
+            log.warning("%s %s/%s: %s %s", type(action).__name__, ns, owner["metadata"]["name"], err.status,
+                        err.reason)
+            raise
 
     def delete_children(self, owner: dict[str, Any]) -> int:
         """Delete every owned object by label (works without a garbage collector)."""

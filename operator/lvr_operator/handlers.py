@@ -14,7 +14,7 @@ import kopf
 
 from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import KINDS
-from lvr_operator.cluster import Cluster
+from lvr_operator.cluster import Cluster, RetryLater
 from lvr_operator.manifests.common import LABEL_KIND, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
 from lvr_operator.service import reconcile_object
 from lvr_operator.settings import OperatorSettings
@@ -42,7 +42,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def _reconcile(kind: str, namespace: str, name: str, raise_waits: bool) -> None:
-    plan = reconcile_object(_cluster(), kind, namespace, name, CONFIG["settings"])
+    try:
+        plan = reconcile_object(_cluster(), kind, namespace, name, CONFIG["settings"])
+    except RetryLater as err:
+        raise kopf.TemporaryError(str(err), delay=err.delay) from err
     if plan is None or not raise_waits:
         return
     if plan.invalid:
