@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml hack/install-deps.sh
 	bash hack/install-deps.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
-demo: $(STAMP)  ## synthesise a small long-video dataset and validate it
+demo: $(STAMP)  ## synthesise a small long-video dataset, validate it, cache its video embeddings
 	$(BIN)/lvr data synth --out $(DEMO_DIR) --videos 12 --seconds 60 --seed 0
 	$(BIN)/lvr data validate $(DEMO_DIR)/train.jsonl
+	$(BIN)/lvr encode --data $(DEMO_DIR)/train.jsonl --cache $(DEMO_DIR)/cache --preset tiny --max-pixels 3136
 
 test: $(STAMP) cluster-bins  ## run every test suite (CI runs this)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
