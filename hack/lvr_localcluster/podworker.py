@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 POLL_SECONDS = 0.2
 CONFIG_RETRY_SECONDS = 2.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 10.0  # a real kubelet: 10 s doubling to 5 min; shortened for tests
+MESSAGE_BYTES, FALLBACK_LINES, FALLBACK_BYTES = 4096, 80, 2048  # the kubelet's termination message limits
 
 
 class PodWorker(threading.Thread):
@@ -131,6 +132,12 @@ class PodWorker(threading.Thread):
     def _process_plan(self, spec: dict) -> tuple[list[str], dict[str, str], str]:
         """argv, env and cwd for one container, with mount paths rewritten to local directories."""
         mounts = container_mounts(spec, self.volumes or {})
+        # terminationMessagePath: a per-container file, like the kubelet's bind mount of one
+        message_file = self._message_file(spec["name"])
+        message_file.parent.mkdir(parents=True, exist_ok=True)
+        message_file.write_bytes(b"")
+        mounts = sorted([*mounts, (spec.get("terminationMessagePath") or "/dev/termination-log", str(message_file))],
+                        key=lambda m: len(m[0]), reverse=True)
         env = container_env(self.pod, spec, self.kubelet.lookup, self.kubelet.base_env(self.pod, self.dir))
         env = {k: rewrite_paths(v, mounts) for k, v in env.items()}
         env["LVR_LOCAL_MOUNTS"] = json.dumps(dict(mounts))
@@ -146,8 +153,24 @@ class PodWorker(threading.Thread):
         proc = self.procs.pop(record.name)
         procs.kill_group(proc.pid, 0.0, proc)  # the container is gone: so are the children it left behind
         procs.forget(self.kubelet.pid_dir, proc)
-        record.state = terminated_state(code, self.started_at.get(record.name, stamp()))
+        record.state = terminated_state(code, self.started_at.get(record.name, stamp()),
+                                        self._termination_message(record.name, code))
         self._after_termination(record, record.exit_code or 0)
+
+    def _message_file(self, container: str) -> Path:
+        return self.dir / "termination" / container
+
+    def _termination_message(self, container: str, code: int) -> str:
+        """What the container wrote at its terminationMessagePath (first 4096 bytes); for
+        FallbackToLogsOnError with an empty file and a non-zero exit, the log's tail (80 lines, 2048 bytes)."""
+        path = self._message_file(container)
+        message = path.read_bytes()[:MESSAGE_BYTES] if path.is_file() else b""
+        policy = self.specs[container].get("terminationMessagePolicy")
+        if not message.strip() and code != 0 and policy == "FallbackToLogsOnError":
+            log = self.dir / "logs" / f"{container}.log"
+            lines = log.read_bytes().splitlines()[-FALLBACK_LINES:] if log.is_file() else []
+            message = b"\n".join(lines)[-FALLBACK_BYTES:]
+        return message.decode("utf-8", "replace")
 
     def _after_termination(self, record: ContainerRecord, code: int) -> None:
         restart = self.policy == "Always" and not record.init or self.policy != "Never" and code != 0

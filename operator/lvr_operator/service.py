@@ -52,14 +52,28 @@ def _job_free_slots(cluster: Cluster, job: dict[str, Any], model: type) -> int |
                       spec.placement.effective_tolerations())
 
 
+def _nodes(spec: dict[str, Any]) -> int:
+    try:
+        return int((spec.get("resources") or {}).get("nodes", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSettings, now: datetime) -> JobObserved:
-    ns, spec = job["metadata"]["namespace"], job.get("spec") or {}
-    obs = JobObserved(now=now, pods=cluster.pods(job), children=cluster.children(job))
+    """Read what `reconcile_job` needs, and no more: other children are listed only while the gang is
+    incomplete (5 list calls), dependencies only while the job can still start pods."""
+    ns, spec, status = job["metadata"]["namespace"], job.get("spec") or {}, job.get("status") or {}
+    obs = JobObserved(now=now, pods=cluster.pods(job))
+    settled = is_terminal(status.get("phase")) and status.get("observedGeneration") == job["metadata"].get("generation")
+    if settled:                            # finished, spec unchanged: only its pods matter (TTL, stragglers)
+        return obs
+    if len(obs.pods) < _nodes(spec):
+        obs.children = cluster.children(job)
     if (spec.get("datasetRef") or {}).get("name"):
         obs.dataset = cluster.get_cr("LongVideoDataset", ns, spec["datasetRef"]["name"])
     if (spec.get("model") or {}).get("fromSFTJob"):
         obs.sft_job = cluster.get_cr("SFTJob", ns, spec["model"]["fromSFTJob"])
-    phase = (job.get("status") or {}).get("phase")
+    phase = status.get("phase")
     if not obs.pods and not is_terminal(phase) and not (spec.get("runPolicy") or {}).get("suspend"):
         obs.free_slots = _job_free_slots(cluster, job, kind_by_name(job["kind"]).spec_model)
     obs.logs = _failed_logs(cluster, obs.pods, settings)

@@ -22,7 +22,8 @@ def test_lifecycle_dataset_then_sft_then_rl_to_succeeded(op, crds, kube_namespac
     _create(api, ns, "sftjobs", "SFTJob", "sft", _job_spec())
     waiting = _wait_phase(api, ns, "rljobs", "rl", "WaitingForDependencies", 30)
     assert "LongVideoDataset 'ds'" in waiting["message"]
-    _dataset(api, ns, tmp_path)
+    ds = _dataset(api, ns, tmp_path)     # counts from the validate step's termination message
+    assert ds["rows"] == {"total": 1, "valid": 1, "invalid": 0}, ds
     sft = _wait_phase(api, ns, "sftjobs", "sft", "Succeeded", 90)
     assert sft["progress"]["summary"] == "3/3" and sft["progress"]["lastCheckpoint"] == "s3://ckpt/step-3"
     rl = _wait_phase(api, ns, "rljobs", "rl", "Succeeded", 90)

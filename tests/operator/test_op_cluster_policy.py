@@ -61,3 +61,23 @@ def test_examples_apply_cleanly_and_nothing_is_pruned(crds, kube_cluster, kube_n
         stored = crds.get_namespaced_custom_object(G, V, kube_namespace, kind_by_name(d["kind"]).plural,
                                                    d["metadata"]["name"])
         assert _strip(stored) == _strip(d), f"{d['kind']} {d['metadata']['name']}: the apiserver changed the spec"
+
+
+def test_stand_in_reports_termination_messages(kube_namespace, k8s_client):
+    """The kubelet stand-in gives each container its own terminationMessagePath file and reports what was
+    written there (or, for FallbackToLogsOnError and a failure, the log's tail): the dataset counts use it."""
+    core = client.CoreV1Api(k8s_client)
+    sh = ["sh", "-c"]
+    containers = [
+        {"name": "report", "image": "busybox", "command": [*sh, "printf '{\"rows\": 2}' > /dev/termination-log"]},
+        {"name": "custom", "image": "busybox", "terminationMessagePath": "/var/run/msg",
+         "command": [*sh, "printf done > /var/run/msg"]},
+        {"name": "crash", "image": "busybox", "terminationMessagePolicy": "FallbackToLogsOnError",
+         "command": [*sh, "echo loading; echo boom; exit 3"]}]
+    core.create_namespaced_pod(kube_namespace, {"metadata": {"name": "msgs"},
+                                                "spec": {"restartPolicy": "Never", "containers": containers}})
+    pod = wait_until(lambda: (p := core.read_namespaced_pod("msgs", kube_namespace)).status.phase == "Failed" and p,
+                     60, "pod msgs Failed")
+    ends = {c.name: c.state.terminated for c in pod.status.container_statuses}
+    assert ends["report"].message == '{"rows": 2}' and ends["custom"].message == "done"
+    assert ends["crash"].exit_code == 3 and ends["crash"].message.splitlines()[-2:] == ["loading", "boom"]

@@ -186,3 +186,14 @@ def test_reconcile_is_idempotent_and_patches_nothing_when_nothing_changed():
     again = run(with_status(obj, first.status), obs)
     assert again.actions == [] and again.events == []
     assert status_patch(first.status, again.status) is None
+
+
+def test_children_not_listed_while_the_gang_is_complete():
+    """observe_job skips the 5 child lists when every pod exists (children=None): nothing is recreated;
+    if a pod is missing and children were not listed, every child is (re)created, AlreadyExists is fine."""
+    obj, pods = _started()
+    plan = run(obj, observed(*(pod_in(p, "running") for p in pods), children=None))
+    assert plan.actions == [] and plan.status["phase"] == "Running"
+    plan = run(obj, observed(pod_in(pods[0], "running"), children=None))
+    assert sorted(a.key for a in plan.actions if isinstance(a, Create))[-1] == ("ServiceAccount", "r1-trainer")
+    assert [p["metadata"]["name"] for p in created_pods(plan)] == ["r1-worker-1"] and len(plan.actions) == 6

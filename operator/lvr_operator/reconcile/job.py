@@ -30,7 +30,8 @@ class JobObserved:
 
     now: datetime
     pods: list[dict[str, Any]] = field(default_factory=list)          # this job's pods
-    children: set[tuple[str, str]] = field(default_factory=set)        # (kind, name) of other children
+    children: set[tuple[str, str]] | None = None                       # (kind, name) of other children;
+    # None: not looked at (the gang is complete; they are listed again before any pod is created)
     dataset: dict[str, Any] | None = None
     sft_job: dict[str, Any] | None = None
     free_slots: int | None = None                                      # None: not gated
@@ -77,7 +78,8 @@ def reconcile_job(job: dict[str, Any], obs: JobObserved, settings: OperatorSetti
 
 
 def _children_missing(ctx: Ctx, spec: Any) -> bool:
-    return len(ctx.obs.children) < 5      # ConfigMap, Service, ServiceAccount, Role, RoleBinding
+    children = ctx.obs.children        # ConfigMap, Service, ServiceAccount, Role, RoleBinding
+    return children is not None and len(children) < 5
 
 
 def _finished(ctx: Ctx, spec: Any) -> Plan:

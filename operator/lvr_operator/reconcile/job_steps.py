@@ -129,7 +129,8 @@ def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> An
     attempt = int(ctx.status.get("restarts") or 0)
     resume = (ctx.status.get("progress") or {}).get("lastCheckpoint")
     objs = [config_map(job, cfg), headless_service(job, s), *trainer_rbac(job, spec.resources.nodes)]
-    objs = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in ctx.obs.children]
+    seen = ctx.obs.children or set()       # not listed: create them all (AlreadyExists is success)
+    objs = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in seen]
     objs += [worker_pod(job, spec, r, attempt, s, deps.model_uri, resume, deps.dataset_s3)
              for r in range(spec.resources.nodes) if r not in existing_ranks]
     ctx.plan.actions += [Create(o) for o in objs]
