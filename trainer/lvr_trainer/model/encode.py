@@ -63,9 +63,9 @@ def encode_video(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch
     No gradient flows when the vision tower is frozen (the default).
     """
     grid = torch.as_tensor(video_grid_thw, dtype=torch.long).reshape(1, 3)
-    world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
-    if group is None or world == 1:
+    if group is None or dist.get_world_size(group) == 1:
         return _run_tower(model, pixel_values_videos, grid)
+    world = dist.get_world_size(group)
     t, h, w = (int(v) for v in grid[0])
     if pixel_values_videos.shape[0] != t * h * w:
         raise ValueError(f"pixel_values_videos has {pixel_values_videos.shape[0]} rows, grid {t}x{h}x{w} "
