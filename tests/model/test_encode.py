@@ -99,3 +99,20 @@ def test_vision_digest_changes_with_vision_weights_only(tiny):
     with torch.no_grad():
         next(vision_tower(model).parameters()).add_(1e-3)
     assert vision_digest(model) != before
+
+
+def test_qwen2_vl_family_splices_the_same_way(frames):
+    from lvr_trainer.config import ModelConfig
+    from lvr_trainer.model.loading import load_model
+
+    model, tok = load_model(ModelConfig(preset="tiny-qwen2-vl"))
+    assert model.config.model_type == "qwen2_vl"
+    pixel_values, grid = VideoProcessor.from_model_config(model.config)(frames).as_tensors()
+    prompt = build_prompt(tok, "Which colour appeared first?", grid)
+    with torch.no_grad():
+        ref = model(input_ids=prompt.input_ids, pixel_values_videos=pixel_values, video_grid_thw=grid,
+                    mm_token_type_ids=prompt.mm_token_type_ids).logits
+        positions, _ = rope_positions(model, prompt.input_ids, prompt.mm_token_type_ids, grid)
+        cached = encode_video(model, pixel_values, grid)
+        out = model(inputs_embeds=embed_inputs(model, prompt.input_ids, cached), position_ids=positions).logits
+    assert (out - ref).abs().max().item() <= 1e-5

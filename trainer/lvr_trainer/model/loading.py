@@ -62,7 +62,7 @@ def vision_tower(model):
 def build_preset(name: str, tokenizer, seed: int = 0, attn_implementation: str = "sdpa"):
     """A random-init preset model whose vocabulary and vision token ids match `tokenizer`."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     from lvr_trainer.model.presets import build_preset_config
     from lvr_trainer.model.tokenizer import vision_token_ids
@@ -71,7 +71,8 @@ def build_preset(name: str, tokenizer, seed: int = 0, attn_implementation: str =
                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation=attn_implementation)
+        cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+        model = cls._from_config(config, attn_implementation=attn_implementation)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

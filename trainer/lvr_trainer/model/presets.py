@@ -27,6 +27,7 @@ class Preset:
     vision_heads: int
     window_size: int
     fullatt_blocks: tuple[int, ...]
+    family: str = "qwen2_5_vl"  # or "qwen2_vl" (no window attention; MLP width = mlp_ratio x width)
 
 
 PRESETS: dict[str, Preset] = {
@@ -38,6 +39,10 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(hidden=384, intermediate=1024, layers=4, heads=6, kv_heads=2, mrope_section=(8, 12, 12),
                     vision_depth=4, vision_hidden=256, vision_intermediate=1024, vision_heads=4,
                     window_size=112, fullatt_blocks=(1, 3)),
+    # Qwen2-VL architecture at `tiny` sizes: checks that loading, encoding and splicing cover both families.
+    "tiny-qwen2-vl": Preset(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, mrope_section=(2, 3, 3),
+                            vision_depth=2, vision_hidden=32, vision_intermediate=64, vision_heads=2,
+                            window_size=0, fullatt_blocks=(), family="qwen2_vl"),
 }
 
 
@@ -47,8 +52,8 @@ def preset_names() -> list[str]:
 
 def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds, eos_id: int | None = None,
                         pad_id: int | None = None):
-    """A `Qwen2_5_VLConfig` for preset `name` with this vocabulary; unknown names list the known ones."""
-    from transformers import Qwen2_5_VLConfig
+    """A `Qwen2_5_VLConfig` (or `Qwen2VLConfig`) for preset `name` with this vocabulary and these token ids."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(preset_names())}")
@@ -61,10 +66,16 @@ def build_preset_config(name: str, vocab_size: int, tokens: VisionTokenIds, eos_
                 bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e4,
                                  "mrope_section": list(p.mrope_section)})
-    vision = dict(depth=p.vision_depth, hidden_size=p.vision_hidden, intermediate_size=p.vision_intermediate,
-                  num_heads=p.vision_heads, out_hidden_size=p.hidden, window_size=p.window_size,
-                  fullatt_block_indexes=list(p.fullatt_blocks), tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=tokens.image,
+    if p.family == "qwen2_vl":
+        vision = dict(depth=p.vision_depth, embed_dim=p.vision_hidden, hidden_size=p.hidden,
+                      num_heads=p.vision_heads, mlp_ratio=p.vision_intermediate // p.vision_hidden)
+        config_cls = Qwen2VLConfig
+    else:
+        vision = dict(depth=p.vision_depth, hidden_size=p.vision_hidden, intermediate_size=p.vision_intermediate,
+                      num_heads=p.vision_heads, out_hidden_size=p.hidden, window_size=p.window_size,
+                      fullatt_block_indexes=list(p.fullatt_blocks), tokens_per_second=2)
+        config_cls = Qwen2_5_VLConfig
+    return config_cls(text_config=text, vision_config=vision, image_token_id=tokens.image,
                             video_token_id=tokens.video, vision_start_token_id=tokens.vision_start,
                             vision_end_token_id=tokens.vision_end, tie_word_embeddings=True,
                             bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id)
