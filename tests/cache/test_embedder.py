@@ -80,3 +80,56 @@ def test_lvr_encode_cli(videos, tmp_path, capsys):
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert (second["encoded"], second["hits"], second["hit_rate"]) == (0, 2, 1.0)
+
+
+def _dataset(videos, path):
+    row = dict(question="q?", options={"A": "a", "B": "b", "C": "c", "D": "d"}, answer="A",
+               category="temporal", duration=8.0)
+    path.write_text("".join(json.dumps({**row, "id": f"q{i}", "video": v}) + "\n" for i, v in enumerate(videos)))
+    return path
+
+
+def test_lvr_encode_reads_a_trainer_config(videos, tmp_path, capsys):
+    import yaml
+
+    from lvr_trainer.cli import main
+
+    data = _dataset(videos, tmp_path / "d.jsonl")
+    cfg = {"model": {"preset": "tiny"}, "data": {"train": str(data), "sampling": {"num_frames": 2}},
+           "train": {"steps": 1}, "cache": {"uri": str(tmp_path / "cfg-cache")}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["encode", "--data", str(data), "--config", str(tmp_path / "c.yaml"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cache"] == str(tmp_path / "cfg-cache") and out["tokens"] == 2 * 16  # 2 frames: 1 group of 16
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_lvr_encode_under_torchrun_matches_single_process(videos, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lvr_trainer.cache.local import LocalStore
+
+    data = _dataset(videos, tmp_path / "d.jsonl")
+    base = ["encode", "--data", str(data), "--frames", "4", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "lvr_trainer.cli", *base, "--cache", str(tmp_path / "par")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert (summary["videos"], summary["encoded"]) == (2, 2)
+    from lvr_trainer.cli import main
+
+    assert main([*base, "--cache", str(tmp_path / "single")]) == 0
+    par, single = LocalStore(tmp_path / "par"), LocalStore(tmp_path / "single")
+    names = sorted(p.name for _, _, p in par.entries())
+    assert names == sorted(p.name for _, _, p in single.entries()) and len(names) == 2
+    from lvr_trainer.cache.payload import unpack
+
+    for name in names:
+        key = name.split(".")[0]
+        a, b = unpack(key, par.get(key)), unpack(key, single.get(key))
+        assert (a.embeds - b.embeds).abs().max().item() <= 1e-5
