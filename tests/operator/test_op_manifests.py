@@ -8,7 +8,7 @@ from lvr_trainer.config import ConfigError, TrainerConfig
 
 from lvr_operator.api import LongVideoDatasetSpec, RLJobSpec, SFTJobSpec
 from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_OWNER, worker_name
-from lvr_operator.manifests.dataset import prep_pod
+from lvr_operator.manifests.dataset import encode_argv, prep_pod, validate_argv
 from lvr_operator.manifests.job import config_map, headless_service, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.rbac import operator_rules
@@ -108,6 +108,7 @@ def test_dataset_prep_pod_validate_then_encode():
     assert init["command"][4:8] == ["lvr", "data", "validate", "s3://data/train.jsonl"]
     assert "--json" in init["command"] and enc["command"][4:6] == ["lvr", "encode"]
     assert "--cache" in enc["command"] and "s3://cache/embeddings" in enc["command"]
+    assert _env(enc)["LVR_S3_ENDPOINT"] == "http://s3:9000"           # what lvr_trainer.cache.s3 reads
     assert enc["resources"]["limits"]["nvidia.com/gpu"] == 1 and pod["spec"]["automountServiceAccountToken"] is False
     no_enc = prep_pod(dataset(), LongVideoDatasetSpec.model_validate(dataset()["spec"]), "p", 0, SETTINGS)
     assert "initContainers" not in no_enc["spec"] and no_enc["spec"]["containers"][0]["name"] == "validate"
@@ -118,3 +119,19 @@ def test_operator_rbac_covers_what_the_trainer_role_grants():
     pods = next(r for r in rules if "pods" in r["resources"])
     assert {"get", "patch", "create", "delete"} <= set(pods["verbs"])
     assert any("rljobs/status" in r["resources"] for r in rules)
+
+
+def test_dataset_steps_parse_with_the_real_lvr_cli():
+    """The preprocessing pod's argv is accepted by `lvr` itself, with the meaning the operator wants."""
+    from lvr_trainer.cli import build_parser
+
+    ds = dataset()
+    ds["spec"].update({"encoder": {"model": "s3://models/qwen"}, "frames": 256, "maxErrorRate": 0.05})
+    spec = LongVideoDatasetSpec.model_validate(ds["spec"])
+    val = build_parser().parse_args(validate_argv(spec)[1:])
+    assert (val.file, val.frames, val.max_error_rate, val.json) == ("s3://data/train.jsonl", 256, 0.05, True)
+    enc = build_parser().parse_args(encode_argv(spec)[1:])
+    assert (enc.data, enc.cache, enc.frames, enc.model, enc.json) == (
+        "s3://data/train.jsonl", "s3://cache/embeddings", 256, "s3://models/qwen", True)
+    ds["spec"]["encoder"] = {"preset": "tiny"}
+    assert build_parser().parse_args(encode_argv(LongVideoDatasetSpec.model_validate(ds["spec"]))[1:]).preset == "tiny"

@@ -49,7 +49,8 @@ def test_lifecycle_validating_caching_ready_with_counts():
     plan = _run(obj, _state(pod, _done(0, REPORT), {"running": {}}))
     assert plan.status["phase"] == "Caching" and plan.status["rows"] == {"total": 10, "valid": 9, "invalid": 1}
     obj = with_status(obj, plan.status)
-    enc = json.dumps({"cached_videos": 4, "cached_bytes": 1024})
+    enc = json.dumps({"videos": 5, "encoded": 3, "hits": 1, "failed": 1, "bytes_written": 768, "bytes_read": 256,
+                      "cache": "s3://cache/embeddings"})            # `lvr encode --json`
     plan = _run(obj, _state(pod, _done(0, REPORT), _done(0, enc)))
     assert plan.status["phase"] == "Ready" and plan.status["cachedVideos"] == 4 and plan.status["cachedBytes"] == 1024
     assert plan.events[-1].reason == "DatasetReady" and "9 valid rows of 10" in plan.status["message"]

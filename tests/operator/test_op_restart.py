@@ -20,9 +20,10 @@ import pytest
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
 from lvr_localcluster.pytest_plugin import wait_until
-from op_cluster import OWNER, create, job_spec, owned_pods, ready_dataset, status, wait_phase
+from op_cluster import OWNER, create, job_spec, owned_pods, ready_dataset, status, wait_phase, write_jsonl
 
 from lvr_operator import handlers
+from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.cluster import Cluster, RetryLater
 from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_RANK
 from lvr_operator.service import reconcile_object
@@ -52,6 +53,29 @@ class CrashingCluster(Cluster):
                 raise Crash(f"killed before write {self.at}")
             self.writes += 1
         super()._count(what)
+
+
+def test_operator_killed_before_every_write_of_a_dataset_reconcile(crds, kube_namespace, k8s_client, tmp_path):
+    """The same for LongVideoDataset: one preprocessing pod per generation and attempt, never two."""
+    ns, api, core = kube_namespace, crds, client.CoreV1Api(k8s_client)
+    spec = {"source": {"jsonl": write_jsonl(tmp_path)}, "frames": 8, "resources": {"gpusPerNode": 0}}
+    recorder = PodRecorder(core, ns)
+    try:
+        create(api, ns, "longvideodatasets", "LongVideoDataset", "clean", spec)
+        clean = CrashingCluster(k8s_client, None)
+        assert _drive(k8s_client, core, ns, {"clean": clean}, 90, "LongVideoDataset")["clean"]["phase"] == "Ready"
+        clusters: dict[str, Cluster] = {}
+        for at in range(clean.writes):
+            create(api, ns, "longvideodatasets", "LongVideoDataset", f"kill-{at}", spec)
+            clusters[f"kill-{at}"] = CrashingCluster(k8s_client, at)
+        dying = list(clusters.values())
+        done = _drive(k8s_client, core, ns, clusters, 120, "LongVideoDataset")
+    finally:
+        recorder.stop()
+    assert {n: s["phase"] for n, s in done.items()} == {n: "Ready" for n in clusters}
+    assert all(s["rows"]["valid"] == 1 and s["attempts"] == 1 for s in done.values())
+    assert {c.killed_before for c in dying} >= {"create", "patch", "event"}
+    assert all(n == 1 for n in recorder.added.values()) and len(recorder.added) == len(clusters) + 1
 
 
 class DiesBeforeCreating(CrashingCluster):
@@ -96,29 +120,31 @@ class PodRecorder:
         self._thread.join(10)
 
 
-def _assert_no_duplicates(core: client.CoreV1Api, ns: str, job: str) -> None:
+def _assert_no_duplicates(core: client.CoreV1Api, ns: str, job: str, max_pods: int = NODES) -> None:
     pods = owned_pods(core, ns, job)
     ranks = [p.metadata.labels.get(LABEL_RANK) for p in pods]
-    assert len(pods) <= NODES and len(set(ranks)) == len(ranks), f"{job}: pods {[p.metadata.name for p in pods]}"
+    assert len(pods) <= max_pods and len(set(ranks)) == len(ranks), f"{job}: pods {[p.metadata.name for p in pods]}"
     kinds = Counter(k for k in ("config_map", "service", "service_account")
                     for _ in getattr(core, f"list_namespaced_{k}")(ns, label_selector=f"{OWNER}={job}").items)
     assert all(n <= 1 for n in kinds.values()), f"{job}: children {kinds}"
 
 
-def _drive(k8s_client, core, ns: str, clusters: dict[str, Cluster], timeout: float) -> dict[str, dict]:
-    """Reconcile every job in turn (as the operator's timer would) until all are terminal."""
-    deadline, done = time.monotonic() + timeout, {}
+def _drive(k8s_client, core, ns: str, clusters: dict[str, Cluster], timeout: float,
+           kind: str = "SFTJob") -> dict[str, dict]:
+    """Reconcile every object in turn (as the operator's timer would) until all are terminal."""
+    deadline, done, plural = time.monotonic() + timeout, {}, kind_by_name(kind).plural
+    max_pods = NODES if kind_by_name(kind).is_job else 1
     while len(done) < len(clusters) and time.monotonic() < deadline:
         for name in [n for n in clusters if n not in done]:
             try:
-                reconcile_object(clusters[name], "SFTJob", ns, name, SETTINGS)
+                reconcile_object(clusters[name], kind, ns, name, SETTINGS)
             except Crash:
                 clusters[name] = Cluster(k8s_client)          # the restarted operator
             except RetryLater:                                # e.g. the new ServiceAccount has no token yet
                 pass
-            _assert_no_duplicates(core, ns, name)
-            phase = (st := status(client.CustomObjectsApi(k8s_client), ns, "sftjobs", name)).get("phase")
-            if phase in ("Succeeded", "Failed"):
+            _assert_no_duplicates(core, ns, name, max_pods)
+            phase = (st := status(client.CustomObjectsApi(k8s_client), ns, plural, name)).get("phase")
+            if phase in ("Succeeded", "Failed", "Ready"):
                 done[name] = st
         time.sleep(0.3)
     return done

@@ -33,12 +33,16 @@ def validate_argv(spec: LongVideoDatasetSpec) -> list[str]:
 
 
 def encode_argv(spec: LongVideoDatasetSpec) -> list[str] | None:
-    """`lvr encode`, or None when the spec names no encoder (validate only)."""
+    """`lvr encode` (trainer/lvr_trainer/cli/encode_cmd.py), or None when the spec names no encoder.
+
+    `--frames` is the dataset's frame count, the one the jobs sample (it is part of the cache key); the
+    pixel budget is the trainer's default on both sides. `--json` prints the summary the operator reads
+    from the termination message (videos, encoded, hits, failed, bytes_written, bytes_read)."""
     enc = spec.encoder
     if not (enc.model or enc.preset):
         return None
     cache = spec.cache.s3.uri() if spec.cache.s3 else LOCAL_CACHE
-    argv = ["lvr", "encode", "--data", dataset_jsonl(spec), "--cache", cache]
+    argv = ["lvr", "encode", "--data", dataset_jsonl(spec), "--cache", cache, "--frames", str(spec.frames), "--json"]
     return argv + (["--model", enc.model] if enc.model else ["--preset", str(enc.preset)])
 
 

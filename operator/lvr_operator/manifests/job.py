@@ -65,8 +65,10 @@ def rendezvous_env(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: 
 
 
 def s3_env(secret: str | None, endpoint: str | None) -> list[dict[str, Any]]:
-    """Cache credentials from the user's Secret (keys accessKey / secretKey) and the endpoint."""
-    env: list[dict[str, Any]] = [{"name": "AWS_ENDPOINT_URL", "value": endpoint}] if endpoint else []
+    """Cache credentials from the user's Secret (keys accessKey / secretKey) and the endpoint
+    (LVR_S3_ENDPOINT is what lvr_trainer.cache.s3 reads; AWS_ENDPOINT_URL for AWS tools)."""
+    env: list[dict[str, Any]] = ([{"name": "LVR_S3_ENDPOINT", "value": endpoint},
+                                  {"name": "AWS_ENDPOINT_URL", "value": endpoint}] if endpoint else [])
     if secret:
         env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
                 for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey"))]

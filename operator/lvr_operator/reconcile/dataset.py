@@ -57,12 +57,11 @@ def _counts(ctx: Ctx, pod: dict[str, Any]) -> None:
             total = int(report.get("rows", report.get("total", 0)))
             valid = int(report.get("valid", 0))
             ctx.status["rows"] = {"total": total, "valid": valid, "invalid": int(report.get("invalid", total - valid))}
-        elif name == ENCODE:
-            for src, dst in (("cached_videos", "cachedVideos"), ("cachedVideos", "cachedVideos"),
-                             ("videos", "cachedVideos"), ("cached_bytes", "cachedBytes"),
-                             ("cachedBytes", "cachedBytes"), ("bytes", "cachedBytes")):
-                if isinstance(report.get(src), int):
-                    ctx.status[dst] = report[src]
+        elif name == ENCODE:     # `lvr encode --json`: videos now in the cache (encoded + already there)
+            counts = [report.get(k) for k in ("encoded", "hits", "bytes_written", "bytes_read")]
+            if all(isinstance(c, int) for c in counts):
+                ctx.status["cachedVideos"] = counts[0] + counts[1]
+                ctx.status["cachedBytes"] = counts[2] + counts[3]     # written now + read back for hits
 
 
 def _pod_progress(pod: dict[str, Any]) -> tuple[str, str | None, Any]:
