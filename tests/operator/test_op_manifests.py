@@ -6,10 +6,10 @@ import pytest
 import yaml
 from lvr_trainer.config import ConfigError, TrainerConfig
 
-from lvr_operator.api import LongVideoDatasetSpec, RLJobSpec, SFTJobSpec
+from lvr_operator.api import LongVideoDatasetSpec, RLJobSpec, SFTJobSpec, kind_by_name
 from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_OWNER, worker_name
 from lvr_operator.manifests.dataset import encode_argv, prep_pod, validate_argv
-from lvr_operator.manifests.job import config_map, headless_service, trainer_rbac
+from lvr_operator.manifests.job import config_map, headless_service, launch_command, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.rbac import operator_rules
 from lvr_operator.manifests.trainer_config import build_trainer_config
@@ -62,7 +62,7 @@ def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
     trainer, sidecar = p1["spec"]["containers"]
     cmd = trainer["command"]
     assert cmd[0] == "torchrun" and "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd
-    assert "--master-addr=r1-worker-0.r1-workers.ns.svc" in cmd and cmd[-3:] == ["rl", "--config", "/etc/lvr/trainer.yaml"]
+    assert "--master-addr=r1-worker-0.r1-workers.ns.svc" in cmd and cmd[-4:] == ["rl", "--config", "/etc/lvr/trainer.yaml", "--resume"]
     env = _env(trainer)
     assert env["LVR_NODE_RANK"] == "1" and env["MASTER_PORT"] == "29500" and env["LVR_RESUME_FROM"].endswith("step-50")
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "accessKey"}}
@@ -135,3 +135,14 @@ def test_dataset_steps_parse_with_the_real_lvr_cli():
         "s3://data/train.jsonl", "s3://cache/embeddings", 256, "s3://models/qwen", True)
     ds["spec"]["encoder"] = {"preset": "tiny"}
     assert build_parser().parse_args(encode_argv(LongVideoDatasetSpec.model_validate(ds["spec"]))[1:]).preset == "tiny"
+
+
+def test_trainer_command_parses_with_the_real_lvr_cli():
+    from lvr_trainer.cli import build_parser
+
+    for kind in ("SFTJob", "RLJob"):
+        obj = job(kind)
+        spec = kind_by_name(kind).spec_model.model_validate(obj["spec"])
+        cmd = launch_command(obj, spec, 0, SETTINGS)
+        args = build_parser().parse_args(cmd[cmd.index("lvr_trainer.cli") + 1:])
+        assert (args.command, args.config, args.resume) == (kind[:-3].lower(), "/etc/lvr/trainer.yaml", True)

@@ -80,14 +80,17 @@ def nproc(spec: JobSpecBase) -> int:
 
 
 def launch_command(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: OperatorSettings) -> list[str]:
-    """torchrun with the gang's shape, running `lvr sft|rl --config /etc/lvr/trainer.yaml`."""
+    """torchrun with the gang's shape, running `lvr sft|rl --config /etc/lvr/trainer.yaml --resume`.
+
+    `--resume` always: the trainer continues from output.dir's latest checkpoint after a gang restart or
+    a suspend, and starts from scratch when there is none (LVR_RESUME_FROM only names it for humans)."""
     if spec.command:
         return list(spec.command)
     name, ns = name_of(job), namespace_of(job)
     stage = "rl" if job["kind"] == "RLJob" else "sft"
     return ["torchrun", f"--nnodes={spec.resources.nodes}", f"--nproc-per-node={nproc(spec)}",
             f"--node-rank={rank}", f"--master-addr={worker_name(name, 0)}.{service_name(name)}.{ns}.svc",
-            f"--master-port={settings.master_port}", "-m", "lvr_trainer.cli", stage, "--config", CONFIG_FILE]
+            f"--master-port={settings.master_port}", "-m", "lvr_trainer.cli", stage, "--config", CONFIG_FILE, "--resume"]
 
 
 def resources(spec: JobSpecBase) -> dict[str, Any]:
