@@ -103,5 +103,7 @@ class VideoEmbedder:
             entry = self.cache.encoded(lambda: self._encode(path, plan))
             if self.group is None or dist.get_rank(self.group) == 0:
                 self.cache.save(key, entry)
+            if self.group is not None and dist.get_world_size(self.group) > 1:
+                dist.barrier(group=self.group)  # the entry is visible to every rank's next lookup
         spgt = entry.meta.get("second_per_grid_ts", self.processor.temporal_patch_size / plan.fps)
         return VideoEmbedding(entry.embeds, entry.video_grid_thw, spgt, key, hit)
