@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from lvr_trainer.cli import main
-from lvr_trainer.model.loading import vision_tower
 from lvr_trainer.train.rl import RLConfigError, run_rl
 from lvr_trainer.train.rl_rollout import RolloutUnavailable
 from lvr_trainer.train.setup import load_policy

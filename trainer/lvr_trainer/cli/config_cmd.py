@@ -16,13 +16,9 @@ def register(sub) -> None:
 
 
 def _validate(args) -> int:
-    from lvr_trainer.cli import CLIError
-    from lvr_trainer.config import ConfigError, load_config
+    from lvr_trainer.cli.common import load_trainer_config
 
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as err:
-        raise CLIError(str(err)) from None
+    cfg = load_trainer_config(args.file)
     print(f"{args.file}: ok ({len(cfg.model_dump())} sections)")
     return 0
 

@@ -27,7 +27,7 @@ def _run(args) -> int:
     import torch
 
     from lvr_trainer.cli import CLIError
-    from lvr_trainer.config import CacheConfig, EvalConfig, FrameSampling, ModelConfig, TrainerConfig
+    from lvr_trainer.config import CacheConfig, EvalConfig, FrameSampling, ModelConfig
     from lvr_trainer.eval.run import evaluate, plot_accuracy_vs_frames, sampling_with_frames, write_results
     from lvr_trainer.eval.scoring import results_table
     from lvr_trainer.train.setup import DataError, load_policy, load_split

@@ -11,21 +11,14 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from lvr_trainer.cli import CLIError
-    from lvr_trainer.config import ConfigError, load_config
-    from lvr_trainer.train.setup import DataError
+    from lvr_trainer.cli.common import load_trainer_config, run_reporting
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as err:
-        raise CLIError(str(err)) from None
+    cfg = load_trainer_config(args.config)
     from lvr_trainer.train.rl import RLConfigError, run_rl
     from lvr_trainer.train.rl_rollout import RolloutUnavailable
+    from lvr_trainer.train.setup import DataError
 
-    try:
-        summary = run_rl(cfg, resume=args.resume)
-    except (DataError, RLConfigError, RolloutUnavailable) as err:
-        raise CLIError(str(err)) from None
+    summary = run_reporting(lambda: run_rl(cfg, resume=args.resume), DataError, RLConfigError, RolloutUnavailable)
     history = summary["history"]
     if history:
         first, last = history[0], history[-1]

@@ -11,20 +11,14 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from lvr_trainer.cli import CLIError
-    from lvr_trainer.config import ConfigError, load_config
-    from lvr_trainer.train.setup import DataError
+    from lvr_trainer.cli.common import load_trainer_config, run_reporting
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as err:
-        raise CLIError(str(err)) from None
+    cfg = load_trainer_config(args.config)
+    from lvr_trainer.config import ConfigError
+    from lvr_trainer.train.setup import DataError
     from lvr_trainer.train.sft import run_sft
 
-    try:
-        summary = run_sft(cfg, resume=args.resume)
-    except DataError as err:
-        raise CLIError(str(err)) from None
+    summary = run_reporting(lambda: run_sft(cfg, resume=args.resume), DataError, ConfigError)
     losses = summary["losses"]
     if losses:
         print(f"sft: steps {summary['start_step']}->{summary['steps']}, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "

@@ -7,19 +7,19 @@ import os
 import torch
 import torch.distributed as dist
 
-from lvr_trainer.config import ParallelConfig, ParallelStrategy
+from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy
 from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
 
 
 def setup_grid(cfg: ParallelConfig) -> ProcessGrid:
     """The DP x SP grid from torchrun's environment; a single-process grid without torchrun."""
     if cfg.strategy == ParallelStrategy.fsdp and cfg.sequence_parallel > 1:
-        raise ValueError("parallel.strategy=fsdp with parallel.sequence_parallel > 1 is not supported yet; "
+        raise ConfigError("parallel.strategy=fsdp with parallel.sequence_parallel > 1 is not supported yet; "
                          "use strategy: ddp with sequence parallelism, or sequence_parallel: 1 with fsdp")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return init_process_grid(cfg.sequence_parallel)
     if cfg.sequence_parallel > 1:
-        raise ValueError(f"parallel.sequence_parallel={cfg.sequence_parallel} needs that many processes: "
+        raise ConfigError(f"parallel.sequence_parallel={cfg.sequence_parallel} needs that many processes: "
                          f"launch with torchrun --nproc_per_node={cfg.sequence_parallel} (or more)")
     return single_process_grid("cuda" if torch.cuda.is_available() else "cpu")
 

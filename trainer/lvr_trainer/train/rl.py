@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import torch
 
@@ -27,14 +26,15 @@ from lvr_trainer.config import TrainerConfig
 from lvr_trainer.eval.run import evaluate
 from lvr_trainer.model.loading import vision_tower
 from lvr_trainer.train.checkpoint import latest_checkpoint
-from lvr_trainer.train.distributed import setup_grid, wrap_model
+from lvr_trainer.train.distributed import wrap_model
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_examples, reward_from_config,
                                           sample_groups, sampling_params, score_groups)
 from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_metrics
 from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
-from lvr_trainer.train.sft import _autocast, _finish_step, _resume, _save, global_indices, rank_micro_batches
+from lvr_trainer.train.loop import autocast_for, finish_step, resume_from, save_step, start_run
+from lvr_trainer.train.sft import global_indices, rank_micro_batches
 
 
 class VisionCounter:
@@ -120,7 +120,7 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
         with timer("ref_logprobs"):
             prefill_logprobs(state["reference"], micros, grid, rl.temperature, "ref_logprobs", state["autocast"])
     with timer("update"):
-        finish = lambda: _finish_step(model, state["optimizer"], state["scheduler"], grid, cfg)  # noqa: E731
+        finish = lambda: finish_step(model, state["optimizer"], state["scheduler"], grid, cfg)  # noqa: E731
         update = ppo_update(model, micros, rl, grid, finish, state["autocast"], state["device"])
     out = {**scored.metrics, **prefill_metrics(micros), **update, **timer.seconds,
            "cache/vision_passes": float(source.vision_passes - passes0),
@@ -134,29 +134,20 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
 def _setup(cfg: TrainerConfig, resume: bool) -> dict:
     """Load policy (or the latest checkpoint's), reference, data, features, engine, optimizer; resume."""
     check_rl_config(cfg)
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
-    grid = setup_grid(cfg.parallel)
-    device = torch.device(grid.device)
-    output = Path(cfg.output.dir)
-    ckpt = latest_checkpoint(output) if resume else None
-    model, tokenizer, processor = load_policy(cfg.model, device, from_dir=ckpt / "model" if ckpt else None)
-    model.train()
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    run = start_run(cfg, resume)
+    grid, device, output = run.grid, run.device, run.output
+    model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
     reference = load_reference(cfg, device)
-    records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction)
-    source = make_feature_source(model, processor, cfg, base_dir)
     engine = make_engine(cfg.rollout, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size)
     counter = VisionCounter(model, reference)
     model = wrap_model(model, cfg.parallel, grid)
     total_updates = cfg.train.steps * cfg.rl.ppo_epochs * cfg.rl.mini_batches
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
-    start = _resume(output, model, optimizer, scheduler, cfg, grid) if ckpt else 0
+    start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
     return dict(cfg=cfg, grid=grid, device=device, output=output, model=model, tokenizer=tokenizer,
                 processor=processor, reference=reference, records=records, source=source, engine=engine,
                 counter=counter, optimizer=optimizer, scheduler=scheduler, start=start,
-                reward=reward_from_config(cfg.rl), autocast=lambda: _autocast(cfg, device))
+                reward=reward_from_config(cfg.rl), autocast=lambda: autocast_for(cfg, device))
 
 
 def validate(state: dict) -> dict[str, float]:
@@ -208,5 +199,5 @@ def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = No
 
 
 def _save_state(state: dict, step: int) -> None:
-    _save(state["output"], step, state["model"], state["tokenizer"], state["processor"], state["optimizer"],
+    save_step(state["output"], step, state["model"], state["tokenizer"], state["processor"], state["optimizer"],
           state["scheduler"], state["cfg"], state["grid"])

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from lvr_trainer.config import TrainerConfig
-from lvr_trainer.data.schema import VideoQARecord, read_records
+from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.model.encode import embed_inputs, encode_video
 from lvr_trainer.parallel.grid import ProcessGrid
-from lvr_trainer.parallel.sp_forward import reduce_gradients, sp_forward_logprobs
-from lvr_trainer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
-from lvr_trainer.train.distributed import (all_reduce_sum, clip_grad_norm, full_states, load_full_states, setup_grid,
-                                           wrap_model)
+from lvr_trainer.parallel.sp_forward import sp_forward_logprobs
+from lvr_trainer.train.checkpoint import latest_checkpoint
+from lvr_trainer.train.distributed import all_reduce_sum, wrap_model
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, sft_target
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
-from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
+from lvr_trainer.train.loop import autocast_for, finish_step, resume_from, save_step, start_run
 
 
 def global_indices(num_records: int, seed: int, step: int, global_batch: int) -> list[int]:
@@ -79,11 +77,6 @@ class ExampleBank:
         return self.built[i]
 
 
-def _autocast(cfg: TrainerConfig, device: torch.device):
-    bf16 = cfg.train.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid, cfg: TrainerConfig,
              device: torch.device) -> dict[str, float]:
     """Forward/backward over this rank's micro-batches; returns the step's metrics (not yet averaged)."""
@@ -94,7 +87,7 @@ def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid
     for mb in micro:
         batch = collate([bank[i] for i in mb], pad_id).to(device)
         mask = (batch.target_ids != IGNORE).float()
-        with _autocast(cfg, device):
+        with autocast_for(cfg, device):
             logprobs = response_logprobs(model, batch, grid)
         nll = -(logprobs * mask).sum()
         # DP ranks average gradients, so scale by dp_size: the step's loss is the mean over all its tokens.
@@ -103,46 +96,16 @@ def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid
     return {"train/loss_sum": loss_sum, "train/tokens": float(local_tokens)}
 
 
-def _finish_step(model, optimizer, scheduler, grid: ProcessGrid, cfg: TrainerConfig) -> float:
-    reduce_gradients(model, grid)
-    norm = clip_grad_norm(model, cfg.optim.grad_clip, grid)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
-
-
-def _resume(output: Path, model, optimizer, scheduler, cfg: TrainerConfig, grid: ProcessGrid) -> int:
-    ckpt = latest_checkpoint(output)
-    if ckpt is None:
-        return 0
-    state = load_trainer_state(ckpt)
-    load_full_states(model, optimizer, None, state["optimizer"], cfg.parallel, grid)
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
-
-
 def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train; returns a summary. `resume` continues from `output.dir`'s latest checkpoint.
     `stop_after` ends the run early after that many steps (as a crash would), for tests."""
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
-    grid = setup_grid(cfg.parallel)
-    device = torch.device(grid.device)
-    output = Path(cfg.output.dir)
-    ckpt = latest_checkpoint(output) if resume else None
-    model, tokenizer, processor = load_policy(cfg.model, device, from_dir=ckpt / "model" if ckpt else None)
-    model.train()
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction)
-    # MR-SP stage 1: ranks of one SP group hold the same samples, so they encode each video together.
-    source = make_feature_source(model, processor, cfg, base_dir, grid.sp_group if grid.sp_size > 1 else None)
+    run = start_run(cfg, resume)
+    grid, device, output = run.grid, run.device, run.output
+    model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
     bank = ExampleBank(model, tokenizer, records, source, cfg.sft.think)
     model = wrap_model(model, cfg.parallel, grid)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
-    start = _resume(output, model, optimizer, scheduler, cfg, grid) if ckpt else 0
+    start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
     rank0 = grid.rank == 0
     logger = RunLogger(output, cfg.train.steps, "sft", cfg.output.tensorboard, rank0, start)
     metrics, t0 = Metrics(), time.perf_counter()
@@ -159,7 +122,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         tokens = all_reduce_sum(m["train/tokens"], device, grid.dp_group) if grid.dp_size > 1 else m["train/tokens"]
         loss = all_reduce_sum(m["train/loss_sum"], device, grid.dp_group) / tokens if grid.dp_size > 1 \
             else m["train/loss_sum"] / tokens
-        grad_norm = _finish_step(model, optimizer, scheduler, grid, cfg)
+        grad_norm = finish_step(model, optimizer, scheduler, grid, cfg)
         losses.append(loss)
         last = step + 1
         elapsed = time.perf_counter() - t_step
@@ -168,19 +131,12 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("train/loss", "perf/target_tokens_per_s"))
         if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
-            _save(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+            save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
     if last == cfg.train.steps:
-        _save(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+        save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
     logger.close()
     return {"steps": last, "start_step": start, "losses": losses, "seconds": time.perf_counter() - t0,
             "vision_passes": source.vision_passes, "records": len(records),
             "checkpoint": str(latest_checkpoint(output)) if latest_checkpoint(output) else None}
 
 
-def _save(output, step, model, tokenizer, processor, optimizer, scheduler, cfg, grid) -> None:
-    model_state, optim_state = full_states(model, optimizer, cfg.parallel, grid)
-    if grid.rank == 0:
-        save_checkpoint(output, step, model, tokenizer, processor, optimizer, scheduler, {},
-                        model_state, optim_state)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
