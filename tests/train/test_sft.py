@@ -166,3 +166,49 @@ def test_data_parallel_update_equals_single_process(tmp_path, tiny_data, strateg
     update = max((w1[k] - w0[k]).abs().max().item() for k in w1)
     worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert worst < 0.02 * update, (worst, update)
+
+
+def test_s3_output_uploads_checkpoints_and_resumes_from_them(make_config, s3_server, monkeypatch, tmp_path):
+    from minio import Minio
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LVR_STAGING_DIR", str(tmp_path / "staging-a"))
+    uri = f"s3://{s3_server.bucket}/runs/sft-s3"
+    cfg = make_config(train={"steps": 3, "save_every": 2}, output={"dir": uri})
+    first = run_sft(cfg, stop_after=2)
+    client = Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False)
+    names = {o.object_name for o in client.list_objects(s3_server.bucket, prefix="runs/sft-s3/", recursive=True)}
+    assert "runs/sft-s3/checkpoints/latest" in names
+    assert "runs/sft-s3/checkpoints/step-000002/model/config.json" in names
+    assert "runs/sft-s3/checkpoints/step-000002/trainer_state.pt" in names
+    # a new machine: empty staging directory, resume pulls the latest checkpoint from S3
+    monkeypatch.setenv("LVR_STAGING_DIR", str(tmp_path / "staging-b"))
+    second = run_sft(cfg, resume=True)
+    assert first["steps"] == 2 and second["start_step"] == 2 and second["steps"] == 3
+    latest = client.get_object(s3_server.bucket, "runs/sft-s3/checkpoints/latest").read().decode()
+    assert latest == "step-000003"
+
+
+def _final_weights(summary):
+    return _weights(Path(summary["checkpoint"]) / "model")
+
+
+def test_grad_accumulation_equals_one_larger_batch(make_config, tmp_path):
+    big = run_sft(make_config(train={"steps": 2, "batch_size": 4}, output={"dir": str(tmp_path / "big")}))
+    acc = run_sft(make_config(train={"steps": 2, "batch_size": 2, "grad_accum": 2},
+                              output={"dir": str(tmp_path / "acc")}))
+    assert acc["losses"] == pytest.approx(big["losses"], abs=1e-5)
+    w_big, w_acc = _final_weights(big), _final_weights(acc)
+    assert max((w_big[k] - w_acc[k]).abs().max().item() for k in w_big) < 1e-4
+
+
+def test_trainable_vision_tower_trains_and_bypasses_the_cache(make_config, tmp_path):
+    cfg = make_config(model={"freeze_vision": False}, train={"steps": 2})
+    initial, _, _ = load_policy(make_config().model, torch.device("cpu"))
+    summary = run_sft(cfg)
+    after = _final_weights(summary)
+    visual = [k for k in after if "visual" in k]
+    assert visual and any(not torch.equal(after[k], initial.state_dict()[k]) for k in visual)
+    assert summary["vision_passes"] == 0  # no cached encode: the tower ran inside the training step
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))

@@ -15,6 +15,7 @@ from lvr_trainer.parallel.sp_forward import reduce_gradients
 from lvr_trainer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from lvr_trainer.train.distributed import clip_grad_norm, full_states, load_full_states, setup_grid
 from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.train.remote import is_remote, local_output_dir, pull_latest, push_checkpoint
 from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
 
 
@@ -39,7 +40,11 @@ def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
         torch.set_num_threads(cfg.train.torch_threads)
     grid = setup_grid(cfg.parallel)
     device = torch.device(grid.device)
-    output = Path(cfg.output.dir)
+    output = local_output_dir(cfg.output.dir)
+    if resume and is_remote(cfg.output.dir) and grid.rank == 0:
+        pull_latest(cfg.output.dir, output)
+    if resume and torch.distributed.is_initialized():
+        torch.distributed.barrier()
     ckpt = latest_checkpoint(output) if resume else None
     model, tokenizer, processor = load_policy(cfg.model, device, from_dir=ckpt / "model" if ckpt else None)
     model.train()
@@ -78,9 +83,12 @@ def resume_from(checkpoint: Path, model, optimizer, scheduler, cfg: TrainerConfi
 
 def save_step(output: Path, step: int, model, tokenizer, processor, optimizer, scheduler, cfg: TrainerConfig,
               grid: ProcessGrid) -> None:
-    """Checkpoint `step` from rank 0 (full states gathered first under FSDP); all ranks then wait."""
+    """Checkpoint `step` from rank 0 (full states gathered first under FSDP), uploaded when the output is
+    s3://; all ranks then wait."""
     model_state, optim_state = full_states(model, optimizer, cfg.parallel, grid)
     if grid.rank == 0:
         save_checkpoint(output, step, model, tokenizer, processor, optimizer, scheduler, {}, model_state, optim_state)
+        if is_remote(cfg.output.dir):
+            push_checkpoint(cfg.output.dir, output, step)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -51,8 +51,10 @@ def rank_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dp_
 def response_logprobs(model, batch: Batch, grid: ProcessGrid | None, temperature: float = 1.0) -> torch.Tensor:
     """(B, S) log-probs of each position's next token (the loops mask with `batch.target_ids`)."""
     embeds = batch.video_embeds
-    if embeds is None:  # trainable vision tower: encode with gradients, bypassing the cache
-        embeds = encode_video(model, batch.pixel_values, batch.video_grid_thw)
+    if embeds is None:  # trainable vision tower: encode each video with gradients, bypassing the cache
+        sizes = batch.video_grid_thw.prod(-1).tolist()
+        embeds = torch.cat([encode_video(model, pixels, grid[None])
+                            for pixels, grid in zip(batch.pixel_values.split(sizes), batch.video_grid_thw)])
     inputs_embeds = embed_inputs(model, batch.input_ids, embeds)
     return sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,
                                batch.attention_mask, grid, temperature=temperature)
