@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from lvr_trainer.train.pod_progress import PodProgressReporter
 from lvr_trainer.utils.progress import Progress
 
 
@@ -35,8 +36,10 @@ class RunLogger:
     """Writes `metrics.jsonl` (+ TensorBoard events under `tb/`) in `out_dir`; rank 0 only."""
 
     def __init__(self, out_dir: str | Path, total_steps: int, label: str, tensorboard: bool = True,
-                 enabled: bool = True, start_step: int = 0):
+                 enabled: bool = True, start_step: int = 0, output_uri: str | None = None):
         self.enabled = enabled
+        self.output_uri = output_uri or str(out_dir)
+        self.reporter = PodProgressReporter.from_env(total_steps) if enabled else None
         self.progress = Progress(total_steps, label, initial=start_step)
         self.tb = None
         if not enabled:
@@ -59,8 +62,21 @@ class RunLogger:
                 self.tb.add_scalar(k, v, step)
         extra = " ".join(f"{k.split('/')[-1]}={values[k]:.4g}" for k in show if k in values)
         self.progress.update(step, extra)
+        self._last = (step, values)
+        if self.reporter is not None:
+            self.reporter.report(step, values, self._checkpoint())
+
+    def _checkpoint(self) -> str | None:
+        """Where the newest checkpoint lives, in the output's own terms (local path or s3:// URI)."""
+        marker = self.dir / "checkpoints" / "latest"
+        if not marker.is_file():
+            return None
+        return f"{self.output_uri.rstrip('/')}/checkpoints/{marker.read_text().strip()}"
 
     def close(self) -> None:
+        """Flush; the pod's progress gets a last report naming the final checkpoint."""
+        if self.reporter is not None and getattr(self, "_last", None):
+            self.reporter.report(*self._last, self._checkpoint(), force=True)
         if self.enabled:
             self.file.close()
             if self.tb is not None:

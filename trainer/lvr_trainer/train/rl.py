@@ -171,7 +171,8 @@ def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = No
     state = _setup(cfg, resume)
     start, grid, output = state["start"], state["grid"], state["output"]
     rank0 = grid.rank == 0
-    logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start)
+    logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start,
+                       output_uri=cfg.output.dir)
     metrics, history, t0, last = Metrics(), [], time.perf_counter(), start
     if rank0 and start == 0 and _wants_eval(cfg, 0):
         logger.log(0, validate(state))

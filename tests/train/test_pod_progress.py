@@ -1,0 +1,48 @@
+"""The trainer's progress annotation: what it says, when it is sent, and that failures never stop training."""
+
+from __future__ import annotations
+
+import json
+
+from lvr_trainer.train.pod_progress import PodProgressReporter, progress_payload
+from lvr_trainer.train.sft import run_sft
+
+
+def test_payload_names_step_total_metrics_and_checkpoint():
+    p = progress_payload(7, 10, {"train/loss": 0.5, "reward/total": 0.25, "rollout/accuracy": 0.5,
+                                 "val/accuracy": 0.75}, "s3://b/run/checkpoints/step-000007")
+    assert p["step"] == 7 and p["total_steps"] == 10 and p["loss"] == 0.5 and p["reward"] == 0.25
+    assert p["accuracy"] == 0.75  # held-out accuracy preferred over rollout accuracy
+    assert p["last_checkpoint"].endswith("step-000007") and p["updated_at"].endswith("Z")
+
+
+def test_reports_are_throttled_but_the_last_step_always_goes():
+    sent = []
+    r = PodProgressReporter(10, sent.append, every_s=3600)
+    for step in range(1, 11):
+        r.report(step, {"train/loss": 1.0 / step})
+    assert [p["step"] for p in sent] == [1, 10]
+
+
+def test_a_failing_patch_is_reported_once_and_never_raises(capsys):
+    def broken(_):
+        raise RuntimeError("403 Forbidden")
+    r = PodProgressReporter(3, broken, every_s=0)
+    for step in (1, 2, 3):
+        r.report(step, {})
+    assert capsys.readouterr().err.count("403 Forbidden") == 1
+
+
+def test_no_pod_environment_means_no_reporter():
+    assert PodProgressReporter.from_env(5, env={}) is None
+
+
+def test_sft_run_reports_final_step_and_checkpoint(make_config, monkeypatch):
+    sent = []
+    monkeypatch.setattr(PodProgressReporter, "from_env", classmethod(lambda cls, total, env=None: cls(total, sent.append)))
+    cfg = make_config(train={"steps": 3})
+    run_sft(cfg)
+    last = sent[-1]
+    assert last["step"] == 3 and last["total_steps"] == 3 and "loss" in last
+    assert last["last_checkpoint"] == f"{cfg.output.dir}/checkpoints/step-000003"
+    json.dumps(last)
