@@ -94,7 +94,15 @@ class VideoEmbedder:
         return CachedVideo(embeds.detach(), grid, {"second_per_grid_ts": processed.second_per_grid_ts})
 
     def embed(self, path: str) -> VideoEmbedding:
-        """The video's embeddings (from the cache when possible). Raises VideoError for bad files."""
+        """The video's embeddings (from the cache when possible); `path` may be an s3:// URI (fetched to
+        the local video cache first). Raises VideoError for bad or missing videos."""
+        from lvr_trainer.data.remote import local_video, named_as
+
+        local = local_video(path)
+        with named_as(path, local):
+            return self._embed_local(local)
+
+    def _embed_local(self, path: str) -> VideoEmbedding:
         plan = plan_frames(path, self.sampling)
         key = self.key(path, plan)
         entry = self.cache.lookup(key)

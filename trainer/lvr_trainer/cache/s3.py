@@ -113,6 +113,15 @@ class S3Store:
     def delete(self, key: str) -> None:
         self._call(f"DELETE {self.object(key)}", self.client.remove_object, self.bucket, self.object(key))
 
+    def object_size(self, name: str) -> int | None:
+        """Size in bytes of the object `name` (a whole object name: no prefix or suffix added), or None."""
+        stat = self._call(f"HEAD {name}", self.client.stat_object, self.bucket, name)
+        return None if stat is None else int(stat.size)
+
+    def download_object(self, name: str, dest: str | Path) -> bool:
+        """GET the object `name` into the file `dest`; False when it is absent."""
+        return self._call(f"GET {name}", self.client.fget_object, self.bucket, name, str(dest)) is not None
+
     def download_prefix(self, dest: str | Path) -> int:
         """Mirror every object under the prefix into `dest`; skips files of equal size. Returns downloads."""
         dest = Path(dest)

@@ -36,6 +36,7 @@ def register(sub) -> None:
 def _validate(args) -> int:
     from lvr_trainer.cli import CLIError
     from lvr_trainer.config import FrameSampling
+    from lvr_trainer.data.remote import VideoUnavailable
     from lvr_trainer.data.validate import ERROR_KINDS, validate_file
     from lvr_trainer.utils.table import format_table
 
@@ -44,6 +45,8 @@ def _validate(args) -> int:
                                check_videos=not args.no_videos)
     except OSError as err:
         raise CLIError(f"cannot read {args.file}: {err.strerror}") from None
+    except VideoUnavailable as err:
+        raise CLIError(f"{args.file}: cannot check s3:// videos: {err}") from None
     failed = report.error_rate > args.max_error_rate
     if args.json:
         print(json.dumps({**report.to_dict(args.examples), "passed": not failed}, indent=2))
@@ -57,7 +60,7 @@ def _validate(args) -> int:
         cats = sorted(report.categories.items())
         print(format_table(["category", "questions"], cats))
     if report.remote_unchecked:
-        print(f"{report.remote_unchecked} rows point at s3:// videos; `lvr encode` decodes those.")
+        print(f"{report.remote_unchecked} rows point at s3:// videos, not checked: {report.remote_reason}")
     for kind, errors in report.examples(args.examples).items():
         print(f"{kind}:")
         for e in errors:

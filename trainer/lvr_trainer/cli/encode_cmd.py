@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def _videos(path: str) -> tuple[list[str], int]:
-    """Unique local video paths of the dataset's good rows, in file order; and the bad-row count."""
+    """Unique video paths or s3:// URIs of the dataset's good rows, in file order; and the bad-row count."""
     from pathlib import Path
 
     from lvr_trainer.data.schema import read_records
@@ -82,6 +82,7 @@ def _encode(args) -> int:
     from lvr_trainer.cache.front import EmbeddingCache
     from lvr_trainer.cache.store import StoreError, open_store
     from lvr_trainer.cli import CLIError
+    from lvr_trainer.data.remote import VideoUnavailable
     from lvr_trainer.data.video import VideoError
     from lvr_trainer.model.loading import load_model
     from lvr_trainer.model.processor import VideoProcessor
@@ -92,10 +93,6 @@ def _encode(args) -> int:
         videos, bad_rows = _videos(args.data)
     except OSError as err:
         raise CLIError(f"cannot read {args.data}: {err.strerror}") from None
-    remote = [v for v in videos if v.startswith("s3://")]
-    if remote:
-        raise CLIError(f"{args.data}: {len(remote)} videos are s3:// URIs; sync them to local disk first "
-                       f"(e.g. {remote[0]})")
     model_cfg, uri, sampling, timeout = _settings(args)
     try:
         store = open_store(uri, timeout_s=timeout)
@@ -118,6 +115,8 @@ def _encode(args) -> int:
     for i, path in enumerate(videos, start=1):
         try:
             tokens += embedder.embed(path).num_tokens
+        except VideoUnavailable as err:
+            raise CLIError(str(err)) from None
         except VideoError as err:
             failed.append(str(err))
         except StoreError as err:

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvr_trainer.config import FrameSampling
+from lvr_trainer.data.remote import (
+    VideoUnavailable,
+    local_video,
+    named_as,
+    remote_unsupported_reason,
+)
 from lvr_trainer.data.schema import RowError, VideoQARecord, iter_rows
 from lvr_trainer.data.video import VideoError, VideoInfo, probe, sample_frames
 
@@ -16,7 +22,7 @@ ERROR_KINDS: dict[str, str] = {
     "schema": "a field is missing, unknown or of the wrong type",
     "answer": "the answer is not one of A, B, C, D",
     "duplicate_id": "two rows share an id; ids must be unique",
-    "video_missing": "the video file does not exist (paths are relative to the JSONL file)",
+    "video_missing": "the video file or s3:// object does not exist (paths are relative to the JSONL file)",
     "video_corrupt": "the video cannot be opened by the decoder",
     "video_truncated": "the video is cut short: frames in its index do not decode",
     "video_too_short": "the video has fewer frames than the sampler needs",
@@ -29,7 +35,8 @@ class ValidationReport:
     total: int = 0
     errors: list[RowError] = field(default_factory=list)
     videos_checked: int = 0
-    remote_unchecked: int = 0  # s3:// videos: decoded by `lvr encode`, which holds the S3 credentials
+    remote_unchecked: int = 0  # s3:// videos not checked because S3 is not configured here
+    remote_reason: str | None = None  # why they were not checked
     categories: Counter = field(default_factory=Counter)
 
     @property
@@ -57,7 +64,7 @@ class ValidationReport:
         return {
             "path": self.path, "rows": self.total, "valid": self.valid, "invalid": len(self.errors),
             "error_rate": round(self.error_rate, 6), "videos_checked": self.videos_checked,
-            "remote_unchecked": self.remote_unchecked,
+            "remote_unchecked": self.remote_unchecked, "remote_reason": self.remote_reason,
             "categories": dict(self.categories), "errors": self.counts(),
             "examples": {k: [e.__dict__ for e in v] for k, v in self.examples(per_kind).items()},
         }
@@ -71,25 +78,34 @@ class _VideoChecker:
         self.seen: dict[str, VideoError | VideoInfo] = {}
 
     def check(self, path: str) -> VideoError | VideoInfo:
+        """The video's info or its error; s3:// videos are fetched first. Raises VideoUnavailable."""
         if path not in self.seen:
             try:
-                if self.decode:
-                    self.seen[path] = sample_frames(path, self.sampling, self.min_frames).info
-                else:
-                    info = probe(path)
-                    if info.num_frames < self.min_frames:
-                        raise VideoError(path, "too_short", f"{info.num_frames} frames, need {self.min_frames}")
-                    self.seen[path] = info
+                local = local_video(path)
+                with named_as(path, local):
+                    self.seen[path] = self._check_local(local)
+            except VideoUnavailable:
+                raise
             except VideoError as err:
                 self.seen[path] = err
         return self.seen[path]
+
+    def _check_local(self, path: str) -> VideoInfo:
+        if self.decode:
+            return sample_frames(path, self.sampling, self.min_frames).info
+        info = probe(path)
+        if info.num_frames < self.min_frames:
+            raise VideoError(path, "too_short", f"{info.num_frames} frames, need {self.min_frames}")
+        return info
 
 
 def validate_file(path: str | Path, sampling: FrameSampling | None = None, min_frames: int | None = None,
                   check_videos: bool = True, decode: bool = True) -> ValidationReport:
     """Check schema, answers, unique ids and (optionally) that each video decodes with enough frames.
 
-    `min_frames` defaults to the sampler's frame count (so no frame has to be repeated).
+    `min_frames` defaults to the sampler's frame count (so no frame has to be repeated). s3:// videos
+    are downloaded (`data.remote`) and checked like local ones; without an S3 endpoint configured they
+    are counted in `remote_unchecked`, with the reason. Raises VideoUnavailable when S3 cannot be used.
     """
     sampling = sampling or FrameSampling()
     if min_frames is None:
@@ -98,14 +114,17 @@ def validate_file(path: str | Path, sampling: FrameSampling | None = None, min_f
     report = ValidationReport(str(path))
     checker = _VideoChecker(sampling, min_frames, decode)
     ids: dict[str, int] = {}
+    remote_reason = remote_unsupported_reason() if check_videos else None
     for line, row in iter_rows(path):
         report.total += 1
         if isinstance(row, RowError):
             report.errors.append(row)
             continue
-        if check_videos and row.is_remote():
+        skip_remote = row.is_remote() and remote_reason is not None
+        if check_videos and skip_remote:
             report.remote_unchecked += 1
-        problem = _check_record(line, row, ids, checker, base_dir, check_videos and not row.is_remote())
+            report.remote_reason = remote_reason
+        problem = _check_record(line, row, ids, checker, base_dir, check_videos and not skip_remote)
         if problem:
             report.errors.append(problem)
         else:

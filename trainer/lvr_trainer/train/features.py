@@ -16,6 +16,7 @@ import torch
 from lvr_trainer.cache.embedder import VideoEmbedder, plan_frames
 from lvr_trainer.cache.front import EmbeddingCache
 from lvr_trainer.config import FrameSampling
+from lvr_trainer.data.remote import local_video
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.data.video import sample_frames
 from lvr_trainer.model.processor import VideoProcessor
@@ -52,6 +53,7 @@ class VideoFeatureSource:
 
     def _features(self, path: str) -> VideoFeatures:
         if self.trainable_vision:  # encoded inside the training step, with gradients, bypassing the cache
+            path = local_video(path)  # s3:// videos: the local copy (the embedder does this itself)
             plan = plan_frames(path, self.sampling)
             processed = self.processor(sample_frames(path, self.sampling).frames, plan.fps)
             pixel_values, grid = processed.as_tensors()
