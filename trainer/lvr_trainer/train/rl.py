@@ -3,7 +3,8 @@
 One RL step, top to bottom (DESIGN.md, "Data flow of one RL step"):
     global batch of P prompts (a pure function of seed and step) -> this rank's share
     -> features: vision tower at most once per distinct video (then memory / embedding cache)
-    -> rollout: G sampled replies per prompt from [text embeds + cached video embeds]
+    -> rollout: G sampled replies per prompt from [text embeds + cached video embeds] (under sequence
+       parallelism sampled on each SP group's first rank and broadcast to its peers)
     -> reward: weighted terms of `rl.rewards` -> group-normalised advantages
     -> old log-probs (policy) and reference log-probs (frozen initial policy; skipped when kl_coef = 0)
        by prefill over prompt + reply tokens, reusing the cached embeddings (no vision pass)
@@ -30,7 +31,7 @@ from lvr_trainer.train.distributed import wrap_model
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_examples, reward_from_config,
-                                          sample_groups, sampling_params, score_groups)
+                                          sample_for_sp_group, sampling_params, score_groups)
 from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_metrics
 from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
 from lvr_trainer.train.loop import autocast_for, finish_step, resume_from, save_step, start_run
@@ -108,7 +109,8 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
             source(r)
     with timer("rollout"):
         params = sampling_params(rl, cfg.train.seed + 7919 * grid.dp_rank, step)
-        rollouts = sample_groups(state["engine"], model, tokenizer, records, source, params, cfg.sft.think)
+        rollouts = sample_for_sp_group(state["engine"], model, tokenizer, records, source, params, cfg.sft.think,
+                                       grid)
     with timer("reward"):
         scored = score_groups(state["reward"], rl, records, rollouts)
     with timer("old_logprobs"):
@@ -151,14 +153,25 @@ def _setup(cfg: TrainerConfig, resume: bool) -> dict:
 
 
 def validate(state: dict) -> dict[str, float]:
-    """Greedy strict accuracy and format rate on `data.val` (rank 0), with `lvr eval`'s scorer."""
-    cfg = state["cfg"]
+    """Greedy strict accuracy and format rate on `data.val`, with `lvr eval`'s scorer, on rank 0 only
+    (empty on the others, which wait at a barrier). No collective runs inside: the val features have no
+    process group and `generate` takes the plain attention path (Ulysses only with an `UlyssesContext`)."""
+    cfg, grid = state["cfg"], state["grid"]
+    if grid.rank != 0:
+        _barrier()
+        return {}
     if "val" not in state:
         records, base_dir = load_split(cfg.data.val, cfg.data.max_bad_row_fraction)
         state["val"] = (records, make_feature_source(state["model"], state["processor"], cfg, base_dir))
     records, source = state["val"]
     result = evaluate(state["model"], state["tokenizer"], records, source, cfg.eval)
+    _barrier()
     return {"val/accuracy": result.accuracy, "val/well_formed": result.well_formed}
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _wants_eval(cfg: TrainerConfig, step: int) -> bool:
@@ -174,14 +187,14 @@ def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = No
     logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start,
                        output_uri=cfg.output.dir)
     metrics, history, t0, last = Metrics(), [], time.perf_counter(), start
-    if rank0 and start == 0 and _wants_eval(cfg, 0):
+    if start == 0 and _wants_eval(cfg, 0):
         logger.log(0, validate(state))
     for step in range(start, cfg.train.steps):
         if stop_after is not None and step - start >= stop_after:
             break
         m = rl_step(state, step)
         last = step + 1
-        if rank0 and _wants_eval(cfg, last):
+        if _wants_eval(cfg, last):
             m.update(validate(state))
         history.append({"step": last, **m})
         metrics.update(m)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from lvr_trainer.algo.answers import is_well_formatted
 from lvr_trainer.algo.grpo import ADVANTAGES
@@ -17,6 +18,7 @@ from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
 from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.eval.run import request_for
+from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate
 
@@ -58,6 +60,22 @@ def sample_groups(engine: RolloutEngine, model, tokenizer, records: list[VideoQA
     finally:
         model.train(was_training)
     return [ro for group in groups for ro in group]
+
+
+def sample_for_sp_group(engine: RolloutEngine, model, tokenizer, records: list[VideoQARecord], source,
+                        params: SamplingParams, think: bool, grid: ProcessGrid) -> list[Rollout]:
+    """`sample_groups` on the SP group's first rank, broadcast to the group's other ranks.
+
+    Sequence-parallel prefill splits one sequence over the SP group, so every rank of the group must
+    score the very same replies; broadcasting them (token ids, log-probs, texts, finished flags) makes
+    that hold by construction rather than by identical sampling seeds and kernels. Rewards are then
+    computed from the same texts on every rank. SP = 1: every rank samples its own prompts.
+    """
+    if grid.sp_size == 1:
+        return sample_groups(engine, model, tokenizer, records, source, params, think)
+    box = [sample_groups(engine, model, tokenizer, records, source, params, think) if grid.sp_rank == 0 else None]
+    dist.broadcast_object_list(box, group=grid.sp_group, group_src=0)
+    return box[0]
 
 
 @dataclass

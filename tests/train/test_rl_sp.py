@@ -1,0 +1,99 @@
+"""`lvr rl` under sequence parallelism: 2 GRPO steps with sequence_parallel=2 on 2 gloo processes equal the
+same run on 1 process, with the reference prefill (kl_coef > 0) and rank-0 validation in between."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvr_trainer.train.setup import load_policy
+
+SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from pathlib import Path
+import lvr_trainer.train.rl_rollout as rollout
+from lvr_trainer.train.rl import run_rl
+if int(os.environ.get("RANK", "0")) != 0:  # SP peers receive the first rank's replies, never sample
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("an SP peer sampled its own replies instead of receiving the group's")
+    rollout.sample_groups = no_sampling
+rewards = [{{"name": "format", "weight": 1.0}},
+           {{"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}}]
+cfg = tiny_config(Path({data!r}), Path({out!r}),
+                  train={{"steps": 2, "batch_size": 2, "grad_accum": 1, "torch_threads": 1, "eval_every": 1}},
+                  optim={{"lr": 0.01, "warmup_steps": 0, "grad_clip": 1000.0}},
+                  rl={{"group_size": 8, "max_new_tokens": 12, "kl_coef": 0.05, "rewards": rewards}},
+                  eval={{"limit": 2, "max_new_tokens": 4}},
+                  parallel={{"strategy": "ddp", "sequence_parallel": {sp}}})
+summary = run_rl(cfg)
+import torch.distributed as dist
+rank = dist.get_rank() if dist.is_initialized() else 0
+keys = ("reward/total", "actor/loss", "actor/ref_kl", "rollout/reply_len", "val/accuracy")
+print("HISTORY", rank, json.dumps([{{k: h[k] for k in keys if k in h}} for h in summary["history"]]))
+"""
+
+KEYS = ("reward/total", "actor/loss", "actor/ref_kl", "rollout/reply_len")
+
+
+def _run(tmp_path: Path, tiny_data: Path, name: str, nproc: int) -> tuple[dict[int, list[dict]], Path]:
+    out = tmp_path / name
+    script = tmp_path / f"{name}.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(tiny_data), out=str(out), sp=nproc))
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(script)] if nproc > 1 else [sys.executable, str(script)])
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    histories = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("HISTORY "):
+            _, rank, payload = line.split(" ", 2)
+            histories[int(rank)] = json.loads(payload)
+    assert sorted(histories) == list(range(nproc)), res.stdout[-2000:]
+    return histories, out / "run/checkpoints/step-000002/model"
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(model_dir)).state_dict()
+
+
+@pytest.mark.distributed
+def test_sequence_parallel_rl_equals_single_process(tmp_path, tiny_data, make_config):
+    """SP=2 (one SP group of 2 ranks holding the same 2 prompts x 4 replies) against 1 process.
+
+    Replies are sampled on the SP group's first rank and broadcast, so both SP ranks report the very
+    rewards of the single process (same seed, same prompts). Policy and reference log-probs come from
+    the Ulysses prefill, so losses and the reference KL agree to 1e-5. After 2 AdamW steps the weights
+    agree up to float summation order: the SP gradient is a sum of per-shard parts, and Adam divides by
+    sqrt(v), which magnifies rounding on near-zero gradients; a wrong reduction (SP parts not summed, or
+    averaged) would differ by the size of the update itself, so the tolerance is 2% of the largest update.
+    Rank 1 cannot sample at all (its `sample_groups` raises), so its replies can only be the broadcast ones.
+    Validation (eval_every=1) runs on rank 0 only between the steps and must not hang the other rank.
+    """
+    one, one_dir = _run(tmp_path, tiny_data, "one", nproc=1)
+    two, two_dir = _run(tmp_path, tiny_data, "two", nproc=2)
+    assert len(one[0]) == len(two[0]) == len(two[1]) == 2
+    for step, (a, b, c) in enumerate(zip(one[0], two[0], two[1])):
+        assert a["reward/total"] == b["reward/total"] == c["reward/total"], step  # same replies everywhere
+        for key in KEYS:
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (step, key)
+            assert c[key] == pytest.approx(b[key], abs=1e-6), (step, key)
+        assert "val/accuracy" in a and "val/accuracy" in b and "val/accuracy" not in c  # rank 0 only
+    assert two[0][1]["actor/ref_kl"] > 0  # the second step's reference prefill sees a moved policy
+    w1, w2 = _weights(one_dir), _weights(two_dir)
+    assert w1.keys() == w2.keys()
+    initial, _, _ = load_policy(make_config().model, torch.device("cpu"))
+    w0 = initial.state_dict()
+    update = max((w1[k] - w0[k]).abs().max().item() for k in w1)
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert update > 0 and worst < 0.02 * update, (worst, update)
