@@ -35,3 +35,33 @@ def tiny_config(data_dir, out_dir, **sections) -> TrainerConfig:
 @pytest.fixture()
 def make_config(tiny_data, tmp_path):
     return lambda **sections: tiny_config(tiny_data, tmp_path, **sections)
+
+
+def checkpoint_weights(model_dir) -> dict:
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(model_dir)).state_dict()
+
+
+@pytest.fixture()
+def assert_same_update(make_config):
+    """Check that two runs' final weights agree up to float summation order.
+
+    Adam divides by sqrt(v), which magnifies rounding on near-zero gradients, so bit equality is not
+    expected; a wrong gradient reduction (sum instead of mean, or none) differs by the size of the
+    update itself. Tolerance: 2% of the largest update from the shared initial weights.
+    """
+    import torch
+
+    from lvr_trainer.train.setup import load_policy
+
+    def check(dir_one, dir_two) -> tuple[float, float]:
+        w1, w2 = checkpoint_weights(dir_one), checkpoint_weights(dir_two)
+        assert w1.keys() == w2.keys()
+        initial, _, _ = load_policy(make_config().model, torch.device("cpu"))
+        w0 = initial.state_dict()
+        update = max((w1[k] - w0[k]).abs().max().item() for k in w1)
+        worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+        assert update > 0 and worst < 0.02 * update, (worst, update)
+        return worst, update
+    return check

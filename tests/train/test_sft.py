@@ -143,29 +143,16 @@ def _run_script(tmp_path, tiny_data, name, nproc, bs, strategy="ddp", sp=1):
     return losses, out / "run/checkpoints/step-000002/model"
 
 
-def _weights(model_dir):
-    from transformers import AutoModelForImageTextToText
-
-    return AutoModelForImageTextToText.from_pretrained(str(model_dir)).state_dict()
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy,sp", [("ddp", 1), ("fsdp", 1), ("ddp", 2)])
-def test_data_parallel_update_equals_single_process(tmp_path, tiny_data, strategy, sp, make_config):
-    """Same losses, and weights after 2 AdamW steps equal up to float summation order (Adam divides by
-    sqrt(v), which magnifies rounding on near-zero gradients); a wrong reduction (sum instead of mean,
-    or none) would differ by the size of the update itself: the tolerance is 2% of the largest update."""
+def test_data_parallel_update_equals_single_process(tmp_path, tiny_data, strategy, sp, assert_same_update):
+    """Same losses, and weights after 2 AdamW steps equal up to float summation order (see
+    `assert_same_update` in conftest)."""
     one, one_dir = _run_script(tmp_path, tiny_data, "one", nproc=1, bs=4)
     # DP=2: two ranks of 2 samples; SP=2: one sequence-parallel group holding all 4 samples.
     two, two_dir = _run_script(tmp_path, tiny_data, "two", nproc=2, bs=4 if sp == 2 else 2, strategy=strategy, sp=sp)
     assert two == pytest.approx(one, abs=1e-5)
-    w1, w2 = _weights(one_dir), _weights(two_dir)
-    assert w1.keys() == w2.keys()
-    initial, _, _ = load_policy(make_config().model, torch.device("cpu"))
-    w0 = initial.state_dict()
-    update = max((w1[k] - w0[k]).abs().max().item() for k in w1)
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst < 0.02 * update, (worst, update)
+    assert_same_update(one_dir, two_dir)
 
 
 def test_s3_output_uploads_checkpoints_and_resumes_from_them(make_config, s3_server, monkeypatch, tmp_path):
@@ -191,7 +178,9 @@ def test_s3_output_uploads_checkpoints_and_resumes_from_them(make_config, s3_ser
 
 
 def _final_weights(summary):
-    return _weights(Path(summary["checkpoint"]) / "model")
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(Path(summary["checkpoint"]) / "model")).state_dict()
 
 
 def test_grad_accumulation_equals_one_larger_batch(make_config, tmp_path):
