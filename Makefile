@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench clean help cluster-bins cluster-up cluster-down
+.PHONY: venv demo test test-fast bench bench-all clean help cluster-bins cluster-up cluster-down
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -31,8 +31,14 @@ test: $(STAMP) cluster-bins  ## run every test suite (CI runs this)
 test-fast: $(STAMP)  ## skip suites marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## run the benchmarks quoted in BENCHMARKS.md
+bench: $(STAMP)  ## the quick benchmarks quoted in BENCHMARKS.md (minutes)
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/cache.py
+
+bench-all: bench cluster-bins  ## every benchmark in BENCHMARKS.md (about an hour on 2 cores)
+	$(BIN)/python bench/sp.py
+	$(BIN)/python bench/rl_step.py --reps 2
+	$(BIN)/python bench/operator.py
 
 cluster-bins:  ## build kube-apiserver/scheduler/controller-manager once (cached in ~/.cache/lvr)
 	bash hack/build-kube.sh >/dev/null
