@@ -10,7 +10,6 @@ keeps unknown keys, so the operator (not the apiserver's pruning) reports a mist
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -126,16 +125,3 @@ def render_all() -> dict[str, str]:
     """File name -> YAML text, for every kind."""
     return {f"{GROUP}_{k.plural}.yaml": _HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=110)
             for k in KINDS}
-
-
-def write_all(out_dir: str | Path) -> list[Path]:
-    """Write crds/*.yaml; returns the paths written (content-identical files are left alone)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in render_all().items():
-        path = out / name
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(path)
-    return written

@@ -82,6 +82,18 @@ def test_running_and_progress_mirrored_from_rank_0():
     assert (p["summary"], p["percent"], p["reward"], p["lastCheckpoint"]) == ("25/100", 25, 0.5, "s3://c/20")
 
 
+def test_unschedulable_worker_is_named_with_the_schedulers_reason():
+    obj, pods = _started()
+    stuck = pod_in(pods[1], "pending")
+    stuck["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                      "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]
+    plan = run(obj, observed(pod_in(pods[0], "running"), stuck))
+    assert plan.status["phase"] == "Created" and plan.actions == []
+    message = plan.status["message"]
+    assert pods[1]["metadata"]["name"] in message and "Insufficient nvidia.com/gpu" in message
+    assert "cannot be scheduled" in message
+
+
 def test_failed_worker_restarts_whole_gang_after_backoff_from_checkpoint():
     obj, pods = _started()
     obj["status"]["progress"] = {"lastCheckpoint": "s3://c/20"}

@@ -99,6 +99,7 @@ class Reason:
     DEPENDENCIES_READY = "DependenciesReady"
     INSUFFICIENT_RESOURCES = "InsufficientResources"
     GANG_CREATED = "GangCreated"
+    UNSCHEDULABLE = "Unschedulable"
     ALL_WORKERS_RUNNING = "AllWorkersRunning"
     WORKER_FAILED = "WorkerFailed"
     BACKOFF = "Backoff"

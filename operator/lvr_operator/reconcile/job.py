@@ -153,6 +153,10 @@ def _running(ctx: Ctx, spec: Any, current: list) -> Plan:
     if running == spec.resources.nodes:
         ctx.phase(P.running, R.ALL_WORKERS_RUNNING, f"all {running} worker(s) running")
         ctx.set(C.running, True, R.ALL_WORKERS_RUNNING, f"{running}/{spec.resources.nodes} workers running")
+    elif stuck := [w for w in current if w.state == "pending" and w.unschedulable]:
+        # never "stuck without a reason": the scheduler's own words, e.g. "Insufficient nvidia.com/gpu"
+        ctx.phase(P.created, R.UNSCHEDULABLE, f"{running}/{spec.resources.nodes} worker(s) running; pod "
+                  f"{stuck[0].name} cannot be scheduled: {stuck[0].unschedulable}")
     else:
         ctx.phase(P.created, R.GANG_CREATED, f"{running}/{spec.resources.nodes} worker(s) running")
     ctx.set(C.restarting, False, R.ALL_WORKERS_RUNNING, "") if ctx.has(C.restarting) else None

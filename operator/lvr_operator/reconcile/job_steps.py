@@ -14,7 +14,7 @@ from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
 from lvr_operator.api.phases import Reason as R
-from lvr_operator.manifests.common import ANNOTATION_PROGRESS, MAX_NAME, meta
+from lvr_operator.manifests.common import ANNOTATION_PROGRESS, MAX_NAME
 from lvr_operator.manifests.job import config_map, headless_service, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.trainer_config import build_trainer_config

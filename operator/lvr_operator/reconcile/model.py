@@ -95,10 +95,6 @@ def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | 
     return next((c for c in conditions if c.get("type") == type_), None)
 
 
-def drop_condition(conditions: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
-    return [c for c in conditions if c.get("type") != type_]
-
-
 def json_or_none(text: str | None) -> dict[str, Any] | None:
     """The JSON object at the start of `text` (a report may be followed by log lines), else None."""
     if not text:

@@ -29,6 +29,7 @@ class Worker:
     deleting: bool = False
     annotations: dict[str, str] | None = None
     pod_active: bool = True         # pod phase not Succeeded/Failed (a sidecar may still run)
+    unschedulable: str | None = None  # the scheduler's reason when the pod cannot be placed
 
 
 def _label_int(pod: dict[str, Any], key: str) -> int:
@@ -72,7 +73,8 @@ def worker(pod: dict[str, Any], container: str = "trainer") -> Worker:
     meta = pod["metadata"]
     return Worker(meta["name"], _label_int(pod, LABEL_RANK), _label_int(pod, LABEL_ATTEMPT), state, end,
                   bool(meta.get("deletionTimestamp")), meta.get("annotations") or {},
-                  (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+                  (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"),
+                  unschedulable_message(pod))
 
 
 def unschedulable_message(pod: dict[str, Any]) -> str | None:

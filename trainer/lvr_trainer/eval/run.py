@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from lvr_trainer.config import EvalConfig, FrameSampling
 from lvr_trainer.data.schema import VideoQARecord
@@ -108,7 +107,3 @@ def plot_accuracy_vs_frames(results: dict[int, EvalResult], path: str | Path) ->
 
 def sampling_with_frames(base: FrameSampling, frames: int) -> FrameSampling:
     return base.model_copy(update={"num_frames": frames, "fps": None})
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
