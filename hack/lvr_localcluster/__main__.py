@@ -92,15 +92,33 @@ def cmd_up(state_dir: Path, timeout: float) -> int:
     return cmd_status(state_dir)
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is neither a zombie nor dead (state from /proc/PID/stat)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def cmd_down(state_dir: Path, timeout: float) -> int:
     pid = _daemon_pid(state_dir)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _daemon_pid(state_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _daemon_pid(state_dir):
+        # Wait for the process itself, not for its cmdline: an exiting process shows an empty cmdline
+        # a moment before it is gone.
+        if not _wait_gone(pid, timeout):
             os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10.0)
     leftovers = procs.kill_recorded(state_dir / "pids")
     (state_dir / "serve.json").unlink(missing_ok=True)
     print(f"cluster-down: stopped{' daemon ' + str(pid) if pid else ' (no daemon was running)'}"
