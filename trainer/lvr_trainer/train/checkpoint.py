@@ -53,8 +53,7 @@ def save_model_dir(model, tokenizer, processor, path: Path, state_dict: dict | N
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(str(path))
-    settings = {k: v for k, v in asdict(processor).items()}
-    (path / "video_preprocessor_config.json").write_text(json.dumps(settings, indent=2))
+    (path / "video_preprocessor_config.json").write_text(json.dumps(asdict(processor), indent=2))
 
 
 def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, optimizer, scheduler,

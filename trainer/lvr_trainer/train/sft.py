@@ -81,10 +81,11 @@ class ExampleBank:
 
 def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid, cfg: TrainerConfig,
              device: torch.device) -> dict[str, float]:
-    """Forward/backward over this rank's micro-batches; returns the step's metrics (not yet averaged)."""
+    """Forward/backward over this rank's micro-batches; returns the step's loss (mean over every target
+    token of the step, all DP ranks) and that token count."""
     pad_id = bank.tokenizer.pad_token_id
     local_tokens = sum(int((bank[i].labels != IGNORE).sum()) for mb in micro for i in mb)
-    total_tokens = all_reduce_sum(local_tokens, device, grid.dp_group) if grid.dp_size > 1 else local_tokens
+    total_tokens = all_reduce_sum(local_tokens, device, grid.dp_group) if grid.dp_size > 1 else float(local_tokens)
     loss_sum = 0.0
     for mb in micro:
         batch = collate([bank[i] for i in mb], pad_id).to(device)
@@ -95,7 +96,9 @@ def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid
         # DP ranks average gradients, so scale by dp_size: the step's loss is the mean over all its tokens.
         (nll * grid.dp_size / total_tokens).backward()
         loss_sum += float(nll.detach())
-    return {"train/loss_sum": loss_sum, "train/tokens": float(local_tokens)}
+    if grid.dp_size > 1:
+        loss_sum = all_reduce_sum(loss_sum, device, grid.dp_group)
+    return {"train/loss": loss_sum / total_tokens, "train/tokens": total_tokens}
 
 
 def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
@@ -122,9 +125,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         indices = global_indices(len(records), cfg.train.seed, step, global_batch)
         micro = rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size, grid.dp_rank)
         m = sft_step(model, bank, micro, grid, cfg, device)
-        tokens = all_reduce_sum(m["train/tokens"], device, grid.dp_group) if grid.dp_size > 1 else m["train/tokens"]
-        loss = all_reduce_sum(m["train/loss_sum"], device, grid.dp_group) / tokens if grid.dp_size > 1 \
-            else m["train/loss_sum"] / tokens
+        loss, tokens = m["train/loss"], m["train/tokens"]
         grad_norm = finish_step(model, optimizer, scheduler, grid, cfg)
         losses.append(loss)
         last = step + 1
