@@ -101,3 +101,23 @@ def test_format_reward_rises_from_random_init(make_config):
     start = sum(h[key] for h in history[:10]) / 10
     end = sum(h[key] for h in history[-10:]) / 10
     assert start < 0.15 and end > 0.4 and end > start + 0.3, (start, end)
+
+
+def test_rollout_metrics_report_accuracy_per_category():
+    from lvr_trainer.config import GRPOConfig
+    from lvr_trainer.rollout.base import Rollout
+    from lvr_trainer.train.rl_rollout import rollout_metrics
+
+    def reply(letter):
+        return Rollout([1, 2], [-0.1, -0.2], f"<think>x</think><answer>{letter}</answer>", True)
+
+    # two prompts x G=2: temporal gets 1 of 2 right, spatial 2 of 2
+    rollouts = [reply("A"), reply("B"), reply("C"), reply("C")]
+    m = rollout_metrics(rollouts, ["A", "A", "C", "C"], GRPOConfig(group_size=2),
+                        torch.tensor([1.0, 0.0, 1.0, 1.0]), ["temporal", "temporal", "spatial", "spatial"])
+    assert m["rollout/accuracy"] == 0.75
+    assert m["rollout/accuracy/temporal"] == 0.5
+    assert m["rollout/accuracy/spatial"] == 1.0
+    assert m["rollout/informative_groups"] == 0.5
+    assert not any(k.startswith("rollout/accuracy/") for k in
+                   rollout_metrics(rollouts, ["A"] * 4, GRPOConfig(group_size=2), torch.zeros(4)))

@@ -96,16 +96,22 @@ def score_groups(reward: WeightedReward, cfg: GRPOConfig, records: list[VideoQAR
     totals, metrics = reward.score_batch(texts, answers, cfg.answer_kind.value)
     rewards = torch.tensor(totals, dtype=torch.float32)                         # (N,)
     advantages = ADVANTAGES[cfg.advantage](rewards, g, cfg.advantage_eps)      # (N,)
-    metrics.update(rollout_metrics(rollouts, answers, cfg, rewards))
+    categories = [records[i // g].category for i in range(len(rollouts))]
+    metrics.update(rollout_metrics(rollouts, answers, cfg, rewards, categories))
     return ScoredGroups(rewards, advantages, metrics)
 
 
 def rollout_metrics(rollouts: list[Rollout], answers: list[str], cfg: GRPOConfig,
-                    rewards: torch.Tensor) -> dict[str, float]:
-    """Strict accuracy, format rate, reply length, EOS rate, and the share of groups with any signal."""
+                    rewards: torch.Tensor, categories: list[str] | None = None) -> dict[str, float]:
+    """Strict accuracy (overall and per category: a run can climb on one kind of question and sink on
+    another), format rate, reply length, EOS rate, and the share of groups with any signal."""
     n = max(len(rollouts), 1)
     kind = cfg.answer_kind.value
-    acc = sum(accuracy_reward(ro.text, a, kind, rel_tol=cfg.number_rel_tol) for ro, a in zip(rollouts, answers))
+    correct = [accuracy_reward(ro.text, a, kind, rel_tol=cfg.number_rel_tol) for ro, a in zip(rollouts, answers)]
+    by_category: dict[str, list[float]] = {}
+    for cat, ok in zip(categories or [], correct):
+        by_category.setdefault(str(cat), []).append(ok)
+    acc = sum(correct)
     lengths = [len(ro.token_ids) for ro in rollouts]
     groups = rewards.view(-1, cfg.group_size)                                 # (P, G)
     informative = (groups != groups[:, :1]).any(dim=1).float().mean()
@@ -117,6 +123,7 @@ def rollout_metrics(rollouts: list[Rollout], answers: list[str], cfg: GRPOConfig
         "rollout/finished_rate": sum(ro.finished for ro in rollouts) / n,
         "rollout/informative_groups": float(informative),
         "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        **{f"rollout/accuracy/{cat}": sum(v) / len(v) for cat, v in sorted(by_category.items())},
     }
 
 
