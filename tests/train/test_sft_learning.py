@@ -1,6 +1,7 @@
 """Stage 1 learns: examples/sft_tiny.yaml on the synthetic dataset, scored by `lvr eval` on held-out
 videos. Chance is 25% on 4 options; over 200 questions a chance-level model scores above 40% with
-probability < 1e-4, so the 42% threshold cannot pass by luck (measured: 53-58%, BENCHMARKS.md)."""
+probability < 1e-4, so the 42% threshold cannot pass by luck (measured: 53-58%, BENCHMARKS.md).
+Stage 2 from that checkpoint: examples/rl_tiny.yaml's loop moves the trained policy towards a reward."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from lvr_trainer.config import parse_config
 from lvr_trainer.data.synth import SynthSpec, synthesise
 from lvr_trainer.train.sft import run_sft
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "sft_tiny.yaml"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLE = EXAMPLES / "sft_tiny.yaml"
 
 
 def _eval(model: str, data: Path, out: Path) -> dict:
@@ -28,15 +30,27 @@ def _eval(model: str, data: Path, out: Path) -> dict:
     return json.loads((out / "results.json").read_text())["by_frames"]["16"]
 
 
-@pytest.mark.slow
-def test_cot_sft_reaches_well_formed_answers_and_beats_chance(tmp_path):
-    data = tmp_path / "data"
-    synthesise(data, SynthSpec(videos=1200, seconds=16, fps=4, width=112, height=112, seed=1))
-    raw = yaml.safe_load(EXAMPLE.read_text())
+def _example(name: str, data: Path, tmp_path: Path, run: str) -> dict:
+    raw = yaml.safe_load((EXAMPLES / name).read_text())
     raw["data"].update(train=str(data / "train.jsonl"), val=str(data / "val.jsonl"))
     raw["cache"]["uri"] = str(tmp_path / "cache")
-    raw["output"]["dir"] = str(tmp_path / "run")
-    summary = run_sft(parse_config(raw, str(EXAMPLE)))
+    raw["output"]["dir"] = str(tmp_path / run)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """The SFT reference run (about 4-9 minutes), shared by the stage 1 and stage 2 tests."""
+    tmp_path = tmp_path_factory.mktemp("learning")
+    data = tmp_path / "data"
+    synthesise(data, SynthSpec(videos=1200, seconds=16, fps=4, width=112, height=112, seed=1))
+    raw = _example("sft_tiny.yaml", data, tmp_path, "sft")
+    return tmp_path, data, raw, run_sft(parse_config(raw, str(EXAMPLE)))
+
+
+@pytest.mark.slow
+def test_cot_sft_reaches_well_formed_answers_and_beats_chance(sft_run):
+    tmp_path, data, raw, summary = sft_run
     assert summary["steps"] == raw["train"]["steps"]
     assert summary["losses"][-1] < 0.5 * summary["losses"][0]
 
@@ -50,3 +64,23 @@ def test_cot_sft_reaches_well_formed_answers_and_beats_chance(tmp_path):
     assert after["well_formed_rate"] >= 0.95
     assert acc_after >= 0.42
     assert acc_after > acc_before + 0.15
+
+
+@pytest.mark.slow
+def test_grpo_from_the_sft_checkpoint_moves_the_policy_towards_its_reward(sft_run):
+    """The plumbing probe reward (answer A) from the trained policy: the share of A answers among the
+    rollouts (a quarter at the start: letters are balanced) must pass 3/4 within 16 steps of 16 prompts.
+    A sign error, a reward given to the wrong reply or an update that misses the policy cannot do that."""
+    from lvr_trainer.train.rl import run_rl
+
+    tmp_path, data, _, summary = sft_run
+    raw = _example("rl_tiny.yaml", data, tmp_path, "rl-probe")
+    raw["model"]["path"] = str(Path(summary["checkpoint"]) / "model")
+    raw["train"].update(steps=16, batch_size=8, grad_accum=2, eval_every=0, save_every=0)
+    raw["optim"]["lr"] = 2e-4
+    raw["rl"].update(kl_coef=0.0, rewards=[{"name": "lvr_trainer.train.rl_rewards:answers_a", "weight": 1.0}])
+    history = run_rl(parse_config(raw, "rl_tiny.yaml (probe)"))["history"]
+    share_a = [h["reward/lvr_trainer.train.rl_rewards:answers_a"] for h in history]
+    print("share of A answers per step:", [round(x, 2) for x in share_a])
+    assert sum(share_a[:2]) / 2 < 0.5
+    assert sum(share_a[-3:]) / 3 > 0.75

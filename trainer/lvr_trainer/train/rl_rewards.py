@@ -36,3 +36,13 @@ def format_progress(response: str, answer: str = "", kind: str = "mc") -> float:
     text = response.strip()
     checks = (tag_skeleton_similarity(text), float(text.startswith(TAGS[0])), float(text.endswith(TAGS[-1])))
     return sum(checks) / len(checks)
+
+
+def answers_a(response: str, answer: str = "", kind: str = "mc") -> float:
+    """A plumbing probe, not a task reward: 1.0 when the reply's last `<answer>` letter is A.
+
+    Any policy can learn it (the letter is one token it already writes), so a run with this reward shows
+    within a few steps whether rollouts, rewards, advantages and updates are wired together: the share
+    of A answers must climb from about 1/4 towards 1. `answer`/`kind` unused."""
+    letters = re.findall(r"<answer>\s*\(?([A-Za-z])\b", response)
+    return float(bool(letters) and letters[-1].upper() == "A")
