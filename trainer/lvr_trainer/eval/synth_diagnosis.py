@@ -22,12 +22,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from lvr_trainer.algo.answers import extract_choice
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.utils.table import format_table
 
 _LOG = re.compile(r"in order:(.*?)\.")
 _ITEM = re.compile(r"(\d+) ([a-z]+) ((?:top|bottom)-(?:left|right))")
-_ANSWER = re.compile(r"<answer>\s*\(?([A-Z])", re.IGNORECASE)
 
 Event = tuple[str, str]  # (colour, corner)
 
@@ -69,8 +69,7 @@ def answer_from_log(record: VideoQARecord, events: list[Event]) -> str | None:
 def diagnose_reply(record: VideoQARecord, reply: str) -> dict[str, float]:
     """Per-reply counts (summed by `diagnose`): correct, events, colours/corners right, has_log,
     consistent (answer == the one its own log implies), log_implies_truth."""
-    given = _ANSWER.findall(reply)
-    given = given[-1].upper() if given else None
+    given = extract_choice(reply, tuple(record.options))
     out = {"n": 1, "correct": float(given == record.answer)}
     truth, own = event_log(record.reasoning or ""), event_log(reply)
     if truth is None or own is None:

@@ -9,13 +9,16 @@ all 0. `format_progress` gives partial credit on the way there. Use it next to `
         - {name: format, weight: 1.0}
         - {name: "lvr_trainer.train.rl_rewards:format_progress", weight: 1.0}
 
-Pure standard library; same signature as every reward: fn(response, answer, kind) -> float.
+Standard library plus `lvr_trainer.algo.answers` (the reply parser training and eval share); same
+signature as every reward: fn(response, answer, kind) -> float.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+
+from lvr_trainer.algo.answers import extract_choice
 
 TAGS: tuple[str, ...] = ("<think>", "</think>", "<answer>", "</answer>")
 _TAG = re.compile(r"</?(?:think|answer)>")
@@ -44,5 +47,4 @@ def answers_a(response: str, answer: str = "", kind: str = "mc") -> float:
     Any policy can learn it (the letter is one token it already writes), so a run with this reward shows
     within a few steps whether rollouts, rewards, advantages and updates are wired together: the share
     of A answers must climb from about 1/4 towards 1. `answer`/`kind` unused."""
-    letters = re.findall(r"<answer>\s*\(?([A-Za-z])\b", response)
-    return float(bool(letters) and letters[-1].upper() == "A")
+    return float(extract_choice(response) == "A")
