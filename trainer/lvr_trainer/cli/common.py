@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 
+def add_training_parser(sub, name: str, help: str, config_help: str):
+    """`lvr NAME --config FILE [--resume]`: the arguments every training stage takes."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--resume", action="store_true", help="continue from output.dir's latest checkpoint")
+    return p
+
+
+def run_summary_tail(summary: dict) -> str:
+    """The end of a training stage's closing line: wall time, vision passes, records, checkpoint."""
+    return (f"{summary['seconds']:.1f}s, {summary['vision_passes']} vision passes for {summary['records']} "
+            f"records; checkpoint {summary['checkpoint']}")
+
+
 def load_trainer_config(path: str):
     """The trainer config at `path`, or a CLIError naming the file and every bad key."""
     from lvr_trainer.cli import CLIError

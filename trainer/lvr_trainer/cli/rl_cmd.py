@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 
+from lvr_trainer.cli.common import add_training_parser
+
+
 def register(sub) -> None:
-    p = sub.add_parser("rl", help="GRPO reinforcement learning of a video LLM (from an SFT checkpoint or any model)")
-    p.add_argument("--config", required=True, help="trainer config YAML with an `rl:` section (see examples/)")
-    p.add_argument("--resume", action="store_true", help="continue from output.dir's latest checkpoint")
-    p.set_defaults(func=_run)
+    add_training_parser(sub, "rl", "GRPO reinforcement learning of a video LLM (from an SFT checkpoint or any model)",
+                        "trainer config YAML with an `rl:` section (see examples/)").set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from lvr_trainer.cli.common import load_trainer_config, run_reporting
+    from lvr_trainer.cli.common import load_trainer_config, run_reporting, run_summary_tail
 
     cfg = load_trainer_config(args.config)
     from lvr_trainer.train.rl import RLConfigError, run_rl
@@ -24,6 +25,5 @@ def _run(args) -> int:
         first, last = history[0], history[-1]
         print(f"rl: steps {summary['start_step']}->{summary['steps']}, reward {first['reward/total']:.3f} -> "
               f"{last['reward/total']:.3f}, format {first['rollout/format_rate']:.2f} -> "
-              f"{last['rollout/format_rate']:.2f}, {summary['seconds']:.1f}s, {summary['vision_passes']} vision "
-              f"passes for {summary['records']} records; checkpoint {summary['checkpoint']}")
+              f"{last['rollout/format_rate']:.2f}, " + run_summary_tail(summary))
     return 0

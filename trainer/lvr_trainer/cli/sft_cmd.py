@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 
+from lvr_trainer.cli.common import add_training_parser
+
+
 def register(sub) -> None:
-    p = sub.add_parser("sft", help="chain-of-thought SFT of a video LLM (run under torchrun for several ranks)")
-    p.add_argument("--config", required=True, help="trainer config YAML (see examples/)")
-    p.add_argument("--resume", action="store_true", help="continue from output.dir's latest checkpoint")
-    p.set_defaults(func=_run)
+    add_training_parser(sub, "sft", "chain-of-thought SFT of a video LLM (run under torchrun for several ranks)",
+                        "trainer config YAML (see examples/)").set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from lvr_trainer.cli.common import load_trainer_config, run_reporting
+    from lvr_trainer.cli.common import load_trainer_config, run_reporting, run_summary_tail
 
     cfg = load_trainer_config(args.config)
     from lvr_trainer.config import ConfigError
@@ -22,6 +23,5 @@ def _run(args) -> int:
     losses = summary["losses"]
     if losses:
         print(f"sft: steps {summary['start_step']}->{summary['steps']}, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-              f"{summary['seconds']:.1f}s, {summary['vision_passes']} vision passes for "
-              f"{summary['records']} records; checkpoint {summary['checkpoint']}")
+              + run_summary_tail(summary))
     return 0
