@@ -10,6 +10,10 @@ Options are listed in one canonical order (palette order, or corner order) and t
 chosen so that answer letters come out balanced. A small model can learn this in minutes on CPU
 (see ENVIRONMENT.md); shuffled-option variants are left to pretrained models.
 
+The reasoning first writes the event log (what was seen), then reads it one square at a time, so that
+every token of the chain is one lookup a two-layer model can make (BENCHMARKS.md, "GRPO", session 3):
+"scan from the start: 1 red no, 2 blue yes" instead of naming the earliest of four colours in one token.
+
 Planning (events, questions, reasoning) is pure and seeded; rendering and encoding are the I/O shell.
 """
 
@@ -118,8 +122,25 @@ def _last(events: list[Event], colour: str) -> Event:
     return [e for e in events if e.colour == colour][-1]
 
 
+def _scan(events: list[Event], hit) -> str:
+    """'1 red no, 2 blue yes': the squares in the given order, each marked, up to the first hit."""
+    marks = []
+    for e in events:
+        marks.append(f"{e.index + 1} {e.colour} {'yes' if hit(e) else 'no'}")
+        if hit(e):
+            break
+    return ", ".join(marks)
+
+
 def _log_text(events: list[Event]) -> str:
     return "The squares in order: " + ", ".join(f"{e.index + 1} {e.colour} {e.corner}" for e in events) + "."
+
+
+def _letter_of(answer: str, opts) -> str:
+    """'purple: green A, yellow B, purple C': the options in order with their letters, up to the answer,
+    so that naming the letter is reading the last one written, not a search of the prompt."""
+    upto = list(opts)[: list(opts).index(answer) + 1]
+    return f"{answer}: " + ", ".join(f"{o} {k}" for o, k in zip(upto, LETTERS))
 
 
 def _order_question(events, rng, letter_counts):
@@ -145,10 +166,9 @@ def _order_question(events, rng, letter_counts):
     letter = _least_used_letter(groups, letter_counts, rng)
     opts = rng.choice(groups[letter])
     answer = min(opts, key=key)
-    at = (_first if which == "first" else _last)(events, answer).index + 1
-    absent = [c for c in opts if c not in seen]
-    step = (f"Among {', '.join(opts)}, the {which} to appear is {answer} (square {at})"
-            + (f"; {', '.join(absent)} never appear{'s' if len(absent) == 1 else ''}." if absent else "."))
+    scan = events if which == "first" else events[::-1]
+    step = (f"Among {', '.join(opts)}, scan from the {'start' if which == 'first' else 'end'}: "
+            + _scan(scan, lambda e: e.colour in opts) + f". The {which} to appear is {answer}.")
     return ("temporal", f"Which of these colours appeared {which} in the video?", opts, letter, step,
             {"qtype": f"{which}_of", "colours": list(opts)})
 
@@ -161,8 +181,8 @@ def _after_question(events, rng, letter_counts):
     subject = rng.choice(subjects)
     nxt = events[_first(events, subject).index + 1]
     opts, letter = _colour_options(nxt.colour, list(COLOURS), letter_counts, rng)
-    step = (f"The first {subject} square is square {_first(events, subject).index + 1}; "
-            f"right after it comes square {nxt.index + 1}, which is {nxt.colour}.")
+    step = (f"Scan for the first {subject}: " + _scan(events, lambda e: e.colour == subject)
+            + f"; next is {nxt.index + 1} {nxt.colour}.")
     return ("plot", f"What colour was the square that appeared right after the first {subject} square?",
             opts, letter, step, {"qtype": "after", "subject": subject})
 
@@ -172,8 +192,12 @@ def _most_often_question(events, rng, letter_counts):
     counts = Counter(e.colour for e in events)
     answer = counts.most_common(1)[0][0]
     opts, letter = _colour_options(answer, list(counts), letter_counts, rng)
-    tally = ", ".join(f"{c} {counts[c]}" for c in sorted(counts, key=COLOURS.index))
-    step = f"Counting the squares: {tally}; the most collected is {answer}."
+    running: Counter = Counter()
+    tally = []
+    for e in events:
+        running[e.colour] += 1
+        tally.append(f"{e.index + 1} {e.colour} {running[e.colour]}")
+    step = f"Counting each colour: {', '.join(tally)}. The most collected is {answer} ({counts[answer]} times)."
     return ("goal", "Each square is an item the collector picks up. Which colour did the collector "
             "pick up most often?", opts, letter, step, {"qtype": "most_often"})
 
@@ -216,7 +240,7 @@ def plan_questions(video_id: str, video_rel: str, events: list[Event], spec: Syn
         records.append(VideoQARecord(
             id=f"{video_id}-{meta['qtype']}", video=video_rel, question=question,
             options=dict(zip(LETTERS, opts)), answer=letter,
-            reasoning=f"{_log_text(events)} {step} So the answer is {answer_text}.",
+            reasoning=f"{_log_text(events)} {step} So the answer is {_letter_of(answer_text, opts)}.",
             category=category, duration=spec.seconds, meta={**meta, "video_id": video_id}))
     return records
 

@@ -76,8 +76,8 @@ def write_results(out_dir: str | Path, results: dict[int, EvalResult], model_nam
     with open(out / "replies.jsonl", "w", encoding="utf-8") as fh:
         for frames, r in results.items():
             for item, reply in zip(r.items, r.replies):
-                fh.write(json.dumps({"frames": frames, "id": item.id, "answer": item.answer,
-                                     "strict": item.strict, "reply": reply}) + "\n")
+                fh.write(json.dumps({"frames": frames, "id": item.id, "category": item.category,
+                                     "answer": item.answer, "strict": item.strict, "reply": reply}) + "\n")
     return out
 
 

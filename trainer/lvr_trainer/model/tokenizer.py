@@ -29,6 +29,7 @@ red green blue yellow purple orange cyan magenta white black pink brown grey gra
 top-left top-right bottom-left bottom-right each one two three four five six seven eight nine ten
 user assistant system User Which What Where When How Each The Answer Question Options
 please choose letter respond format then inside tags put your final only
+Among Scan scan start end yes no next Counting collected So
 """.split()
 
 
