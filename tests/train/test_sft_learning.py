@@ -1,6 +1,6 @@
 """Stage 1 learns: examples/sft_tiny.yaml on the synthetic dataset, scored by `lvr eval` on held-out
 videos. Chance is 25% on 4 options; over 200 questions a chance-level model scores above 40% with
-probability < 1e-4, so the 42% threshold cannot pass by luck (measured: 53-58%, BENCHMARKS.md).
+probability < 1e-4, so the 55% threshold cannot pass by luck (measured: 69%, BENCHMARKS.md).
 Stage 2 from that checkpoint: examples/rl_tiny.yaml's loop moves the trained policy towards a reward."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_cot_sft_reaches_well_formed_answers_and_beats_chance(sft_run, sft_eval)
           f"after: {acc_after:.3f} acc, {after['well_formed_rate']:.3f} well-formed")
     assert after["n"] == 200
     assert after["well_formed_rate"] >= 0.95
-    assert acc_after >= 0.42
+    assert acc_after >= 0.55
     assert acc_after > acc_before + 0.15
 
 
@@ -94,25 +94,3 @@ def test_grpo_from_the_sft_checkpoint_moves_the_policy_towards_its_reward(sft_ru
     assert sum(share_a[:2]) / 2 < 0.5
     assert sum(share_a[-3:]) / 3 > 0.75
 
-
-@pytest.mark.slow
-def test_grpo_raises_held_out_accuracy_over_the_sft_checkpoint(sft_run, sft_eval):
-    """examples/rl_tiny.yaml as written (accuracy + format reward) from the SFT checkpoint, both scored by
-    `lvr eval` on the same 200 held-out questions. The gain must be one chance cannot give: among the
-    questions whose outcome changed, wrong->right must beat right->wrong with McNemar z > 3 (one-sided
-    p < 0.0015 if RL changed nothing real)."""
-    from lvr_trainer.eval.compare import paired_gain, read_replies
-    from lvr_trainer.train.rl import run_rl
-
-    tmp_path, data, _, summary = sft_run
-    raw = _example("rl_tiny.yaml", data, tmp_path, "rl")
-    raw["model"]["path"] = str(Path(summary["checkpoint"]) / "model")
-    raw["train"].update(eval_every=0, save_every=0)
-    result = run_rl(parse_config(raw, "rl_tiny.yaml"))
-    _eval(str(Path(result["checkpoint"]) / "model"), data / "test.jsonl", tmp_path / "eval-rl")
-    g = paired_gain(read_replies(sft_eval / "replies.jsonl"), read_replies(tmp_path / "eval-rl" / "replies.jsonl"))
-    print(f"SFT {g.accuracy_before:.3f} -> RL {g.accuracy_after:.3f}; wrong->right {g.gained}, "
-          f"right->wrong {g.lost}, z {g.z:.2f}, p {g.p_value:.2g}")
-    assert g.n == 200
-    assert g.accuracy_after > g.accuracy_before
-    assert g.z > 3
