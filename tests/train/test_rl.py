@@ -89,11 +89,12 @@ def test_cli_runs_one_step(make_config, tmp_path, capsys):
 @pytest.mark.slow
 def test_format_reward_rises_from_random_init(make_config):
     """GRPO from a random-init tiny model: the shaped format reward (`format_progress`, the reward being
-    optimised here) climbs from ~0.03 to well above 0.4 in 60 steps (~30-40 s on one core). Honest limit:
+    optimised here) climbs from ~0.03 to well above 0.4 in 150 steps (~35 s on one core; 0.29 by step 60 and
+    0.38 by step 100 with the session 3 tokenizer, whose extra words change the random init). Honest limit:
     the strict all-or-nothing `format` stays at 0 from random init at this budget (the model learns to
     open with `<think>` and close with `</answer>`, not yet the whole four-tag reply); runs from an SFT
     checkpoint start with well-formed replies (examples/rl_tiny.yaml, BENCHMARKS.md)."""
-    cfg = rl_config(make_config, train={"steps": 60, "batch_size": 4, "grad_accum": 1, "seed": 0},
+    cfg = rl_config(make_config, train={"steps": 150, "batch_size": 4, "grad_accum": 1, "seed": 0},
                     optim={"lr": 4e-3, "warmup_steps": 0, "grad_clip": 1.0},
                     rl={"max_new_tokens": 8, "kl_coef": 0.0})
     history = run_rl(cfg)["history"]

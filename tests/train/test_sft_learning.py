@@ -78,14 +78,16 @@ def test_cot_sft_reaches_well_formed_answers_and_beats_chance(sft_run, sft_eval)
 @pytest.mark.slow
 def test_grpo_from_the_sft_checkpoint_moves_the_policy_towards_its_reward(sft_run):
     """The plumbing probe reward (answer A) from the trained policy: the share of A answers among the
-    rollouts (a quarter at the start: letters are balanced) must pass 3/4 within 16 steps of 16 prompts.
+    rollouts (a quarter at the start: letters are balanced) must pass 3/4 within 60 steps of 16 prompts
+    (the session 3 CoT derives the letter from the reasoning, so it moves slower than the 12 steps the
+    session 2 model needed: 0.25 -> ~0.77 by step 35).
     A sign error, a reward given to the wrong reply or an update that misses the policy cannot do that."""
     from lvr_trainer.train.rl import run_rl
 
     tmp_path, data, _, summary = sft_run
     raw = _example("rl_tiny.yaml", data, tmp_path, "rl-probe")
     raw["model"]["path"] = str(Path(summary["checkpoint"]) / "model")
-    raw["train"].update(steps=16, batch_size=8, grad_accum=2, eval_every=0, save_every=0)
+    raw["train"].update(steps=60, batch_size=8, grad_accum=2, eval_every=0, save_every=0)
     raw["optim"]["lr"] = 2e-4
     raw["rl"].update(kl_coef=0.0, rewards=[{"name": "lvr_trainer.train.rl_rewards:answers_a", "weight": 1.0}])
     history = run_rl(parse_config(raw, "rl_tiny.yaml (probe)"))["history"]
