@@ -95,4 +95,3 @@ def test_grpo_from_the_sft_checkpoint_moves_the_policy_towards_its_reward(sft_ru
     print("share of A answers per step:", [round(x, 2) for x in share_a])
     assert sum(share_a[:2]) / 2 < 0.5
     assert sum(share_a[-3:]) / 3 > 0.75
-

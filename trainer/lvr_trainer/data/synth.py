@@ -11,7 +11,7 @@ chosen so that answer letters come out balanced. A small model can learn this in
 (see ENVIRONMENT.md); shuffled-option variants are left to pretrained models.
 
 The reasoning first writes the event log (what was seen), then reads it one square at a time, so that
-every token of the chain is one lookup a two-layer model can make (BENCHMARKS.md, "GRPO", session 3):
+every token of the chain is one lookup a two-layer model can make (BENCHMARKS.md, CoT-SFT, session 3):
 "scan from the start: 1 red no, 2 blue yes" instead of naming the earliest of four colours in one token.
 
 Planning (events, questions, reasoning) is pure and seeded; rendering and encoding are the I/O shell.
@@ -126,8 +126,9 @@ def _scan(events: list[Event], hit) -> str:
     """'1 red no, 2 blue yes': the squares in the given order, each marked, up to the first hit."""
     marks = []
     for e in events:
-        marks.append(f"{e.index + 1} {e.colour} {'yes' if hit(e) else 'no'}")
-        if hit(e):
+        found = hit(e)
+        marks.append(f"{e.index + 1} {e.colour} {'yes' if found else 'no'}")
+        if found:
             break
     return ", ".join(marks)
 
@@ -139,7 +140,8 @@ def _log_text(events: list[Event]) -> str:
 def _letter_of(answer: str, opts) -> str:
     """'purple: green A, yellow B, purple C': the options in order with their letters, up to the answer,
     so that naming the letter is reading the last one written, not a search of the prompt."""
-    upto = list(opts)[: list(opts).index(answer) + 1]
+    opts = list(opts)
+    upto = opts[: opts.index(answer) + 1]
     return f"{answer}: " + ", ".join(f"{o} {k}" for o, k in zip(upto, LETTERS))
 
 

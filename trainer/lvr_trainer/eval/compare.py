@@ -81,6 +81,7 @@ def format_comparison(before: list[dict], after: list[dict]) -> str:
 
 
 def read_replies(path: Path) -> list[dict]:
+    """The rows of a replies.jsonl written by `lvr eval` (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 

@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from lvr_trainer.config import EvalConfig, FrameSampling
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.eval.scoring import ScorerName, ScoredReply, results_table, score_reply, summarize

@@ -17,13 +17,13 @@ the policy does. Used by BENCHMARKS.md's GRPO analysis:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from lvr_trainer.algo.answers import extract_choice
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.eval.compare import read_replies
 from lvr_trainer.utils.table import format_table
 
 _LOG = re.compile(r"in order:(.*?)\.")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if line.strip():
             rec = VideoQARecord.model_validate_json(line)
             records[rec.id] = rec
-    replies = [json.loads(line) for line in args.replies.read_text().splitlines() if line.strip()]
+    replies = read_replies(args.replies)
     print(format_diagnosis(diagnose(records, replies)))
     return 0
 
