@@ -18,6 +18,10 @@ def register(sub) -> None:
     p.add_argument("--cache", default=None, help="embedding cache URI (default: ~/.cache/lvr/embeddings)")
     p.add_argument("--out", default=None, help="directory for results.json, results.md, replies.jsonl")
     p.add_argument("--plot", default=None, help="PNG of accuracy vs. frames (with several --frames)")
+    p.add_argument("--samples", type=int, default=0,
+                   help="also sample K replies per question and report GRPO's headroom: sampled accuracy, "
+                        "pass@K, majority@K, greedy errors some sample fixes (default 0: greedy only)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for --samples")
     p.set_defaults(func=_run)
 
 
@@ -28,7 +32,9 @@ def _run(args) -> int:
 
     from lvr_trainer.cli import CLIError
     from lvr_trainer.config import CacheConfig, EvalConfig, FrameSampling, ModelConfig
-    from lvr_trainer.eval.run import evaluate, plot_accuracy_vs_frames, sampling_with_frames, write_results
+    from lvr_trainer.eval.headroom import headroom_by_category, headroom_table
+    from lvr_trainer.eval.run import (evaluate, plot_accuracy_vs_frames, sample_questions, sampling_with_frames,
+                                      write_results)
     from lvr_trainer.eval.scoring import results_table
     from lvr_trainer.train.setup import DataError, load_policy, load_split
     from lvr_trainer.train.features import VideoFeatureSource
@@ -52,14 +58,30 @@ def _run(args) -> int:
     from lvr_trainer.cache.front import EmbeddingCache
 
     cache = EmbeddingCache.from_config(CacheConfig(uri=args.cache) if args.cache else CacheConfig())
-    results = {}
+    if args.samples < 0 or (args.samples and args.temperature <= 0):
+        raise CLIError("--samples K needs K >= 1 and --temperature > 0 (greedy is always scored)")
+    results, headrooms = {}, {}
     for frames in args.frames:
         source = VideoFeatureSource(model, processor, sampling_with_frames(base, frames), base_dir, cache)
         results[frames] = evaluate(model, tokenizer, records, source, ecfg)
         print(f"## {args.model} on {args.data}, {frames} frames\n")
         print(results_table(results[frames].summary) + "\n")
+        if args.samples:
+            questions = sample_questions(model, tokenizer, results[frames], records, source, ecfg, args.samples,
+                                         args.temperature)
+            headrooms[frames] = headroom_by_category(questions)
+            print(f"GRPO headroom: {args.samples} samples per question at temperature {args.temperature:g}\n")
+            print(headroom_table(headrooms[frames], args.samples, args.temperature) + "\n")
     if args.out:
         write_results(args.out, results, args.model, args.data)
+        if headrooms:
+            import dataclasses
+            import json
+
+            payload = {"samples": args.samples, "temperature": args.temperature,
+                       "by_frames": {str(f): {c: dataclasses.asdict(h) for c, h in t.items()}
+                                     for f, t in headrooms.items()}}
+            (Path(args.out) / "headroom.json").write_text(json.dumps(payload, indent=2))
         print(f"results in {args.out}/results.json and results.md")
     if args.plot:
         plot_accuracy_vs_frames(results, args.plot)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from lvr_trainer.config import EvalConfig, FrameSampling
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.algo.answers import extract_choice
+from lvr_trainer.eval.headroom import SampledQuestion
 from lvr_trainer.eval.scoring import ScorerName, ScoredReply, results_table, score_reply, summarize
 from lvr_trainer.rollout.base import RolloutRequest, SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
@@ -60,6 +62,25 @@ def evaluate(model, tokenizer, records: list[VideoQARecord], source: VideoFeatur
                                      duration=record.duration))
     model.train(was_training)
     return EvalResult(summarize(items), items, replies)
+
+
+def sample_questions(model, tokenizer, result: EvalResult, records: list[VideoQARecord], source: VideoFeatureSource,
+                     cfg: EvalConfig, k: int, temperature: float, seed: int = 0) -> list[SampledQuestion]:
+    """K sampled replies (strict choices) next to `result`'s greedy choice, for each record `result` scored."""
+    records = records[: len(result.items)]
+    was_training = model.training
+    model.eval()
+    engine = TransformersEngine(model, tokenizer, cfg.batch_size * k)
+    out = []
+    for start in range(0, len(records), cfg.batch_size):
+        chunk = records[start:start + cfg.batch_size]
+        params = SamplingParams(n=k, temperature=temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + start)
+        groups = engine.generate([request_for(model, tokenizer, r, source, cfg.think) for r in chunk], params)
+        for record, item, group in zip(chunk, result.items[start:start + cfg.batch_size], groups):
+            out.append(SampledQuestion(record.category, record.answer, item.strict,
+                                       tuple(extract_choice(ro.text) for ro in group)))
+    model.train(was_training)
+    return out
 
 
 def write_results(out_dir: str | Path, results: dict[int, EvalResult], model_name: str, data: str) -> Path:
