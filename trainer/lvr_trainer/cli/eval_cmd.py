@@ -39,6 +39,8 @@ def _run(args) -> int:
     from lvr_trainer.train.setup import DataError, load_policy, load_split
     from lvr_trainer.train.features import VideoFeatureSource
 
+    if args.samples < 0 or (args.samples and args.temperature <= 0):
+        raise CLIError("--samples K needs K >= 1 and --temperature > 0 (greedy is always scored)")
     if args.model.startswith("preset:"):
         mcfg = ModelConfig(preset=args.model.split(":", 1)[1], tokenizer="tiny")
     elif Path(args.model).is_dir() or args.model.startswith("s3://"):
@@ -58,8 +60,6 @@ def _run(args) -> int:
     from lvr_trainer.cache.front import EmbeddingCache
 
     cache = EmbeddingCache.from_config(CacheConfig(uri=args.cache) if args.cache else CacheConfig())
-    if args.samples < 0 or (args.samples and args.temperature <= 0):
-        raise CLIError("--samples K needs K >= 1 and --temperature > 0 (greedy is always scored)")
     results, headrooms = {}, {}
     for frames in args.frames:
         source = VideoFeatureSource(model, processor, sampling_with_frames(base, frames), base_dir, cache)

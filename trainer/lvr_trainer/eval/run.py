@@ -7,15 +7,17 @@ it is evaluated.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvr_trainer.algo.answers import extract_choice
 from lvr_trainer.config import EvalConfig, FrameSampling
 from lvr_trainer.data.schema import VideoQARecord
-from lvr_trainer.algo.answers import extract_choice
 from lvr_trainer.eval.headroom import SampledQuestion
 from lvr_trainer.eval.scoring import ScorerName, ScoredReply, results_table, score_reply, summarize
-from lvr_trainer.rollout.base import RolloutRequest, SamplingParams
+from lvr_trainer.model.modes import evaluating
+from lvr_trainer.rollout.base import Rollout, RolloutRequest, SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
 from lvr_trainer.train.examples import prompt_for
 from lvr_trainer.train.features import VideoFeatureSource
@@ -45,42 +47,40 @@ class EvalResult:
         return self.summary["well_formed_rate"]
 
 
+def _replies(model, tokenizer, records: list[VideoQARecord], source: VideoFeatureSource, cfg: EvalConfig,
+             params_at: Callable[[int], SamplingParams]) -> Iterator[tuple[VideoQARecord, list[Rollout]]]:
+    """(record, its params.n replies) for each record, decoded `cfg.batch_size` prompts at a time in eval
+    mode; `params_at(start)` gives the sampling of the chunk that starts at record `start`."""
+    engine = TransformersEngine(model, tokenizer, cfg.batch_size * params_at(0).n)
+    with evaluating(model):
+        for start in range(0, len(records), cfg.batch_size):
+            chunk = records[start:start + cfg.batch_size]
+            groups = engine.generate([request_for(model, tokenizer, r, source, cfg.think) for r in chunk],
+                                     params_at(start))
+            yield from zip(chunk, groups)
+
+
 def evaluate(model, tokenizer, records: list[VideoQARecord], source: VideoFeatureSource, cfg: EvalConfig) -> EvalResult:
     """Greedy replies to `records` (first `cfg.limit`), scored strict and lenient."""
     records = records[: cfg.limit] if cfg.limit else records
-    was_training = model.training
-    model.eval()
-    engine = TransformersEngine(model, tokenizer, cfg.batch_size)
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     items, replies = [], []
-    for start in range(0, len(records), cfg.batch_size):
-        chunk = records[start:start + cfg.batch_size]
-        rollouts = engine.generate([request_for(model, tokenizer, r, source, cfg.think) for r in chunk], params)
-        for record, (reply,) in zip(chunk, rollouts):
-            replies.append(reply.text)
-            items.append(score_reply(reply.text, record.answer, id=record.id, category=record.category,
-                                     duration=record.duration))
-    model.train(was_training)
+    for record, (reply,) in _replies(model, tokenizer, records, source, cfg, lambda _: greedy):
+        replies.append(reply.text)
+        items.append(score_reply(reply.text, record.answer, id=record.id, category=record.category,
+                                 duration=record.duration))
     return EvalResult(summarize(items), items, replies)
 
 
 def sample_questions(model, tokenizer, result: EvalResult, records: list[VideoQARecord], source: VideoFeatureSource,
                      cfg: EvalConfig, k: int, temperature: float, seed: int = 0) -> list[SampledQuestion]:
     """K sampled replies (strict choices) next to `result`'s greedy choice, for each record `result` scored."""
-    records = records[: len(result.items)]
-    was_training = model.training
-    model.eval()
-    engine = TransformersEngine(model, tokenizer, cfg.batch_size * k)
-    out = []
-    for start in range(0, len(records), cfg.batch_size):
-        chunk = records[start:start + cfg.batch_size]
-        params = SamplingParams(n=k, temperature=temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + start)
-        groups = engine.generate([request_for(model, tokenizer, r, source, cfg.think) for r in chunk], params)
-        for record, item, group in zip(chunk, result.items[start:start + cfg.batch_size], groups):
-            out.append(SampledQuestion(record.category, record.answer, item.strict,
-                                       tuple(extract_choice(ro.text) for ro in group)))
-    model.train(was_training)
-    return out
+    def sampling(start: int) -> SamplingParams:
+        return SamplingParams(n=k, temperature=temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + start)
+
+    replies = _replies(model, tokenizer, records[: len(result.items)], source, cfg, sampling)
+    return [SampledQuestion(record.category, record.answer, item.strict, tuple(extract_choice(ro.text) for ro in group))
+            for (record, group), item in zip(replies, result.items)]
 
 
 def write_results(out_dir: str | Path, results: dict[int, EvalResult], model_name: str, data: str) -> Path:

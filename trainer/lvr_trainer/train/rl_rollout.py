@@ -18,6 +18,7 @@ from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
 from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.eval.run import request_for
+from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate
@@ -53,12 +54,8 @@ def sampling_params(cfg: GRPOConfig, seed: int, step: int) -> SamplingParams:
 def sample_groups(engine: RolloutEngine, model, tokenizer, records: list[VideoQARecord], source,
                   params: SamplingParams, think: bool) -> list[Rollout]:
     """N = P * G rollouts, prompt-major. The engine reads the cached embeddings; no vision pass."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         groups = engine.generate([request_for(model, tokenizer, r, source, think) for r in records], params)
-    finally:
-        model.train(was_training)
     return [ro for group in groups for ro in group]
 
 

@@ -16,6 +16,7 @@ from lvr_trainer.algo.grpo import kl_loss, policy_loss
 from lvr_trainer.algo.kinds import LossAgg
 from lvr_trainer.algo.masked import masked_mean
 from lvr_trainer.config import GRPOConfig
+from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.train.distributed import all_reduce_sum
 from lvr_trainer.train.metrics import Metrics
@@ -28,14 +29,10 @@ def prefill_logprobs(model, micros: list[MicroBatch], grid: ProcessGrid, tempera
                      field: str, autocast: Callable) -> None:
     """Fill `micro.<field>` (B, S) with `model`'s log-probs of each next token at `temperature`, the
     same function (and numerics) the update uses, so ratios start at exactly 1."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for mb in micros:
             with autocast():
                 setattr(mb, field, response_logprobs(model, mb.batch, grid, temperature).float())
-    finally:
-        model.train(was_training)
 
 
 def prefill_metrics(micros: list[MicroBatch]) -> dict[str, float]:

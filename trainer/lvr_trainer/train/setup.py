@@ -49,7 +49,7 @@ def load_split(path: str, max_bad_fraction: float) -> tuple[list[VideoQARecord],
     if total == 0:
         raise DataError(f"data file {path} has no records; point data.train / data.val at a non-empty JSONL "
                         "split (`lvr data synth` writes train/val/test)")
-    if not good or len(bad) / max(total, 1) > max_bad_fraction:
+    if not good or len(bad) / total > max_bad_fraction:
         first = "; ".join(f"line {e.line}: {e.kind}: {e.message}" for e in bad[:3])
         raise DataError(f"{path}: {len(bad)} of {total} rows are bad (limit data.max_bad_row_fraction="
                         f"{max_bad_fraction}); run `lvr data validate {path}`. First: {first}")
