@@ -4,6 +4,7 @@ import hashlib
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,38 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
 def test_bad_specs_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SynthSpec(**kwargs).check()
+
+
+def test_teacher_slip_rewrites_only_the_reasoning_of_last_questions(tmp_path):
+    """A slipped "appeared last" reasoning scans from the start and names the first option seen; every
+    video, question and gold answer is the same as with a perfect teacher, and so is every other reasoning."""
+    spec = SynthSpec(videos=30, seconds=8, fps=4, width=64, height=64, seed=4)
+    synthesise(tmp_path / "clean", spec)
+    manifest = synthesise(tmp_path / "slip", replace(spec, teacher_slip=1.0))
+    clean, slipped = all_records(tmp_path / "clean"), all_records(tmp_path / "slip")
+    assert [r.id for r in clean] == [r.id for r in slipped]
+    n_last = 0
+    for a, b in zip(clean, slipped):
+        assert (a.video, a.question, a.options, a.answer) == (b.video, b.question, b.options, b.answer)
+        if a.meta["qtype"] != "last_of":
+            assert a.reasoning == b.reasoning and "teacher_slip" not in b.meta
+            continue
+        n_last += 1
+        events = json.loads((tmp_path / "slip" / "videos" / f"{b.meta['video_id']}.events.json").read_text())
+        first_seen = next(e["colour"] for e in events if e["colour"] in b.options.values())
+        assert b.meta["teacher_slip"] is True
+        assert "scan from the start" in b.reasoning and "scan from the end" in a.reasoning
+        assert f"The last to appear is {first_seen}. So the answer is {first_seen}:" in b.reasoning
+    assert n_last > 5 and sum(manifest["teacher_slips"].values()) == n_last
+    assert _digest(tmp_path / "clean" / "videos") == _digest(tmp_path / "slip" / "videos")
+
+
+def test_teacher_slip_rate_is_the_share_of_slipped_last_questions():
+    from lvr_trainer.data.synth import teacher_slips
+
+    ids = [f"synth-1-{i:05d}-last_of" for i in range(4000)]
+    share = sum(teacher_slips(i, 0.75) for i in ids) / len(ids)
+    assert abs(share - 0.75) < 0.03
+    assert not any(teacher_slips(i, 0.0) for i in ids) and all(teacher_slips(i, 1.0) for i in ids)
+    with pytest.raises(ValueError, match="teacher_slip"):
+        SynthSpec(teacher_slip=1.5).check()

@@ -30,6 +30,9 @@ def register(sub) -> None:
     s.add_argument("--fps", type=int, default=8, help="frame rate (default 8)")
     s.add_argument("--size", default="224x224", help="WIDTHxHEIGHT (default 224x224)")
     s.add_argument("--events", type=int, default=8, help="events per video, 7-11 (default 8)")
+    s.add_argument("--teacher-slip", type=float, default=0.0,
+                   help="share of 'appeared last' questions whose CoT confuses last with first, as a real "
+                        "teacher model's would; answers stay right (default 0: a perfect teacher)")
     s.set_defaults(func=_synth)
 
 
@@ -83,7 +86,8 @@ def _synth(args) -> int:
     except ValueError:
         raise CLIError(f"--size must look like 224x224, got {args.size!r}") from None
     spec = SynthSpec(videos=args.videos, seconds=args.seconds, fps=args.fps, width=width, height=height,
-                     events=args.events, seed=args.seed)
+                     events=args.events, seed=args.seed,
+                     teacher_slip=args.teacher_slip)
     try:
         spec.check()
     except ValueError as err:

@@ -14,6 +14,12 @@ The reasoning first writes the event log (what was seen), then reads it one squa
 every token of the chain is one lookup a two-layer model can make (BENCHMARKS.md, CoT-SFT, session 3):
 "scan from the start: 1 red no, 2 blue yes" instead of naming the earliest of four colours in one token.
 
+Real CoT data comes from a teacher model that slips, and SFT imitates its slips. `teacher_slip` simulates
+one systematic slip: on that share of "which appeared last" questions the reasoning scans from the start
+and names the first option seen (a first/last confusion); the gold answer stays right. With a rate above
+one half the SFT model's greedy answer to those questions is wrong while some of its samples are right:
+the headroom GRPO's answer reward is for (BENCHMARKS.md, GRPO). At 0 the teacher is perfect.
+
 Planning (events, questions, reasoning) is pure and seeded; rendering and encoding are the I/O shell.
 """
 
@@ -66,8 +72,11 @@ class SynthSpec:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    teacher_slip: float = 0.0
 
     def check(self) -> None:
+        if not 0.0 <= self.teacher_slip <= 1.0:
+            raise ValueError(f"teacher_slip is a probability in [0, 1], got {self.teacher_slip}")
         if not MIN_EVENTS <= self.events <= MAX_EVENTS:
             raise ValueError(f"events must be in [{MIN_EVENTS}, {MAX_EVENTS}], got {self.events}")
         if self.seconds * self.fps < 2 * self.events:
@@ -167,12 +176,19 @@ def _order_question(events, rng, letter_counts):
             groups[LETTERS[four.index(min(four, key=key))]].append(four)
     letter = _least_used_letter(groups, letter_counts, rng)
     opts = rng.choice(groups[letter])
-    answer = min(opts, key=key)
-    scan = events if which == "first" else events[::-1]
-    step = (f"Among {', '.join(opts)}, scan from the {'start' if which == 'first' else 'end'}: "
-            + _scan(scan, lambda e: e.colour in opts) + f". The {which} to appear is {answer}.")
+    step, said = _order_step(events, opts, which, "start" if which == "first" else "end")
+    assert said == min(opts, key=key)
     return ("temporal", f"Which of these colours appeared {which} in the video?", opts, letter, step,
             {"qtype": f"{which}_of", "colours": list(opts)})
+
+
+def _order_step(events, opts, which: str, scan_from: str) -> tuple[str, str]:
+    """The scan over the log from `scan_from` up to the first option seen, and the colour it names."""
+    scan = events if scan_from == "start" else events[::-1]
+    said = next(e.colour for e in scan if e.colour in opts)
+    step = (f"Among {', '.join(opts)}, scan from the {scan_from}: "
+            + _scan(scan, lambda e: e.colour in opts) + f". The {which} to appear is {said}.")
+    return step, said
 
 
 def _after_question(events, rng, letter_counts):
@@ -238,13 +254,23 @@ def plan_questions(video_id: str, video_rel: str, events: list[Event], spec: Syn
     for make in QUESTION_MAKERS:
         category, question, opts, letter, step, meta = make(events, rng, letter_counts[CATEGORY_OF[make]])
         letter_counts[category][letter] += 1
-        answer_text = opts[LETTERS.index(letter)]
+        record_id = f"{video_id}-{meta['qtype']}"
+        said = opts[LETTERS.index(letter)]
+        if meta["qtype"] == "last_of" and teacher_slips(record_id, spec.teacher_slip):
+            step, said = _order_step(events, opts, "last", "start")
+            meta = {**meta, "teacher_slip": True}
         records.append(VideoQARecord(
-            id=f"{video_id}-{meta['qtype']}", video=video_rel, question=question,
+            id=record_id, video=video_rel, question=question,
             options=dict(zip(LETTERS, opts)), answer=letter,
-            reasoning=f"{_log_text(events)} {step} So the answer is {_letter_of(answer_text, opts)}.",
+            reasoning=f"{_log_text(events)} {step} So the answer is {_letter_of(said, opts)}.",
             category=category, duration=spec.seconds, meta={**meta, "video_id": video_id}))
     return records
+
+
+def teacher_slips(record_id: str, rate: float) -> bool:
+    """Whether the simulated CoT teacher slips on this record: seeded by the id alone, so that the
+    videos, questions and answers are the same at every rate and only the slipped reasonings differ."""
+    return rate > 0 and random.Random(f"teacher-{record_id}").random() < rate
 
 
 def split_of(index: int, order: list[int], spec: SynthSpec) -> str:
@@ -332,6 +358,7 @@ def synthesise(out: str | Path, spec: SynthSpec, progress=None) -> dict:
         "videos": {k: len({r.meta["video_id"] for r in v}) for k, v in splits.items()},
         "answer_letters": {c: {k: n[k] for k in LETTERS} for c, n in letter_counts.items()},
         "categories": dict(Counter(r.category for v in splits.values() for r in v)),
+        "teacher_slips": {k: sum(bool(r.meta.get("teacher_slip")) for r in v) for k, v in splits.items()},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
