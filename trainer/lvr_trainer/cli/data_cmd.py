@@ -31,8 +31,8 @@ def register(sub) -> None:
     s.add_argument("--size", default="224x224", help="WIDTHxHEIGHT (default 224x224)")
     s.add_argument("--events", type=int, default=8, help="events per video, 7-11 (default 8)")
     s.add_argument("--teacher-slip", type=float, default=0.0,
-                   help="share of 'appeared last' questions whose CoT confuses last with first, as a real "
-                        "teacher model's would; answers stay right (default 0: a perfect teacher)")
+                   help="share of 'appeared last' questions whose CoT concludes with the first option listed "
+                        "(a teacher model's position bias); answers stay right (default 0: a perfect teacher)")
     s.set_defaults(func=_synth)
 
 

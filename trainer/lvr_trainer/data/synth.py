@@ -15,10 +15,11 @@ every token of the chain is one lookup a two-layer model can make (BENCHMARKS.md
 "scan from the start: 1 red no, 2 blue yes" instead of naming the earliest of four colours in one token.
 
 Real CoT data comes from a teacher model that slips, and SFT imitates its slips. `teacher_slip` simulates
-one systematic slip: on that share of "which appeared last" questions the reasoning scans from the start
-and names the first option seen (a first/last confusion); the gold answer stays right. With a rate above
-one half the SFT model's greedy answer to those questions is wrong while some of its samples are right:
-the headroom GRPO's answer reward is for (BENCHMARKS.md, GRPO). At 0 the teacher is perfect.
+one systematic slip, a position bias: on that share of "which appeared last" questions the reasoning scans
+the log correctly but its conclusion names the first option listed instead of the colour the scan found;
+the gold answer stays right. With a rate above one half the SFT model's greedy answer to those questions
+follows the slip while some of its samples are right: the headroom GRPO's answer reward is for
+(BENCHMARKS.md, GRPO). At 0 the teacher is perfect.
 
 Planning (events, questions, reasoning) is pure and seeded; rendering and encoding are the I/O shell.
 """
@@ -176,17 +177,18 @@ def _order_question(events, rng, letter_counts):
             groups[LETTERS[four.index(min(four, key=key))]].append(four)
     letter = _least_used_letter(groups, letter_counts, rng)
     opts = rng.choice(groups[letter])
-    step, said = _order_step(events, opts, which, "start" if which == "first" else "end")
+    step, said = _order_step(events, opts, which)
     assert said == min(opts, key=key)
     return ("temporal", f"Which of these colours appeared {which} in the video?", opts, letter, step,
             {"qtype": f"{which}_of", "colours": list(opts)})
 
 
-def _order_step(events, opts, which: str, scan_from: str) -> tuple[str, str]:
-    """The scan over the log from `scan_from` up to the first option seen, and the colour it names."""
-    scan = events if scan_from == "start" else events[::-1]
-    said = next(e.colour for e in scan if e.colour in opts)
-    step = (f"Among {', '.join(opts)}, scan from the {scan_from}: "
+def _order_step(events, opts, which: str, slip: bool = False) -> tuple[str, str]:
+    """The scan over the log from the start (first) or end (last) up to the first option seen, and the
+    colour the conclusion names: the one found, or with a teacher `slip` the first option listed."""
+    scan = events if which == "first" else events[::-1]
+    said = opts[0] if slip else next(e.colour for e in scan if e.colour in opts)
+    step = (f"Among {', '.join(opts)}, scan from the {'start' if which == 'first' else 'end'}: "
             + _scan(scan, lambda e: e.colour in opts) + f". The {which} to appear is {said}.")
     return step, said
 
@@ -257,7 +259,7 @@ def plan_questions(video_id: str, video_rel: str, events: list[Event], spec: Syn
         record_id = f"{video_id}-{meta['qtype']}"
         said = opts[LETTERS.index(letter)]
         if meta["qtype"] == "last_of" and teacher_slips(record_id, spec.teacher_slip):
-            step, said = _order_step(events, opts, "last", "start")
+            step, said = _order_step(events, opts, "last", slip=True)
             meta = {**meta, "teacher_slip": True}
         records.append(VideoQARecord(
             id=record_id, video=video_rel, question=question,
