@@ -86,8 +86,7 @@ def _synth(args) -> int:
     except ValueError:
         raise CLIError(f"--size must look like 224x224, got {args.size!r}") from None
     spec = SynthSpec(videos=args.videos, seconds=args.seconds, fps=args.fps, width=width, height=height,
-                     events=args.events, seed=args.seed,
-                     teacher_slip=args.teacher_slip)
+                     events=args.events, seed=args.seed, teacher_slip=args.teacher_slip)
     try:
         spec.check()
     except ValueError as err:

@@ -32,7 +32,7 @@ def _run(args) -> int:
 
     from lvr_trainer.cli import CLIError
     from lvr_trainer.config import CacheConfig, EvalConfig, FrameSampling, ModelConfig
-    from lvr_trainer.eval.headroom import headroom_by_category, headroom_table
+    from lvr_trainer.eval.headroom import headroom_by_category, headroom_table, write_headroom
     from lvr_trainer.eval.run import (evaluate, plot_accuracy_vs_frames, sample_questions, sampling_with_frames,
                                       write_results)
     from lvr_trainer.eval.scoring import results_table
@@ -75,13 +75,7 @@ def _run(args) -> int:
     if args.out:
         write_results(args.out, results, args.model, args.data)
         if headrooms:
-            import dataclasses
-            import json
-
-            payload = {"samples": args.samples, "temperature": args.temperature,
-                       "by_frames": {str(f): {c: dataclasses.asdict(h) for c, h in t.items()}
-                                     for f, t in headrooms.items()}}
-            (Path(args.out) / "headroom.json").write_text(json.dumps(payload, indent=2))
+            write_headroom(args.out, headrooms, args.samples, args.temperature)
         print(f"results in {args.out}/results.json and results.md")
     if args.plot:
         plot_accuracy_vs_frames(results, args.plot)

@@ -177,20 +177,17 @@ def _order_question(events, rng, letter_counts):
             groups[LETTERS[four.index(min(four, key=key))]].append(four)
     letter = _least_used_letter(groups, letter_counts, rng)
     opts = rng.choice(groups[letter])
-    step, said = _order_step(events, opts, which)
-    assert said == min(opts, key=key)
+    step = _order_step(events, opts, which, said=min(opts, key=key))
     return ("temporal", f"Which of these colours appeared {which} in the video?", opts, letter, step,
             {"qtype": f"{which}_of", "colours": list(opts)})
 
 
-def _order_step(events, opts, which: str, slip: bool = False) -> tuple[str, str]:
-    """The scan over the log from the start (first) or end (last) up to the first option seen, and the
-    colour the conclusion names: the one found, or with a teacher `slip` the first option listed."""
+def _order_step(events, opts, which: str, said: str) -> str:
+    """The scan over the log from the start (first) or end (last) up to the first option seen, then the
+    conclusion naming `said`: the answer (the scan's hit), or with a teacher slip another option."""
     scan = events if which == "first" else events[::-1]
-    said = opts[0] if slip else next(e.colour for e in scan if e.colour in opts)
-    step = (f"Among {', '.join(opts)}, scan from the {'start' if which == 'first' else 'end'}: "
+    return (f"Among {', '.join(opts)}, scan from the {'start' if which == 'first' else 'end'}: "
             + _scan(scan, lambda e: e.colour in opts) + f". The {which} to appear is {said}.")
-    return step, said
 
 
 def _after_question(events, rng, letter_counts):
@@ -259,7 +256,8 @@ def plan_questions(video_id: str, video_rel: str, events: list[Event], spec: Syn
         record_id = f"{video_id}-{meta['qtype']}"
         said = opts[LETTERS.index(letter)]
         if meta["qtype"] == "last_of" and teacher_slips(record_id, spec.teacher_slip):
-            step, said = _order_step(events, opts, "last", slip=True)
+            said = opts[0]  # the slip: a position bias for the first option listed
+            step = _order_step(events, opts, "last", said)
             meta = {**meta, "teacher_slip": True}
         records.append(VideoQARecord(
             id=record_id, video=video_rel, question=question,

@@ -14,9 +14,12 @@ depends on where the right answers already are in the sampling distribution:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lvr_trainer.eval.scoring import OVERALL
 from lvr_trainer.utils.table import format_table
@@ -92,3 +95,13 @@ def headroom_table(table: dict[str, Headroom], k: int, temperature: float) -> st
     headers = ["category", "n", "greedy", f"sampled (T={temperature:g})", f"pass@{k}", f"majority@{k}",
                f"greedy wrong: solved by a sample"]
     return format_table(headers, rows)
+
+
+def write_headroom(out_dir: str | Path, by_frames: dict[int, dict[str, Headroom]], k: int,
+                   temperature: float) -> Path:
+    """headroom.json beside `write_results`' files: the per-category table for each frame count."""
+    path = Path(out_dir) / "headroom.json"
+    payload = {"samples": k, "temperature": temperature,
+               "by_frames": {str(f): {c: dataclasses.asdict(h) for c, h in t.items()} for f, t in by_frames.items()}}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
