@@ -162,29 +162,41 @@ def test_bad_specs_are_refused(kwargs, match):
         SynthSpec(**kwargs).check()
 
 
-def test_teacher_slip_rewrites_only_the_conclusion_of_last_questions(tmp_path):
-    """A slipped "appeared last" reasoning scans the log as the perfect teacher's does, then names the first
-    option listed; every video, question and gold answer is the same as with a perfect teacher, and so is
-    every other reasoning."""
+@pytest.mark.parametrize("slip_on", [("last_of",), ("first_of", "last_of")])
+def test_teacher_slip_rewrites_only_the_conclusion_of_the_chosen_questions(tmp_path, slip_on):
+    """A slipped "appeared first/last" reasoning scans the log as the perfect teacher's does, then names the
+    first option listed; every video, question and gold answer is the same as with a perfect teacher, and
+    so is every reasoning of the other question types."""
     spec = SynthSpec(videos=30, seconds=8, fps=4, width=64, height=64, seed=4)
     synthesise(tmp_path / "clean", spec)
-    manifest = synthesise(tmp_path / "slip", replace(spec, teacher_slip=1.0))
+    manifest = synthesise(tmp_path / "slip", replace(spec, teacher_slip=1.0, slip_on=slip_on))
     clean, slipped = all_records(tmp_path / "clean"), all_records(tmp_path / "slip")
     assert [r.id for r in clean] == [r.id for r in slipped]
-    n_last = 0
+    n_slipped = Counter()
     for a, b in zip(clean, slipped):
         assert (a.video, a.question, a.options, a.answer) == (b.video, b.question, b.options, b.answer)
-        if a.meta["qtype"] != "last_of":
+        if a.meta["qtype"] not in slip_on:
             assert a.reasoning == b.reasoning and "teacher_slip" not in b.meta
             continue
-        n_last += 1
-        scan = a.reasoning.split(". The last to appear is ")[0]
-        assert b.meta["teacher_slip"] is True and "scan from the end" in scan
-        assert b.reasoning.startswith(scan + f". The last to appear is {b.options['A']}. So the answer is "
+        n_slipped[a.meta["qtype"]] += 1
+        which = a.meta["qtype"].removesuffix("_of")
+        scan = a.reasoning.split(f". The {which} to appear is ")[0]
+        assert b.meta["teacher_slip"] is True
+        assert f"scan from the {'end' if which == 'last' else 'start'}" in scan
+        assert b.reasoning.startswith(scan + f". The {which} to appear is {b.options['A']}. So the answer is "
                                       f"{b.options['A']}: {b.options['A']} A.")
         assert (a.reasoning == b.reasoning) == (a.answer == "A")  # the slip is right when A is
-    assert n_last > 5 and sum(manifest["teacher_slips"].values()) == n_last
+    assert set(n_slipped) == set(slip_on) and min(n_slipped.values()) > 5
+    assert sum(manifest["teacher_slips"].values()) == sum(n_slipped.values())
     assert _digest(tmp_path / "clean" / "videos") == _digest(tmp_path / "slip" / "videos")
+
+    # The CoT-SFT split: the teacher's labels, its answer following its slipped reasoning.
+    gold, cot = (read_records(tmp_path / "slip" / f"{name}.jsonl")[0] for name in ("train", "train_cot"))
+    assert [r.model_copy(update={"answer": g.answer}) for r, g in zip(cot, gold)] == gold
+    assert all(c.answer == ("A" if g.meta.get("teacher_slip") else g.answer) for c, g in zip(cot, gold))
+    assert sum(c.answer != g.answer for c, g in zip(cot, gold)) > 3
+    clean_cot = (tmp_path / "clean" / "train_cot.jsonl").read_bytes()
+    assert clean_cot == (tmp_path / "clean" / "train.jsonl").read_bytes()  # a perfect teacher's labels are gold
 
 
 def test_teacher_slip_rate_is_the_share_of_slipped_last_questions():
@@ -196,3 +208,5 @@ def test_teacher_slip_rate_is_the_share_of_slipped_last_questions():
     assert not any(teacher_slips(i, 0.0) for i in ids) and all(teacher_slips(i, 1.0) for i in ids)
     with pytest.raises(ValueError, match="teacher_slip"):
         SynthSpec(teacher_slip=1.5).check()
+    with pytest.raises(ValueError, match="slip_on takes question types among first_of, last_of"):
+        SynthSpec(teacher_slip=0.5, slip_on=("after",)).check()

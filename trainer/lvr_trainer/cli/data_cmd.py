@@ -31,8 +31,11 @@ def register(sub) -> None:
     s.add_argument("--size", default="224x224", help="WIDTHxHEIGHT (default 224x224)")
     s.add_argument("--events", type=int, default=8, help="events per video, 7-11 (default 8)")
     s.add_argument("--teacher-slip", type=float, default=0.0,
-                   help="share of 'appeared last' questions whose CoT concludes with the first option listed "
-                        "(a teacher model's position bias); answers stay right (default 0: a perfect teacher)")
+                   help="share of the --slip-on questions whose CoT and answer name the first option listed "
+                        "(a teacher model's position bias) in train_cot.jsonl, the CoT-SFT split; "
+                        "train/val/test keep the gold answers (default 0: a perfect teacher)")
+    s.add_argument("--slip-on", nargs="+", default=["last_of"], metavar="QTYPE",
+                   help="question types the teacher slips on: first_of, last_of (default last_of)")
     s.set_defaults(func=_synth)
 
 
@@ -86,7 +89,8 @@ def _synth(args) -> int:
     except ValueError:
         raise CLIError(f"--size must look like 224x224, got {args.size!r}") from None
     spec = SynthSpec(videos=args.videos, seconds=args.seconds, fps=args.fps, width=width, height=height,
-                     events=args.events, seed=args.seed, teacher_slip=args.teacher_slip)
+                     events=args.events, seed=args.seed, teacher_slip=args.teacher_slip,
+                     slip_on=tuple(args.slip_on))
     try:
         spec.check()
     except ValueError as err:

@@ -15,11 +15,12 @@ every token of the chain is one lookup a two-layer model can make (BENCHMARKS.md
 "scan from the start: 1 red no, 2 blue yes" instead of naming the earliest of four colours in one token.
 
 Real CoT data comes from a teacher model that slips, and SFT imitates its slips. `teacher_slip` simulates
-one systematic slip, a position bias: on that share of "which appeared last" questions the reasoning scans
-the log correctly but its conclusion names the first option listed instead of the colour the scan found;
-the gold answer stays right. With a rate above one half the SFT model's greedy answer to those questions
-follows the slip while some of its samples are right: the headroom GRPO's answer reward is for
-(BENCHMARKS.md, GRPO). At 0 the teacher is perfect.
+one systematic slip, a position bias: on that share of the `slip_on` questions ("which appeared last",
+optionally "first") the reasoning scans the log correctly but its conclusion, and so its answer, names
+the first option listed instead of the colour the scan found. train.jsonl keeps the gold answers (for RL
+and evaluation); train_cot.jsonl is the train split as the teacher labelled it (the CoT-SFT data, as
+distilled CoT whose answers nobody verified). SFT on it learns the slip while some samples stay right:
+the headroom GRPO's answer reward is for (BENCHMARKS.md, GRPO). At 0 the teacher is perfect.
 
 Planning (events, questions, reasoning) is pure and seeded; rendering and encoding are the I/O shell.
 """
@@ -50,6 +51,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 COLOURS: tuple[str, ...] = tuple(PALETTE)
 CORNERS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
+SLIPPABLE = ("first_of", "last_of")  # questions whose conclusion a slipping teacher may get wrong
 MIN_EVENTS, MAX_EVENTS = 7, len(COLOURS) + 3  # counts 3 + 2 + 1 x (n - 5) need n - 3 colours
 
 
@@ -74,10 +76,13 @@ class SynthSpec:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     teacher_slip: float = 0.0
+    slip_on: tuple[str, ...] = ("last_of",)   # the question types the teacher slips on
 
     def check(self) -> None:
         if not 0.0 <= self.teacher_slip <= 1.0:
             raise ValueError(f"teacher_slip is a probability in [0, 1], got {self.teacher_slip}")
+        if not self.slip_on or set(self.slip_on) - set(SLIPPABLE):
+            raise ValueError(f"slip_on takes question types among {', '.join(SLIPPABLE)}, got {list(self.slip_on)}")
         if not MIN_EVENTS <= self.events <= MAX_EVENTS:
             raise ValueError(f"events must be in [{MIN_EVENTS}, {MAX_EVENTS}], got {self.events}")
         if self.seconds * self.fps < 2 * self.events:
@@ -255,16 +260,23 @@ def plan_questions(video_id: str, video_rel: str, events: list[Event], spec: Syn
         letter_counts[category][letter] += 1
         record_id = f"{video_id}-{meta['qtype']}"
         said = opts[LETTERS.index(letter)]
-        if meta["qtype"] == "last_of" and teacher_slips(record_id, spec.teacher_slip):
+        if meta["qtype"] in spec.slip_on and teacher_slips(record_id, spec.teacher_slip):
             said = opts[0]  # the slip: a position bias for the first option listed
-            step = _order_step(events, opts, "last", said)
-            meta = {**meta, "teacher_slip": True}
+            step = _order_step(events, opts, meta["qtype"].removesuffix("_of"), said)
+            meta = {**meta, "teacher_slip": True, "teacher_answer": "A"}
         records.append(VideoQARecord(
             id=record_id, video=video_rel, question=question,
             options=dict(zip(LETTERS, opts)), answer=letter,
             reasoning=f"{_log_text(events)} {step} So the answer is {_letter_of(said, opts)}.",
             category=category, duration=spec.seconds, meta={**meta, "video_id": video_id}))
     return records
+
+
+def teacher_labelled(records: list[VideoQARecord]) -> list[VideoQARecord]:
+    """The records as the CoT teacher labelled them: a slipped reasoning ends in the teacher's answer, not
+    the gold one, as in distilled CoT data whose answers nobody verified. The CoT-SFT split; RL and
+    evaluation keep the gold answers."""
+    return [r.model_copy(update={"answer": r.meta.get("teacher_answer", r.answer)}) for r in records]
 
 
 def teacher_slips(record_id: str, rate: float) -> bool:
@@ -330,7 +342,8 @@ def write_mp4(path: str | Path, frames: Iterator[np.ndarray], fps: int, width: i
 
 
 def synthesise(out: str | Path, spec: SynthSpec, progress=None) -> dict:
-    """Write videos/*.mp4, videos/*.events.json, train/val/test.jsonl and manifest.json under `out`."""
+    """Write videos/*.mp4, videos/*.events.json, train/val/test.jsonl (gold answers), train_cot.jsonl (the
+    train split as the CoT teacher labelled it: the CoT-SFT data) and manifest.json under `out`."""
     spec.check()
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -352,6 +365,7 @@ def synthesise(out: str | Path, spec: SynthSpec, progress=None) -> dict:
             progress(v + 1, spec.videos)
     for name, records in splits.items():
         write_records(out / f"{name}.jsonl", records)
+    write_records(out / "train_cot.jsonl", teacher_labelled(splits["train"]))
     manifest = {
         "spec": asdict(spec),
         "questions": {k: len(v) for k, v in splits.items()},
