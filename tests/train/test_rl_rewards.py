@@ -29,11 +29,13 @@ def test_repeated_and_misordered_tags_lose_credit():
     assert format_progress("<think> <think> x </answer>") == pytest.approx((2 * 2 / 7 + 1 + 1) / 3)
 
 
-def test_answers_a_probe_reads_the_last_answer_letter():
-    from lvr_trainer.train.rl_rewards import answers_a
+def test_letter_probes_read_the_last_answer_letter():
+    from lvr_trainer.train.rl_rewards import answers_a, answers_c
 
     assert answers_a("<think>x</think><answer>A</answer>") == 1.0
     assert answers_a("<think>x</think><answer> (a) red</answer>") == 1.0
     assert answers_a("<answer>A</answer> then <answer>B</answer>") == 0.0
     assert answers_a("<think>A</think><answer>Apple</answer>") == 0.0
     assert answers_a("no answer A") == 0.0
+    assert answers_c("<think>A</think><answer>C</answer>") == 1.0
+    assert answers_c("<think>C</think><answer>A</answer>") == 0.0

@@ -46,5 +46,12 @@ def answers_a(response: str, answer: str = "", kind: str = "mc") -> float:
 
     Any policy can learn it (the letter is one token it already writes), so a run with this reward shows
     within a few steps whether rollouts, rewards, advantages and updates are wired together: the share
-    of A answers must climb from about 1/4 towards 1. `answer`/`kind` unused."""
+    of A answers must climb from where the policy starts (about 1/4 with balanced letters) towards 1.
+    `answer`/`kind` unused."""
     return float(extract_choice(response) == "A")
+
+
+def answers_c(response: str, answer: str = "", kind: str = "mc") -> float:
+    """`answers_a`'s probe for the letter C: for a policy that already favours A (the SFT model of a
+    teacher with a position bias for the first option answers A half the time)."""
+    return float(extract_choice(response) == "C")
