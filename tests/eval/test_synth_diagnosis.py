@@ -67,3 +67,22 @@ def test_rates_per_category_and_overall(records):
     assert rates["overall"]["accuracy"] == pytest.approx(8 / 9)
     assert rates["overall"]["has_log"] == pytest.approx(8 / 9)
     assert rates["overall"]["consistent"] == 1.0 and rates["overall"]["colour"] == 1.0
+
+
+def test_a_conclusion_naming_option_a_is_counted_as_the_teacher_slip(records):
+    r = next(r for r in records if r.meta["qtype"] in ("first_of", "last_of") and r.answer != "A")
+    which = r.meta["qtype"].removesuffix("_of")
+    right = diagnose_reply(r, _reply(r.reasoning, r.answer))
+    assert (right["slip_eligible"], right["slip_followed"]) == (1.0, 0.0)
+    slipped = r.reasoning.replace(f"The {which} to appear is {r.options[r.answer]}.",
+                                  f"The {which} to appear is {r.options['A']}.")
+    assert slipped != r.reasoning
+    spaced = slipped.replace(".", " .")  # as the word-level tokenizer decodes it
+    assert diagnose_reply(r, _reply(spaced, "A"))["slip_followed"] == 1.0
+    other = next(x for x in records if x.meta["qtype"] == "most_often")
+    assert "slip_eligible" not in diagnose_reply(other, _reply(other.reasoning, other.answer))
+    rates = diagnose({r.id: r, other.id: other}, [{"id": r.id, "reply": _reply(slipped, "A")},
+                                                  {"id": other.id, "reply": _reply(other.reasoning, "A")}])
+    assert rates["temporal"]["slip"] == 1.0 and rates["goal"]["slip"] is None
+    assert rates["overall"]["slip"] == 1.0 and rates["overall"]["slip_eligible"] == 1
+

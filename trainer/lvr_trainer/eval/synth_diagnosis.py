@@ -9,7 +9,9 @@ accuracy alone mixes up:
 
 A model whose log is right but whose answer does not follow from it fails at reasoning, which is what
 GRPO's answer reward can reach; a model that cannot see the corners fails spatial questions whatever
-the policy does. Used by BENCHMARKS.md's GRPO analysis:
+the policy does. For "which appeared first/last" questions whose answer is not A it also counts replies
+whose conclusion names option A: the slip of the synthetic teacher (`lvr data synth --teacher-slip`),
+imitated by SFT and unlearnt by GRPO. Used by BENCHMARKS.md's GRPO analysis:
 
     python -m lvr_trainer.eval.synth_diagnosis runs/eval/replies.jsonl data/synth-1200/test.jsonl
 """
@@ -28,6 +30,7 @@ from lvr_trainer.utils.table import format_table
 
 _LOG = re.compile(r"in order:(.*?)\.")
 _ITEM = re.compile(r"(\d+) ([a-z]+) ((?:top|bottom)-(?:left|right))")
+_CONCLUSION = re.compile(r"The (?:first|last) to appear is ([a-z]+)\.")
 
 Event = tuple[str, str]  # (colour, corner)
 
@@ -66,11 +69,20 @@ def answer_from_log(record: VideoQARecord, events: list[Event]) -> str | None:
     return next((k for k, v in record.options.items() if v == value), None)
 
 
+def slip_counts(record: VideoQARecord, reply: str) -> dict[str, float]:
+    """For a first/last question whose answer is not A: whether the reply's conclusion names option A
+    (the teacher slip's position bias). Empty for other questions, where the slip cannot be told apart."""
+    if record.meta.get("qtype") not in ("first_of", "last_of") or record.answer == "A":
+        return {}
+    m = _CONCLUSION.search(_squash(reply))
+    return {"slip_eligible": 1.0, "slip_followed": float(bool(m) and m.group(1) == record.options["A"])}
+
+
 def diagnose_reply(record: VideoQARecord, reply: str) -> dict[str, float]:
     """Per-reply counts (summed by `diagnose`): correct, events, colours/corners right, has_log,
-    consistent (answer == the one its own log implies), log_implies_truth."""
+    consistent (answer == the one its own log implies), log_implies_truth, and `slip_counts`."""
     given = extract_choice(reply, tuple(record.options))
-    out = {"n": 1, "correct": float(given == record.answer)}
+    out = {"n": 1, "correct": float(given == record.answer), **slip_counts(record, reply)}
     truth, own = event_log(record.reasoning or ""), event_log(reply)
     if truth is None or own is None:
         return {**out, "has_log": 0.0}
@@ -95,16 +107,25 @@ def diagnose(records: dict[str, VideoQARecord], replies: list[dict]) -> dict[str
         n, logs, events = s["n"], max(s["has_log"], 1), max(s["events"], 1)
         rates[group] = {"n": n, "accuracy": s["correct"] / n, "has_log": s["has_log"] / n,
                         "colour": s["colour_right"] / events, "corner": s["corner_right"] / events,
-                        "consistent": s["consistent"] / logs, "log_implies_truth": s["log_implies_truth"] / logs}
+                        "consistent": s["consistent"] / logs, "log_implies_truth": s["log_implies_truth"] / logs,
+                        "slip_eligible": s["slip_eligible"],
+                        "slip": s["slip_followed"] / s["slip_eligible"] if s["slip_eligible"] else None}
     return rates
 
 
 def format_diagnosis(rates: dict[str, dict[str, float]]) -> str:
-    cols = ("n", "accuracy", "colour", "corner", "consistent", "log_implies_truth")
+    cols = ("accuracy", "colour", "corner", "consistent", "log_implies_truth")
     order = sorted(rates, key=lambda g: (g == "overall", g))
-    rows = [[g, int(rates[g]["n"]), *(f"{100 * rates[g][c]:.0f}%" for c in cols[1:])] for g in order]
+    rows = [[g, int(rates[g]["n"]), *(f"{100 * rates[g][c]:.0f}%" for c in cols), _slip_cell(rates[g])]
+            for g in order]
     return format_table(["category", "n", "strict acc", "colour ok", "corner ok", "answer follows own log",
-                         "own log implies truth"], rows)
+                         "own log implies truth", "concludes A (teacher slip)"], rows)
+
+
+def _slip_cell(rate: dict) -> str:
+    if rate["slip"] is None:
+        return "-"
+    return f"{100 * rate['slip']:.0f}% of {int(rate['slip_eligible'])}"
 
 
 def main(argv: list[str] | None = None) -> int:
