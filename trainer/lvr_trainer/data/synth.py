@@ -263,7 +263,7 @@ def plan_questions(video_id: str, video_rel: str, events: list[Event], spec: Syn
         if meta["qtype"] in spec.slip_on and teacher_slips(record_id, spec.teacher_slip):
             said = opts[0]  # the slip: a position bias for the first option listed
             step = _order_step(events, opts, meta["qtype"].removesuffix("_of"), said)
-            meta = {**meta, "teacher_slip": True, "teacher_answer": "A"}
+            meta = {**meta, "teacher_slip": True, "teacher_answer": LETTERS[0]}
         records.append(VideoQARecord(
             id=record_id, video=video_rel, question=question,
             options=dict(zip(LETTERS, opts)), answer=letter,

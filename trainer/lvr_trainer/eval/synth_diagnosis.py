@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lvr_trainer.algo.answers import extract_choice
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.data.synth import SLIPPABLE
 from lvr_trainer.eval.compare import read_replies
 from lvr_trainer.utils.table import format_table
 
@@ -72,7 +73,7 @@ def answer_from_log(record: VideoQARecord, events: list[Event]) -> str | None:
 def slip_counts(record: VideoQARecord, reply: str) -> dict[str, float]:
     """For a first/last question whose answer is not A: whether the reply's conclusion names option A
     (the teacher slip's position bias). Empty for other questions, where the slip cannot be told apart."""
-    if record.meta.get("qtype") not in ("first_of", "last_of") or record.answer == "A":
+    if record.meta.get("qtype") not in SLIPPABLE or record.answer == "A":
         return {}
     m = _CONCLUSION.search(_squash(reply))
     return {"slip_eligible": 1.0, "slip_followed": float(bool(m) and m.group(1) == record.options["A"])}
