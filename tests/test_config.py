@@ -45,8 +45,10 @@ def test_ill_typed_value_names_the_key(tmp_path):
 
 
 def test_missing_section_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="'train': required key is missing"):
-        load_config(write(tmp_path, VALID.replace("train: {steps: 10, batch_size: 2}", "")))
+    with pytest.raises(ConfigError, match="'data': required key is missing"):
+        load_config(write(tmp_path, VALID.replace("data:\n  train: data/train.jsonl\n  sampling: {num_frames: 16, "
+                                                  "max_pixels: 3136}\n", "")))
+    assert load_config(write(tmp_path, VALID.replace("train: {steps: 10, batch_size: 2}", ""))).train.steps == 1000
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "model: [unclosed"))
     with pytest.raises(ConfigError, match="not found"):

@@ -23,7 +23,8 @@ def test_defaults_are_an_8_gpu_node_with_gpu_toleration():
     assert spec.placement.effective_node_selector() == {"nvidia.com/gpu.present": "true"}
     assert spec.placement.effective_tolerations()[0]["key"] == "nvidia.com/gpu"
     assert spec.run_policy.backoff_limit == 3 and spec.run_policy.suspend is False
-    assert spec.rollout.engine == "vllm" and spec.rollout.gpu_memory_utilization == 0.5
+    assert spec.rollout.engine == "transformers" and spec.rollout.mode == "inprocess"
+    assert spec.rollout.gpu_memory_utilization == 0.5
 
 
 @pytest.mark.parametrize("patch", [{"resources": {"gpusPerNode": 9}}, {"resources": {"nodes": 0}},
@@ -37,7 +38,12 @@ def test_bounds_and_enums_rejected(patch):
 def test_model_source_needs_exactly_one():
     with pytest.raises(ValidationError, match="exactly one"):
         ModelSource.model_validate({"uri": "s3://a", "fromSFTJob": "b"})
+    with pytest.raises(ValidationError, match="exactly one"):
+        ModelSource.model_validate({"uri": "s3://a", "preset": "tiny"})
+    with pytest.raises(ValidationError, match="exactly one"):
+        ModelSource.model_validate({})
     assert ModelSource.model_validate({"fromSFTJob": "b"}).from_sft_job == "b"
+    assert ModelSource.model_validate({"preset": "tiny"}).preset == "tiny"
 
 
 def test_sftjob_has_no_rollout():

@@ -43,7 +43,7 @@ def test_trainer_config_rejects_unknown_key_with_hint_and_bad_sp():
     with pytest.raises(ConfigError, match=r"optim.lrr.*did you mean 'lr'"):
         build_trainer_config(spec, DS, "s3://m", "spec.trainer")
     _, spec = _spec(trainer={"train": {"steps": 3}, "parallel": {"sequence_parallel": 3}})
-    with pytest.raises(ConfigError, match=r"3 does not divide the 16 GPUs.*1, 2, 4, 8, 16"):
+    with pytest.raises(ConfigError, match=r"3 does not divide the 16 processes.*1, 2, 4, 8, 16"):
         build_trainer_config(spec, DS, "s3://m", "spec.trainer")
 
 
@@ -56,10 +56,10 @@ def test_config_map_round_trips_through_the_trainer_models():
 
 def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
     obj, spec = _spec()
-    pods = [worker_pod(obj, spec, r, 1, SETTINGS, "s3://m", "s3://ckpt/r1/step-50", DS.cache.s3) for r in (0, 1)]
+    pods = [worker_pod(obj, spec, r, 1, SETTINGS, "s3://ckpt/r1/step-50", DS.cache.s3) for r in (0, 1)]
     assert [p["metadata"]["name"] for p in pods] == ["r1-worker-0", "r1-worker-1"]
     p1 = pods[1]
-    trainer, sidecar = p1["spec"]["containers"]
+    (trainer,) = p1["spec"]["containers"]     # no rollout sidecar until the rollout server exists
     cmd = trainer["command"]
     assert cmd[0] == "torchrun" and "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd
     assert "--master-addr=r1-worker-0.r1-workers.ns.svc" in cmd and cmd[-4:] == ["rl", "--config", "/etc/lvr/trainer.yaml", "--resume"]
@@ -75,18 +75,23 @@ def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
     assert p1["metadata"]["ownerReferences"][0] == {"apiVersion": "longvideo.dev/v1alpha1", "kind": "RLJob",
                                                    "name": "r1", "uid": "uid-job", "controller": True,
                                                    "blockOwnerDeletion": True}
-    assert sidecar["name"] == "rollout" and "--gpu-memory-utilization" in sidecar["command"]
-    assert "resources" not in sidecar and _env(trainer)["LVR_ROLLOUT_URL"] == "http://127.0.0.1:8000"
     assert "ports" in pods[0]["spec"]["containers"][0] and "ports" not in trainer
 
 
 def test_sft_pod_has_no_sidecar_and_command_override_and_cpu_mode():
     obj, spec = _spec("SFTJob", command=["python", "-c", "pass"], resources={"nodes": 1, "gpusPerNode": 0},
                       placement={"nodeSelector": {}})
-    pod = worker_pod(obj, spec, 0, 0, SETTINGS, "s3://m")
+    pod = worker_pod(obj, spec, 0, 0, SETTINGS)
     (trainer,) = pod["spec"]["containers"]
     assert trainer["command"] == ["python", "-c", "pass"] and "resources" not in trainer
     assert _env(trainer)["LVR_NPROC_PER_NODE"] == "1" and "nodeSelector" not in pod["spec"]
+
+
+def test_one_pod_gang_rendezvouses_inside_its_pod():
+    obj, spec = _spec(resources={"nodes": 1, "gpusPerNode": 8})
+    cmd = worker_pod(obj, spec, 0, 0, SETTINGS)["spec"]["containers"][0]["command"]
+    assert cmd[:4] == ["torchrun", "--standalone", "--nnodes=1", "--nproc-per-node=8"]
+    assert not any(a.startswith("--master-addr") for a in cmd)
 
 
 def test_headless_service_and_narrow_trainer_rbac():

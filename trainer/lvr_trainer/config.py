@@ -89,6 +89,9 @@ class DataConfig(StrictModel):
 
     train: str = Field(..., description="Training JSONL (local path or s3:// URI).")
     val: str | None = Field(None, description="Held-out JSONL for periodic evaluation.")
+    video_root: str | None = Field(
+        None, description="Relative `video` paths resolve against this local directory or s3:// prefix. "
+        "Default: the JSONL's own directory.")
     sampling: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling.")
     max_bad_row_fraction: float = Field(
         0.01, ge=0, le=1,
@@ -141,7 +144,7 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Loop sizes shared by SFT and RL."""
 
-    steps: int = Field(..., ge=1, description="Optimizer steps in the run.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps in the run. Default 1000.")
     batch_size: int = Field(1, ge=1, description="Prompts per rank per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     seed: int = Field(0, description="Seed for data order, init and sampling.")
@@ -314,7 +317,8 @@ class TrainerConfig(StrictModel):
 
     model: ModelConfig
     data: DataConfig
-    train: TrainConfig
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Loop sizes (defaults: 1000 steps, "
+                               "batch 1).")
     cache: CacheConfig = Field(default_factory=CacheConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

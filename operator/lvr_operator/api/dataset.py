@@ -11,8 +11,8 @@ from lvr_operator.api.phases import DatasetPhase
 class DatasetSource(CamelModel):
     """Where the rows and videos are: s3:// URIs, or paths on a PersistentVolumeClaim."""
 
-    jsonl: str = Field(..., min_length=1, description="Rows (JSONL): s3://bucket/key or a path under "
-                       "/data when `pvc` is set. Required.")
+    jsonl: str = Field(..., min_length=1, description="Rows (JSONL): s3://bucket/key, an absolute path, or a path "
+                       "under /data when `pvc` is set. Required.")
     videos: str | None = Field(None, description="Prefix that relative `video` paths resolve against. "
                                "Default: the JSONL's directory.")
     pvc: str | None = Field(None, description="PersistentVolumeClaim mounted read-only at /data. Default unset.")
@@ -31,7 +31,11 @@ class LongVideoDatasetSpec(CamelModel):
 
     source: DatasetSource = Field(..., description="Rows and videos. Required.")
     frames: int = Field(64, ge=1, le=8192, description="Frames sampled per video, 1-8192. Default 64.")
-    max_error_rate: float = Field(0.0, ge=0, le=1, description="Fraction of bad rows tolerated, 0-1. Default 0.")
+    max_pixels: int = Field(50176, ge=784, le=16777216, description="Pixel budget per frame (frames are scaled "
+                            "down to fit, aspect kept); jobs on this dataset use it too. Default 50176 (224x224).")
+    max_error_rate: float = Field(
+        0.0, ge=0, le=1, description="Fraction of bad rows tolerated by validation, and of videos that fail to "
+        "encode (skipped, counted, listed in status), 0-1. Default 0.")
     encoder: EncoderSpec = Field(default_factory=EncoderSpec, description="Vision tower for caching.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Where embeddings are cached.")
     resources: ResourcesSpec = Field(
@@ -59,6 +63,9 @@ class DatasetStatus(CamelModel):
     rows: RowCounts | None = Field(None, description="Row counts from validation.")
     cached_videos: int | None = Field(None, ge=0, description="Videos whose embeddings are in the cache.")
     cached_bytes: int | None = Field(None, ge=0, description="Bytes of embeddings in the cache.")
+    failed_videos: int | None = Field(None, ge=0, description="Videos that failed to encode and were skipped.")
+    failed_video_examples: list[str] | None = Field(
+        None, description="The first failed videos, each `path: reason`.")
     attempts: int = Field(0, ge=0, description="Preprocessing pods started so far.")
     start_time: str | None = Field(None, description="When preprocessing started.")
     completion_time: str | None = Field(None, description="When the dataset became Ready or Failed.")

@@ -20,19 +20,21 @@ TRAINER_SCHEMA_MARK = "x-lvr-embed-trainer-config"
 
 
 class ModelSource(CamelModel):
-    """The starting weights: exactly one of `uri` and `fromSFTJob`."""
+    """The starting weights: exactly one of `uri`, `fromSFTJob` and `preset`."""
 
     uri: str | None = Field(None, description="Model directory: s3://bucket/prefix or a path. Default unset.")
     from_sft_job: str | None = Field(
         None, alias="fromSFTJob",
         description="Name of an SFTJob in this namespace; the job waits until it Succeeded and starts from "
-        "its output checkpoint. Default unset.")
+        "the model directory of its final checkpoint (`<lastCheckpoint>/model`). Default unset.")
+    preset: str | None = Field(
+        None, description="A built-in random-init model (`tiny`: tests and the CPU demo). Default unset.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if (self.uri is None) == (self.from_sft_job is None):
-            raise ValueError("set exactly one of `model.uri` (a model directory) and `model.fromSFTJob` "
-                             "(an SFTJob's name)")
+        if sum(v is not None for v in (self.uri, self.from_sft_job, self.preset)) != 1:
+            raise ValueError("set exactly one of `model.uri` (a model directory), `model.fromSFTJob` "
+                             "(an SFTJob's name) and `model.preset` (a built-in random-init model)")
         return self
 
 
@@ -65,23 +67,34 @@ class SFTJobSpec(JobSpecBase):
 
 
 class RolloutSpec(CamelModel):
-    """The rollout engine that generates the G responses per prompt."""
+    """The rollout engine that generates the G responses per prompt (the trainer's `rollout` section)."""
 
-    engine: Literal["vllm", "hf"] = Field("vllm", description="vllm, or hf (transformers generate). Default vllm.")
-    mode: Literal["sidecar", "inprocess"] = Field(
-        "sidecar", description="sidecar: a vLLM server container beside the trainer in each pod; "
-        "inprocess: inside the trainer processes. Default sidecar.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (generate() inside the trainer) or vllm. vllm is refused "
+        "with InvalidSpec until the vLLM engine is built. Default transformers.")
+    mode: Literal["inprocess", "sidecar"] = Field(
+        "inprocess", description="inprocess: inside the trainer processes; sidecar: a rollout server "
+        "container beside the trainer in each pod (vllm only; refused until built). Default inprocess.")
     gpu_memory_utilization: float = Field(
-        0.5, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take, (0, 1]. Default 0.5.")
+        0.5, gt=0, le=0.95, description="Fraction of each GPU's memory vLLM may take, (0, 0.95]. Default 0.5.")
     image: str | None = Field(None, description="Sidecar image. Default: the operator's --vllm-image.")
     port: int = Field(8000, ge=1024, le=65535, description="Sidecar HTTP port. Default 8000.")
     tensor_parallel: int = Field(1, ge=1, le=8, description="vLLM tensor-parallel size, 1-8. Default 1.")
+
+    def trainer_section(self) -> dict[str, Any]:
+        """The trainer config's `rollout` section this spec stands for."""
+        out: dict[str, Any] = {"engine": self.engine, "mode": self.mode,
+                               "gpu_memory_utilization": self.gpu_memory_utilization}
+        if self.mode == "sidecar":
+            out["sidecar_url"] = f"http://127.0.0.1:{self.port}"
+        return out
 
 
 class RLJobSpec(JobSpecBase):
     """GRPO reinforcement learning with MR-SP (stage 2)."""
 
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout engine. Default vLLM sidecar.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec,
+                                 description="Rollout engine. Default transformers, in process.")
 
 
 class JobProgress(CamelModel):
@@ -95,6 +108,8 @@ class JobProgress(CamelModel):
     accuracy: float | None = Field(None, description="Last evaluation or rollout accuracy, 0-1.")
     loss: float | None = Field(None, description="Last logged training loss.")
     last_checkpoint: str | None = Field(None, description="URI of the newest complete checkpoint.")
+    initial_weights: str | None = Field(None, description="sha256 of the weights the run started from "
+                                        "(lvr_trainer.model.loading.weights_digest).")
     updated_at: str | None = Field(None, description="When rank 0 last reported (RFC 3339).")
 
 

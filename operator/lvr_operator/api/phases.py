@@ -100,6 +100,7 @@ class Reason:
     INSUFFICIENT_RESOURCES = "InsufficientResources"
     GANG_CREATED = "GangCreated"
     UNSCHEDULABLE = "Unschedulable"
+    POD_NOT_STARTING = "PodNotStarting"     # a container waits for a reason waiting does not cure
     ALL_WORKERS_RUNNING = "AllWorkersRunning"
     WORKER_FAILED = "WorkerFailed"
     BACKOFF = "Backoff"

@@ -27,22 +27,29 @@ def _step(name: str, image: str, argv: list[str], env: list[dict], mounts: list[
             "volumeMounts": mounts, "terminationMessagePolicy": "FallbackToLogsOnError"}
 
 
+def _video_root(spec: LongVideoDatasetSpec) -> list[str]:
+    return ["--video-root", spec.source.videos] if spec.source.videos else []
+
+
 def validate_argv(spec: LongVideoDatasetSpec) -> list[str]:
     return ["lvr", "data", "validate", dataset_jsonl(spec), "--json", "--frames", str(spec.frames),
-            "--max-error-rate", str(spec.max_error_rate), "--examples", "3"]
+            "--max-error-rate", str(spec.max_error_rate), "--examples", "3", *_video_root(spec)]
 
 
 def encode_argv(spec: LongVideoDatasetSpec) -> list[str] | None:
     """`lvr encode` (trainer/lvr_trainer/cli/encode_cmd.py), or None when the spec names no encoder.
 
-    `--frames` is the dataset's frame count, the one the jobs sample (it is part of the cache key); the
-    pixel budget is the trainer's default on both sides. `--json` prints the summary the operator reads
-    from the termination message (videos, encoded, hits, failed, bytes_written, bytes_read)."""
+    `--frames` and `--max-pixels` are the dataset's, the ones its jobs sample (frame indices and size are
+    part of the cache key). `--max-error-rate` lets that share of videos fail (skipped and listed).
+    `--json` prints the summary the operator reads from the termination message (videos, encoded, hits,
+    failed, failed_videos, bytes_written, bytes_read)."""
     enc = spec.encoder
     if not (enc.model or enc.preset):
         return None
     cache = spec.cache.s3.uri() if spec.cache.s3 else LOCAL_CACHE
-    argv = ["lvr", "encode", "--data", dataset_jsonl(spec), "--cache", cache, "--frames", str(spec.frames), "--json"]
+    argv = ["lvr", "encode", "--data", dataset_jsonl(spec), "--cache", cache, "--frames", str(spec.frames),
+            "--max-pixels", str(spec.max_pixels), "--max-error-rate", str(spec.max_error_rate), "--json",
+            *_video_root(spec)]
     return argv + (["--model", enc.model] if enc.model else ["--preset", str(enc.preset)])
 
 

@@ -16,7 +16,6 @@ from lvr_operator.settings import OperatorSettings
 CONFIG_DIR = "/etc/lvr"
 CONFIG_FILE = f"{CONFIG_DIR}/trainer.yaml"
 TRAINER = "trainer"
-ROLLOUT = "rollout"
 
 
 def config_map(job: dict[str, Any], trainer_config: Any) -> dict[str, Any]:
@@ -83,14 +82,19 @@ def launch_command(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: 
     """torchrun with the gang's shape, running `lvr sft|rl --config /etc/lvr/trainer.yaml --resume`.
 
     `--resume` always: the trainer continues from output.dir's latest checkpoint after a gang restart or
-    a suspend, and starts from scratch when there is none (LVR_RESUME_FROM only names it for humans)."""
+    a suspend, and starts from scratch when there is none (LVR_RESUME_FROM only names it for humans).
+    A one-pod gang rendezvouses inside its pod (`--standalone`: no DNS, no fixed port); a larger one
+    through rank 0's stable name behind the headless Service."""
     if spec.command:
         return list(spec.command)
     name, ns = name_of(job), namespace_of(job)
     stage = "rl" if job["kind"] == "RLJob" else "sft"
+    trainer = ["-m", "lvr_trainer.cli", stage, "--config", CONFIG_FILE, "--resume"]
+    if spec.resources.nodes == 1:
+        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc(spec)}", *trainer]
     return ["torchrun", f"--nnodes={spec.resources.nodes}", f"--nproc-per-node={nproc(spec)}",
             f"--node-rank={rank}", f"--master-addr={worker_name(name, 0)}.{service_name(name)}.{ns}.svc",
-            f"--master-port={settings.master_port}", "-m", "lvr_trainer.cli", stage, "--config", CONFIG_FILE, "--resume"]
+            f"--master-port={settings.master_port}", *trainer]
 
 
 def resources(spec: JobSpecBase) -> dict[str, Any]:

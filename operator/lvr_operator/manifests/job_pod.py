@@ -1,14 +1,13 @@
-"""One worker pod per node: the torchrun trainer container, and for RLJobs the vLLM sidecar."""
+"""One worker pod per node: the torchrun trainer container."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lvr_operator.api.jobs import JobSpecBase, RLJobSpec
+from lvr_operator.api.jobs import JobSpecBase
 from lvr_operator.manifests.common import (LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, child_meta, config_name,
                                            name_of, service_name, trainer_account_name, worker_name)
-from lvr_operator.manifests.job import (CONFIG_DIR, ROLLOUT, TRAINER, launch_command, rendezvous_env,
-                                        resources, s3_env)
+from lvr_operator.manifests.job import CONFIG_DIR, TRAINER, launch_command, rendezvous_env, resources, s3_env
 from lvr_operator.settings import OperatorSettings
 
 
@@ -23,8 +22,6 @@ def trainer_container(job: dict[str, Any], spec: JobSpecBase, rank: int, setting
     env += s3_env(s3.credentials_secret if s3 else None, s3.endpoint if s3 else None)
     if resume_from:
         env.append({"name": "LVR_RESUME_FROM", "value": resume_from})
-    if isinstance(spec, RLJobSpec) and spec.rollout.mode == "sidecar":
-        env.append({"name": "LVR_ROLLOUT_URL", "value": f"http://127.0.0.1:{spec.rollout.port}"})
     container: dict[str, Any] = {
         "name": TRAINER, "image": spec.image or settings.trainer_image,
         "command": launch_command(job, spec, rank, settings), "env": env,
@@ -39,30 +36,14 @@ def trainer_container(job: dict[str, Any], spec: JobSpecBase, rank: int, setting
     return container
 
 
-def rollout_sidecar(spec: RLJobSpec, model_uri: str, settings: OperatorSettings) -> dict[str, Any]:
-    """vLLM OpenAI-compatible server beside the trainer; shares the pod's GPUs (memory capped by
-    gpuMemoryUtilization) through NVIDIA_VISIBLE_DEVICES instead of requesting its own."""
-    r = spec.rollout
-    return {
-        "name": ROLLOUT, "image": r.image or settings.vllm_image,
-        "command": ["vllm", "serve", model_uri, "--port", str(r.port),
-                    "--gpu-memory-utilization", str(r.gpu_memory_utilization),
-                    "--tensor-parallel-size", str(r.tensor_parallel), "--enable-prompt-embeds"],
-        "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}],
-        "ports": [{"name": "rollout", "containerPort": r.port}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": r.port}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-    }
-
-
 def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, settings: OperatorSettings,
-               model_uri: str, resume_from: str | None = None, dataset_s3: Any = None) -> dict[str, Any]:
+               resume_from: str | None = None, dataset_s3: Any = None) -> dict[str, Any]:
     """Worker `rank` of the gang (attempt = restarts so far; stale attempts are recognised by label)."""
     name = name_of(job)
     labels = {LABEL_ROLE: "worker", LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
+    # A rollout sidecar joins here once the rollout server exists (issue 18); until then the trainer
+    # config's `rollout` section runs in process and admission refuses `mode: sidecar`.
     containers = [trainer_container(job, spec, rank, settings, resume_from, dataset_s3)]
-    if isinstance(spec, RLJobSpec) and spec.rollout.engine == "vllm" and spec.rollout.mode == "sidecar":
-        containers.append(rollout_sidecar(spec, model_uri, settings))
     place = spec.placement
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "hostname": worker_name(name, rank), "subdomain": service_name(name),

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvr_trainer.config import ConfigError, TrainerConfig, parse_config
+from lvr_trainer.config import FrameSampling, TrainerConfig, parse_config
+from lvr_trainer.runnable import attention_heads, check_runnable
 
 from lvr_operator.api.dataset import LongVideoDatasetSpec
-from lvr_operator.api.jobs import JobSpecBase
+from lvr_operator.api.jobs import JobSpecBase, RLJobSpec
 
 DATA_MOUNT = "/data"
 LOCAL_CACHE = "/dev/shm/lvr-cache"
+DEFAULT_MIN_PIXELS = FrameSampling.model_fields["min_pixels"].default
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -45,30 +47,39 @@ def cache_uri(spec: JobSpecBase, ds: LongVideoDatasetSpec | None) -> str:
 
 
 def derived_sections(spec: JobSpecBase, ds: LongVideoDatasetSpec | None, model_uri: str | None) -> dict[str, Any]:
-    """The parts of the trainer config that come from the other spec fields."""
+    """The parts of the trainer config that come from the other spec fields (documented defaults for
+    the rest: the trainer's own, e.g. 1000 steps; an RLJob gets `rl: {}`, GRPO's defaults)."""
     frames = spec.frames or (ds.frames if ds else None)
     data: dict[str, Any] = {"train": dataset_jsonl(ds) if ds else "s3://unresolved/dataset.jsonl"}
-    if frames:
-        data["sampling"] = {"num_frames": frames}
+    sampling: dict[str, Any] = {"num_frames": frames} if frames else {}
+    if ds is not None:      # the dataset's frame size, so that the jobs hit the embeddings it cached
+        sampling.update(max_pixels=ds.max_pixels, min_pixels=min(DEFAULT_MIN_PIXELS, ds.max_pixels))
+        if ds.source.videos:
+            data["video_root"] = ds.source.videos
+    if sampling:
+        data["sampling"] = sampling
     user_model = spec.trainer.get("model") if isinstance(spec.trainer.get("model"), dict) else {}
     model: dict[str, Any] = {}
     if not ({"path", "preset"} & set(user_model)):
-        model["path"] = model_uri or "s3://unresolved/model"
-    return {"model": model, "data": data, "cache": {"uri": cache_uri(spec, ds)},
-            "output": {"dir": spec.output.uri}}
+        if spec.model.preset:
+            model["preset"] = spec.model.preset
+        else:
+            model["path"] = model_uri or "s3://unresolved/model"
+    out = {"model": model, "data": data, "cache": {"uri": cache_uri(spec, ds)}, "output": {"dir": spec.output.uri}}
+    if isinstance(spec, RLJobSpec):
+        out["rl"] = {}
+        out["rollout"] = spec.rollout.trainer_section()
+    return out
 
 
 def build_trainer_config(spec: JobSpecBase, ds: LongVideoDatasetSpec | None, model_uri: str | None,
                          source: str) -> TrainerConfig:
-    """Derived sections overlaid by `spec.trainer`; raises ConfigError naming `source` and the key."""
+    """Derived sections overlaid by `spec.trainer`, checked with the trainer's own rules
+    (`lvr_trainer.runnable`: what `lvr sft|rl` would refuse at run time); raises ConfigError naming
+    `source` and the key."""
     merged = deep_merge(derived_sections(spec, ds, model_uri), spec.trainer)
     cfg = parse_config(merged, source)
     world = spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
-    sp = cfg.parallel.sequence_parallel
-    if world % sp:
-        fits = [d for d in range(1, world + 1) if world % d == 0]
-        raise ConfigError(
-            f"{source}: key 'parallel.sequence_parallel': {sp} does not divide the {world} GPUs "
-            f"({spec.resources.nodes} node(s) x {spec.resources.gpus_per_node}); use one of "
-            f"{', '.join(map(str, fits))}, or change spec.resources")
+    stage = "rl" if isinstance(spec, RLJobSpec) else "sft"
+    check_runnable(cfg, stage=stage, source=source, world_size=world, heads=attention_heads(cfg.model))
     return cfg

@@ -21,8 +21,11 @@ from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, meta,
 from lvr_operator.manifests.dataset import ENCODE, VALIDATE, prep_pod
 from lvr_operator.reconcile.context import Ctx, explain_validation
 from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, tail
-from lvr_operator.reconcile.pods import container_state
+from lvr_operator.reconcile.pods import container_state, stuck_reason
 from lvr_operator.settings import OperatorSettings
+
+
+MAX_FAILED_EXAMPLES = 10
 
 
 @dataclass
@@ -62,6 +65,12 @@ def _counts(ctx: Ctx, pod: dict[str, Any]) -> None:
             if all(isinstance(c, int) for c in counts):
                 ctx.status["cachedVideos"] = counts[0] + counts[1]
                 ctx.status["cachedBytes"] = counts[2] + counts[3]     # written now + read back for hits
+            if isinstance(report.get("failed"), int):
+                ctx.status["failedVideos"] = report["failed"]
+                examples = [f"{f.get('video')}: {f.get('error')}" for f in report.get("failed_videos") or []
+                            if isinstance(f, dict)]
+                if examples:
+                    ctx.status["failedVideoExamples"] = examples[:MAX_FAILED_EXAMPLES]
 
 
 def _pod_progress(pod: dict[str, Any]) -> tuple[str, str | None, Any]:
@@ -100,14 +109,19 @@ def reconcile_dataset(ds: dict[str, Any], obs: DatasetObserved, settings: Operat
         ctx.status["completionTime"] = rfc3339(obs.now)
         ctx.set(C.ready, True, R.READY, "validated" + (" and cached" if step != VALIDATE else ""))
         rows = ctx.status.get("rows") or {}
+        failed = ctx.status.get("failedVideos")
         ctx.phase(D.ready, R.READY, f"{rows.get('valid', '?')} valid rows of {rows.get('total', '?')}"
-                  + (f"; {ctx.status['cachedVideos']} videos cached" if "cachedVideos" in ctx.status else ""))
+                  + (f"; {ctx.status['cachedVideos']} videos cached" if "cachedVideos" in ctx.status else "")
+                  + (f"; {failed} videos failed to encode and were skipped (see failedVideoExamples)"
+                     if failed else ""))
         return ctx.finish()
+    stuck = stuck_reason(latest)     # a pod that cannot start says why, in the kubelet's words
     if step == ENCODE and state == "running":
         ctx.set(C.validated, True, R.VALIDATING, "rows validated")
-        ctx.phase(D.caching, R.CACHING, "encoding videos into the embedding cache")
+        ctx.phase(D.caching, R.POD_NOT_STARTING if stuck else R.CACHING,
+                  stuck or "encoding videos into the embedding cache")
     else:
-        ctx.phase(D.validating, R.VALIDATING, "validating rows and videos")
+        ctx.phase(D.validating, R.POD_NOT_STARTING if stuck else R.VALIDATING, stuck or "validating rows and videos")
     ctx.plan.requeue(settings.resync_seconds)
     return ctx.finish()
 

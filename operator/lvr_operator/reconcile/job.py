@@ -153,10 +153,11 @@ def _running(ctx: Ctx, spec: Any, current: list) -> Plan:
     if running == spec.resources.nodes:
         ctx.phase(P.running, R.ALL_WORKERS_RUNNING, f"all {running} worker(s) running")
         ctx.set(C.running, True, R.ALL_WORKERS_RUNNING, f"{running}/{spec.resources.nodes} workers running")
-    elif stuck := [w for w in current if w.state == "pending" and w.unschedulable]:
-        # never "stuck without a reason": the scheduler's own words, e.g. "Insufficient nvidia.com/gpu"
-        ctx.phase(P.created, R.UNSCHEDULABLE, f"{running}/{spec.resources.nodes} worker(s) running; pod "
-                  f"{stuck[0].name} cannot be scheduled: {stuck[0].unschedulable}")
+    elif stuck := [w for w in current if w.stuck]:
+        # never "stuck without a reason": the scheduler's or kubelet's own words, e.g. "Insufficient
+        # nvidia.com/gpu" or "CreateContainerConfigError: secret ... not found"
+        reason = R.UNSCHEDULABLE if "cannot be scheduled" in stuck[0].stuck else R.POD_NOT_STARTING
+        ctx.phase(P.created, reason, f"{running}/{spec.resources.nodes} worker(s) running; {stuck[0].stuck}")
     else:
         ctx.phase(P.created, R.GANG_CREATED, f"{running}/{spec.resources.nodes} worker(s) running")
     ctx.set(C.restarting, False, R.ALL_WORKERS_RUNNING, "") if ctx.has(C.restarting) else None

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from lvr_operator.api.common import S3CacheSpec
 from lvr_operator.api.dataset import LongVideoDatasetSpec
+from lvr_operator.api.jobs import RLJobSpec
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
@@ -21,6 +22,7 @@ from lvr_operator.manifests.trainer_config import build_trainer_config
 from lvr_operator.reconcile.context import Ctx, explain_validation
 from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, tail
 from lvr_trainer.config import ConfigError
+from lvr_trainer.layout import checkpoint_model_uri
 
 __all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "mirror_progress"]
 
@@ -45,7 +47,10 @@ def parse_job(ctx: Ctx) -> Any | None:
     try:  # unknown trainer keys, bad values, SP size vs GPUs: reported before anything is created
         build_trainer_config(spec, None, None, "spec.trainer")
     except ConfigError as err:
-        return ctx.invalid(str(err).replace("spec.trainer: key '", "key 'spec.trainer."))
+        message = str(err).replace("spec.trainer: key '", "key 'spec.trainer.")
+        if isinstance(spec, RLJobSpec) and "rollout" not in spec.trainer:   # the user wrote spec.rollout
+            message = message.replace("key 'spec.trainer.rollout.", "key 'spec.rollout.")
+        return ctx.invalid(message)
     return spec
 
 
@@ -67,8 +72,11 @@ def _dataset(ctx: Ctx, spec: Any) -> LongVideoDatasetSpec | None | str:
 
 
 def _model_uri(ctx: Ctx, spec: Any) -> str | None:
+    """The model directory the trainer starts from: the spec's, or the SFTJob's final checkpoint's."""
     if spec.model.uri:
         return spec.model.uri
+    if spec.model.preset:
+        return f"preset:{spec.model.preset}"
     sft, ref = ctx.obs.sft_job, spec.model.from_sft_job
     if sft is None:
         return ctx.wait(R.SFTJOB_NOT_FOUND, f"spec.model.fromSFTJob: SFTJob '{ref}' not found in namespace "
@@ -81,8 +89,13 @@ def _model_uri(ctx: Ctx, spec: Any) -> str | None:
     if status.get("phase") != P.succeeded.value:
         return ctx.wait(R.SFTJOB_NOT_SUCCEEDED, f"waiting for SFTJob '{ref}' to succeed "
                         f"(now {status.get('phase', 'Pending')})")
-    return ((status.get("progress") or {}).get("lastCheckpoint") or (sft.get("spec") or {}).get("output", {})
-            .get("uri"))
+    checkpoint = (status.get("progress") or {}).get("lastCheckpoint")
+    if not checkpoint:
+        ctx.fail(R.DEPENDENCY_FAILED, f"SFTJob '{ref}' Succeeded but reported no checkpoint "
+                 "(status.progress.lastCheckpoint); its trainer could not report progress. Start this job "
+                 "from the model directory instead: spec.model.uri: <sft output>/checkpoints/<step>/model")
+        return None
+    return checkpoint_model_uri(checkpoint)
 
 
 def check_dependencies(ctx: Ctx, spec: Any) -> Deps | None:
@@ -131,7 +144,7 @@ def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> An
     objs = [config_map(job, cfg), headless_service(job, s), *trainer_rbac(job, spec.resources.nodes)]
     seen = ctx.obs.children or set()       # not listed: create them all (AlreadyExists is success)
     objs = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in seen]
-    objs += [worker_pod(job, spec, r, attempt, s, deps.model_uri, resume, deps.dataset_s3)
+    objs += [worker_pod(job, spec, r, attempt, s, resume, deps.dataset_s3)
              for r in range(spec.resources.nodes) if r not in existing_ranks]
     ctx.plan.actions += [Create(o) for o in objs]
     ctx.status.setdefault("startTime", rfc3339(ctx.obs.now))

@@ -29,7 +29,7 @@ class Worker:
     deleting: bool = False
     annotations: dict[str, str] | None = None
     pod_active: bool = True         # pod phase not Succeeded/Failed (a sidecar may still run)
-    unschedulable: str | None = None  # the scheduler's reason when the pod cannot be placed
+    stuck: str | None = None        # why the pod cannot start or keeps failing (see `stuck_reason`)
 
 
 def _label_int(pod: dict[str, Any], key: str) -> int:
@@ -74,11 +74,30 @@ def worker(pod: dict[str, Any], container: str = "trainer") -> Worker:
     return Worker(meta["name"], _label_int(pod, LABEL_RANK), _label_int(pod, LABEL_ATTEMPT), state, end,
                   bool(meta.get("deletionTimestamp")), meta.get("annotations") or {},
                   (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"),
-                  unschedulable_message(pod))
+                  stuck_reason(pod))
 
 
-def unschedulable_message(pod: dict[str, Any]) -> str | None:
-    for c in (pod.get("status") or {}).get("conditions") or []:
+# Container waiting reasons that do not go away by waiting (kubelet and our local stand-in's names).
+STUCK_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff",
+                           "InvalidImageName", "ErrImageNeverPull", "CrashLoopBackOff", "RunContainerError",
+                           "ImageNotMapped", "ImageInspectError"})
+
+
+def stuck_reason(pod: dict[str, Any]) -> str | None:
+    """Why a pod cannot start or run, in the scheduler's or kubelet's own words, or None.
+
+    Unschedulable (PodScheduled=False), or a container waiting for a reason that waiting does not cure
+    (a missing Secret or ConfigMap, an image that cannot be pulled, a crash loop)."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-            return c.get("message") or "unschedulable"
+            return f"pod {name} cannot be scheduled: {c.get('message') or 'unschedulable'}"
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for cs in status.get(key) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                message = waiting.get("message") or ""
+                return (f"pod {name}: container {cs.get('name')}: {waiting['reason']}"
+                        + (f": {message}" if message else ""))
     return None

@@ -17,13 +17,20 @@ def run_summary_tail(summary: dict) -> str:
             f"records; checkpoint {summary['checkpoint']}")
 
 
-def load_trainer_config(path: str):
-    """The trainer config at `path`, or a CLIError naming the file and every bad key."""
+def load_trainer_config(path: str, stage: str):
+    """The trainer config at `path`, checked for what `lvr <stage>` can run (the same check the operator
+    makes at admission: lvr_trainer.runnable), or a CLIError naming the file and every bad key."""
+    import os
+
     from lvr_trainer.cli import CLIError
     from lvr_trainer.config import ConfigError, load_config
+    from lvr_trainer.runnable import attention_heads, check_runnable
 
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        check_runnable(cfg, stage=stage, source=path, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                       heads=attention_heads(cfg.model))
+        return cfg
     except ConfigError as err:
         raise CLIError(str(err)) from None
 

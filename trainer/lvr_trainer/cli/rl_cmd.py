@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-
 from lvr_trainer.cli.common import add_training_parser
+
+STAGE = "rl"
 
 
 def register(sub) -> None:
@@ -14,7 +15,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     from lvr_trainer.cli.common import load_trainer_config, run_reporting, run_summary_tail
 
-    cfg = load_trainer_config(args.config)
+    cfg = load_trainer_config(args.config, STAGE)
     from lvr_trainer.train.rl import RLConfigError, run_rl
     from lvr_trainer.train.rl_rollout import RolloutUnavailable
     from lvr_trainer.train.setup import DataError

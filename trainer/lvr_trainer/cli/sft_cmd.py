@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-
 from lvr_trainer.cli.common import add_training_parser
+
+STAGE = "sft"
 
 
 def register(sub) -> None:
@@ -14,7 +15,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     from lvr_trainer.cli.common import load_trainer_config, run_reporting, run_summary_tail
 
-    cfg = load_trainer_config(args.config)
+    cfg = load_trainer_config(args.config, STAGE)
     from lvr_trainer.config import ConfigError
     from lvr_trainer.train.setup import DataError
     from lvr_trainer.train.sft import run_sft

@@ -19,20 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LATEST = "latest"
+from lvr_trainer.layout import CHECKPOINTS, LATEST, MODEL_DIR, TRAINER_STATE, step_name
 
 
 def step_dir(output: str | Path, step: int) -> Path:
-    return Path(output) / "checkpoints" / f"step-{step:06d}"
+    return Path(output) / CHECKPOINTS / step_name(step)
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
     """The newest complete checkpoint under `output`, or None."""
-    marker = Path(output) / "checkpoints" / LATEST
+    marker = Path(output) / CHECKPOINTS / LATEST
     if not marker.is_file():
         return None
     path = marker.parent / marker.read_text().strip()
-    return path if (path / "trainer_state.pt").is_file() else None
+    return path if (path / TRAINER_STATE).is_file() else None
 
 
 def rng_state() -> dict:
@@ -62,9 +62,9 @@ def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, 
     final = step_dir(output, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, tokenizer, processor, tmp / "model", model_state)
+    save_model_dir(model, tokenizer, processor, tmp / MODEL_DIR, model_state)
     torch.save({"step": step, "optimizer": optim_state if optim_state is not None else optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}, tmp / "trainer_state.pt")
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}, tmp / TRAINER_STATE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     marker = final.parent / LATEST
@@ -74,4 +74,4 @@ def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, 
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
+    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)

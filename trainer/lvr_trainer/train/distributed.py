@@ -8,14 +8,13 @@ import torch
 import torch.distributed as dist
 
 from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy
+from lvr_trainer.runnable import parallel_problems, raise_problems
 from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
 
 
 def setup_grid(cfg: ParallelConfig) -> ProcessGrid:
     """The DP x SP grid from torchrun's environment; a single-process grid without torchrun."""
-    if cfg.strategy == ParallelStrategy.fsdp and cfg.sequence_parallel > 1:
-        raise ConfigError("parallel.strategy=fsdp with parallel.sequence_parallel > 1 is not supported yet; "
-                         "use strategy: ddp with sequence parallelism, or sequence_parallel: 1 with fsdp")
+    raise_problems(parallel_problems(cfg), "parallel")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return init_process_grid(cfg.sequence_parallel)
     if cfg.sequence_parallel > 1:
