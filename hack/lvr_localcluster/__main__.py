@@ -22,6 +22,7 @@ from lvr_localcluster.controlplane import REPO_ROOT, kube_bin_dir
 from lvr_localcluster.s3 import S3Endpoint, S3Server
 
 S3_SECRET = "lvr-s3"
+DEFAULT_S3_PORT = 9000     # MinIO's port; examples/local/ name http://127.0.0.1:9000
 DEFAULT_DIR = Path(os.environ.get("LVR_CLUSTER_DIR", REPO_ROOT / ".cluster"))
 
 
@@ -48,7 +49,9 @@ def cmd_serve(state_dir: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cluster = LocalCluster(state_dir).start()
-    s3 = S3Server("lvr", state_dir / "logs", pid_dir=state_dir / "pids", marker=cluster.marker)
+    # A fixed port, so that the shipped examples (examples/local/) can name the endpoint.
+    s3 = S3Server("lvr", state_dir / "logs", pid_dir=state_dir / "pids", marker=cluster.marker,
+                  port=int(os.environ.get("LVR_S3_PORT", DEFAULT_S3_PORT)))
     try:
         endpoint = s3.start()
         cluster.api.ensure("/api/v1/namespaces/default/secrets", s3_secret(endpoint))
@@ -65,8 +68,10 @@ def cmd_serve(state_dir: Path) -> int:
 
 
 def s3_secret(endpoint: S3Endpoint) -> dict:
-    """Secret `lvr-s3` in namespace default: the S3 endpoint and keys, for pods' envFrom."""
-    data = {**endpoint.env(), "LVR_S3_BUCKET": endpoint.bucket}
+    """Secret `lvr-s3` in namespace default: the S3 endpoint and keys, for pods' envFrom, and the keys
+    under the names a LongVideoDataset's or job's `cache.s3.credentialsSecret` reads (accessKey, secretKey)."""
+    data = {**endpoint.env(), "LVR_S3_BUCKET": endpoint.bucket, "accessKey": endpoint.access_key,
+            "secretKey": endpoint.secret_key}
     return {"metadata": {"name": S3_SECRET}, "stringData": data}
 
 

@@ -13,6 +13,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1:`port` can be bound now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, timeout: float, proc=None, what: str = "service") -> None:
     """Block until 127.0.0.1:`port` accepts connections; raise with a clear message otherwise."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvr_localcluster import procs
-from lvr_localcluster.ports import free_port, wait_for_port
+from lvr_localcluster.ports import free_port, port_is_free, wait_for_port
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class S3Server:
     """`with S3Server() as s3:` starts moto_server on a free port and creates `bucket`."""
 
     def __init__(self, bucket: str = "lvr-test", log_dir: str | Path | None = None, *,
-                 pid_dir: Path | None = None, marker: str = ""):
+                 pid_dir: Path | None = None, marker: str = "", port: int | None = None):
         """`pid_dir`/`marker`: record the server like the cluster's processes (see procs.py), so that
-        `make cluster-down` or the cluster's reaper also end it."""
-        self.bucket = bucket
+        `make cluster-down` or the cluster's reaper also end it. `port`: a fixed port (default: a free one)."""
+        self.bucket, self.port = bucket, port
         self.log_path = Path(log_dir or ".") / "moto_server.log"
         self.pid_dir, self.marker = pid_dir, marker
         self.proc: subprocess.Popen | None = None
@@ -48,7 +48,10 @@ class S3Server:
         exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
         if exe is None:
             raise RuntimeError("moto_server not found; install the dev extra: pip install -e '.[dev]'")
-        port = free_port()
+        port = self.port or free_port()
+        if self.port and not port_is_free(port):
+            raise RuntimeError(f"S3 port 127.0.0.1:{port} is taken by another program; stop it, or choose "
+                               f"another port with LVR_S3_PORT")
         self.proc = procs.spawn([exe, "-H", "127.0.0.1", "-p", str(port)], log_path=self.log_path,
                                 pid_dir=self.pid_dir, marker=self.marker, name="moto_server")
         wait_for_port(port, 30, self.proc, "moto_server")

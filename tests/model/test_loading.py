@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lvr_trainer.config import ModelConfig
-from lvr_trainer.model.loading import load_model, vision_tower
+from lvr_trainer.model.loading import load_model, vision_tower, weights_digest
 from lvr_trainer.model.presets import PRESETS
 
 
@@ -48,6 +48,16 @@ def test_from_pretrained_directory_roundtrip(saved_tiny, tiny):
     loaded, tok = load_model(ModelConfig(path=str(saved_tiny)))
     assert _same_weights(loaded, tiny[0])
     assert tok("which colour")["input_ids"] == tiny[1]("which colour")["input_ids"]
+
+
+def test_weights_digest_names_exactly_the_saved_weights(saved_tiny, tiny):
+    """The SFT -> RL handoff check: the digest of a saved-then-loaded model equals the original's, and one
+    changed value changes it."""
+    loaded, _ = load_model(ModelConfig(path=str(saved_tiny)))
+    assert weights_digest(loaded) == weights_digest(tiny[0])
+    with torch.no_grad():
+        next(loaded.parameters()).view(-1)[0] += 1e-3
+    assert weights_digest(loaded) != weights_digest(tiny[0])
 
 
 def test_from_s3_prefix(saved_tiny, tiny, s3_server, monkeypatch, tmp_path):

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from lvr_operator.api.common import S3CacheSpec
 from lvr_operator.api.dataset import LongVideoDatasetSpec
-from lvr_operator.api.jobs import RLJobSpec
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
@@ -47,11 +46,32 @@ def parse_job(ctx: Ctx) -> Any | None:
     try:  # unknown trainer keys, bad values, SP size vs GPUs: reported before anything is created
         build_trainer_config(spec, None, None, "spec.trainer")
     except ConfigError as err:
-        message = str(err).replace("spec.trainer: key '", "key 'spec.trainer.")
-        if isinstance(spec, RLJobSpec) and "rollout" not in spec.trainer:   # the user wrote spec.rollout
-            message = message.replace("key 'spec.trainer.rollout.", "key 'spec.rollout.")
-        return ctx.invalid(message)
+        return ctx.invalid(_spec_keys(str(err), spec))
     return spec
+
+
+# Trainer config keys the operator derives from other spec fields: a problem there is the user's field.
+_DERIVED_KEYS = {"output.dir": "spec.output.uri", "model.path": "spec.model.uri", "rollout.": "spec.rollout.",
+                 "cache.uri": "spec.cache.s3"}
+
+
+def _spec_keys(message: str, spec: Any) -> str:
+    """Name the field the user wrote: `spec.trainer.<key>`, or the spec field a derived key came from."""
+    message = message.replace("spec.trainer: key '", "key 'spec.trainer.")
+    for key, field in _DERIVED_KEYS.items():
+        section = key.split(".")[0]
+        if section not in spec.trainer or key.rstrip(".") not in _flat_keys(spec.trainer):
+            message = message.replace(f"key 'spec.trainer.{key}", f"key '{field}")
+    return message
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in tree.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _flat_keys(v, f"{prefix}{k}.")
+    return out
 
 
 def _dataset(ctx: Ctx, spec: Any) -> LongVideoDatasetSpec | None | str:
@@ -186,7 +206,8 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
 
 _PROGRESS_KEYS = {"step": "step", "total_steps": "totalSteps", "totalSteps": "totalSteps", "reward": "reward",
                   "accuracy": "accuracy", "loss": "loss", "last_checkpoint": "lastCheckpoint",
-                  "lastCheckpoint": "lastCheckpoint", "updated_at": "updatedAt", "updatedAt": "updatedAt"}
+                  "lastCheckpoint": "lastCheckpoint", "updated_at": "updatedAt", "updatedAt": "updatedAt",
+                  "initial_weights": "initialWeights"}
 
 
 def mirror_progress(ctx: Ctx, current: list) -> None:

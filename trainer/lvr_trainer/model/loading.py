@@ -105,3 +105,19 @@ def load_model(cfg: ModelConfig, device=None):
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+def weights_digest(model) -> str:
+    """sha256 over every parameter and buffer of the state dict (names, dtypes, shapes and bytes, in name
+    order): equal for the same weights whatever the process, so a job can prove it started from exactly
+    the weights another job saved (the SFT -> RL handoff)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

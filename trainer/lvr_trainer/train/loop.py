@@ -10,6 +10,7 @@ import torch
 
 from lvr_trainer.config import TrainerConfig
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.model.loading import weights_digest
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import reduce_gradients
 from lvr_trainer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
@@ -32,6 +33,7 @@ class RunStart:
     processor: object
     records: list[VideoQARecord]
     source: VideoFeatureSource
+    initial_weights: str | None = None   # weights_digest of a fresh start's model (rank 0); None on resume
 
 
 def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
@@ -50,10 +52,11 @@ def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
     model.train()
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction)
+    initial = weights_digest(model) if ckpt is None and grid.rank == 0 else None
+    records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction, cfg.data.video_root)
     # MR-SP stage 1: ranks of one SP group hold the same samples, so they encode each video together.
     source = make_feature_source(model, processor, cfg, base_dir, grid.sp_group if grid.sp_size > 1 else None)
-    return RunStart(grid, device, output, ckpt, model, tokenizer, processor, records, source)
+    return RunStart(grid, device, output, ckpt, model, tokenizer, processor, records, source, initial)
 
 
 def autocast_for(cfg: TrainerConfig, device: torch.device):

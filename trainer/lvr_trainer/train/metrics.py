@@ -36,10 +36,13 @@ class RunLogger:
     """Writes `metrics.jsonl` (+ TensorBoard events under `tb/`) in `out_dir`; rank 0 only."""
 
     def __init__(self, out_dir: str | Path, total_steps: int, label: str, tensorboard: bool = True,
-                 enabled: bool = True, start_step: int = 0, output_uri: str | None = None):
+                 enabled: bool = True, start_step: int = 0, output_uri: str | None = None,
+                 initial_weights: str | None = None):
         self.enabled = enabled
         self.output_uri = output_uri or str(out_dir)
         self.reporter = PodProgressReporter.from_env(total_steps) if enabled else None
+        if self.reporter is not None and initial_weights:     # the job's status proves what it started from
+            self.reporter.facts["initial_weights"] = initial_weights
         self.progress = Progress(total_steps, label, initial=start_step)
         self.tb = None
         if not enabled:

@@ -147,6 +147,7 @@ def _setup(cfg: TrainerConfig, resume: bool) -> dict:
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
     start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
     return dict(cfg=cfg, grid=grid, device=device, output=output, model=model, tokenizer=tokenizer,
+                initial_weights=run.initial_weights,
                 processor=processor, reference=reference, records=records, source=source, engine=engine,
                 counter=counter, optimizer=optimizer, scheduler=scheduler, start=start,
                 reward=reward_from_config(cfg.rl), autocast=lambda: autocast_for(cfg, device))
@@ -161,7 +162,7 @@ def validate(state: dict) -> dict[str, float]:
         _barrier()
         return {}
     if "val" not in state:
-        records, base_dir = load_split(cfg.data.val, cfg.data.max_bad_row_fraction)
+        records, base_dir = load_split(cfg.data.val, cfg.data.max_bad_row_fraction, cfg.data.video_root)
         state["val"] = (records, make_feature_source(state["model"], state["processor"], cfg, base_dir))
     records, source = state["val"]
     result = evaluate(state["model"], state["tokenizer"], records, source, cfg.eval)
@@ -185,7 +186,7 @@ def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = No
     start, grid, output = state["start"], state["grid"], state["output"]
     rank0 = grid.rank == 0
     logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start,
-                       output_uri=cfg.output.dir)
+                       output_uri=cfg.output.dir, initial_weights=state["initial_weights"])
     metrics, history, t0, last = Metrics(), [], time.perf_counter(), start
     if start == 0 and _wants_eval(cfg, 0):
         logger.log(0, validate(state))

@@ -113,7 +113,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
     start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
     rank0 = grid.rank == 0
     logger = RunLogger(output, cfg.train.steps, "sft", cfg.output.tensorboard, rank0, start,
-                       output_uri=cfg.output.dir)
+                       output_uri=cfg.output.dir, initial_weights=run.initial_weights)
     metrics, t0 = Metrics(), time.perf_counter()
     global_batch = cfg.train.batch_size * cfg.train.grad_accum * grid.dp_size
     losses: list[float] = []

@@ -1,0 +1,231 @@
+"""The main job end to end on the local cluster, as `make demo` runs it, with short runs and faults.
+
+helm-installed operator (in its own pod) -> dataset in S3 (one corrupt video) -> examples/local/ applied
+with small step counts -> SFTJob: trainer killed mid-run (the gang restarts and resumes from its latest
+checkpoint), then the operator's pod deleted (its Deployment brings it back, no duplicate workers) ->
+RLJob from the SFTJob (same weights, by digest) with the S3 server frozen for 20 s -> both checkpoints
+scored. Malformed resources applied beside the good ones are each refused, naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lvr_localcluster.mainjob import (S3Target, apply, compare, eval_checkpoint, get, install_operator, helm,
+                                      load_examples, upload_tree, worker_pods, Narrator)
+from lvr_localcluster.pytest_plugin import wait_until
+from lvr_localcluster.s3 import S3Server
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+G, V = "longvideo.dev", "v1alpha1"
+VIDEOS = 40
+# Short runs: long enough to kill and freeze things mid-run, short enough for CI.
+OVERRIDES = {
+    "synth": {"maxErrorRate": 0.05},
+    "sft-tiny": {"trainer": {"train": {"steps": 600, "batch_size": 4, "log_every": 10, "save_every": 100},
+                             "data": {"val": None}},
+                 "runPolicy": {"backoffLimit": 3, "backoffSeconds": 1}},
+    "rl-tiny": {"trainer": {"train": {"steps": 24, "batch_size": 2, "grad_accum": 1, "eval_every": 0,
+                                      "save_every": 4, "log_every": 1},
+                            "rl": {"group_size": 4, "max_new_tokens": 24, "mini_batches": 1},
+                            "data": {"val": None}},
+                "runPolicy": {"backoffLimit": 4, "backoffSeconds": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """Our own S3 server (we freeze it mid-run), with the examples' bucket `lvr`."""
+    server = S3Server("lvr", tmp_path_factory.mktemp("s3-e2e"))
+    endpoint = server.start()
+    yield server, S3Target(endpoint.url, endpoint.access_key, endpoint.secret_key)
+    server.stop()
+
+
+def _synth(tmp: Path) -> Path:
+    data = tmp / "data"
+    subprocess.run([str(Path(sys.executable).parent / "lvr"), "data", "synth", "--out", str(data), "--videos",
+                    str(VIDEOS), "--seconds", "16", "--fps", "4", "--size", "112x112", "--seed", "3",
+                    "--teacher-slip", "0.6", "--slip-on", "first_of", "last_of"], check=True,
+                   stdout=subprocess.DEVNULL)
+    # one corrupt video: the dataset tolerates it (maxErrorRate) and lists it instead of failing
+    rows = (data / "train.jsonl").read_text().splitlines()
+    bad = json.loads(rows[0])
+    bad.update(id="corrupt-1", video="videos/corrupt.mp4")
+    (data / "videos" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    (data / "train.jsonl").write_text("\n".join(rows + [json.dumps(bad)]) + "\n")
+    return data
+
+
+def _malformed(endpoint: str) -> list[tuple[dict, str]]:
+    """(resource, what its refusal must name): by the API server's schema (422) or InvalidSpec."""
+    def job(kind, name, **spec):
+        base = {"datasetRef": {"name": "synth"}, "model": {"preset": "tiny"}, "output": {"uri": f"s3://lvr/e2e/{name}"},
+                "resources": {"gpusPerNode": 1}}
+        return {"apiVersion": f"{G}/{V}", "kind": kind, "metadata": {"name": name}, "spec": {**base, **spec}}
+    return [
+        (job("SFTJob", "bad-type", frames="many"), "spec.frames"),
+        (job("SFTJob", "bad-gpus", resources={"gpusPerNode": 9}), "gpusPerNode"),
+        (job("SFTJob", "bad-key", trainer={"optim": {"lrr": 0.1}}), "spec.trainer.optim.lrr"),
+        (job("SFTJob", "bad-sp", trainer={"parallel": {"sequence_parallel": 3}}), "spec.trainer.parallel.sequence_parallel"),
+        (job("SFTJob", "bad-uri", output={"uri": "ftp://host/out"}), "spec.output.uri"),
+        (job("SFTJob", "fsdp-sp", resources={"gpusPerNode": 2},
+             trainer={"parallel": {"strategy": "fsdp", "sequence_parallel": 2}}), "spec.trainer.parallel.strategy"),
+        (job("RLJob", "bad-engine", rollout={"engine": "vllm", "mode": "sidecar"}), "spec.rollout.engine"),
+        (job("SFTJob", "no-dataset", datasetRef={"name": "nope"}), "spec.datasetRef.name"),
+        (job("RLJob", "no-sft", model={"fromSFTJob": "nope"}), "spec.model.fromSFTJob"),
+    ]
+
+
+def _create_or_refusal(custom, ns: str, doc: dict) -> str | None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        apply(custom, ns, [doc])
+        return None
+    except ApiException as err:
+        assert err.status == 422, err
+        return err.body
+
+
+def _invalid_spec(obj: dict) -> dict | None:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "InvalidSpec" and c["status"] == "True"), None)
+
+
+def _kill_trainer(pod) -> None:
+    """SIGKILL the trainer container's process group (the local kubelet's containerID is local://<pid>)."""
+    status = next(c for c in pod.status.container_statuses if c.name == "trainer")
+    os.killpg(int(status.container_id.removeprefix("local://")), signal.SIGKILL)
+
+
+def _digest_of(model_uri: str, s3: S3Target, tmp: Path) -> str:
+    env = {**os.environ, **s3.env(), "HOME": str(tmp / "home")}
+    code = ("import sys; from lvr_trainer.config import ModelConfig; from lvr_trainer.model.loading import "
+            "load_model, weights_digest; print(weights_digest(load_model(ModelConfig(path=sys.argv[1]))[0]))")
+    out = subprocess.run([sys.executable, "-c", code, model_uri], env=env, check=True, text=True,
+                         stdout=subprocess.PIPE).stdout
+    return out.strip().splitlines()[-1]
+
+
+def test_main_job_end_to_end_with_faults(kube_cluster, k8s_client, kube_namespace, s3, tmp_path):
+    from kubernetes import client
+
+    server, target = s3
+    custom, core, apps = client.CustomObjectsApi(k8s_client), client.CoreV1Api(k8s_client), client.AppsV1Api(k8s_client)
+    ns = kube_namespace
+    core.create_namespaced_secret(ns, {"metadata": {"name": "lvr-s3"},
+                                       "stringData": {"accessKey": target.access_key, "secretKey": target.secret_key}})
+    data = _synth(tmp_path)
+    assert upload_tree(target, data, "s3://lvr/demo/data") > VIDEOS
+
+    op_ns = f"{ns}-op"[:63]
+    install_operator(kube_cluster.kubeconfig, "lvr-e2e", op_ns, watch=[ns])
+    op_pods = core.list_namespaced_pod(op_ns).items
+    assert len(op_pods) == 1 and op_pods[0].status.phase == "Running"
+
+    docs = load_examples(target.url, OVERRIDES)
+    apply(custom, ns, docs)
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    narrator = Narrator(custom, ns, names, print, every_s=5)
+
+    # -- malformed resources: refused by the schema, or InvalidSpec naming the field -------------------
+    refusals = {}
+    for doc, field in _malformed(target.url):
+        body = _create_or_refusal(custom, ns, doc)
+        refusals[doc["metadata"]["name"]] = (body, field, doc["kind"])
+    no_secret = {"apiVersion": f"{G}/{V}", "kind": "LongVideoDataset", "metadata": {"name": "no-secret"},
+                 "spec": {"source": {"jsonl": "s3://lvr/demo/data/val.jsonl"}, "resources": {"gpusPerNode": 0},
+                          "cache": {"s3": {"endpoint": target.url, "bucket": "lvr", "credentialsSecret": "missing"}}}}
+    apply(custom, ns, [no_secret])
+    for name, (body, field, kind) in refusals.items():
+        if body is not None:
+            assert field in body, f"{name}: the API server's refusal does not name {field}: {body[:500]}"
+            continue
+        invalid = wait_until(lambda: _invalid_spec(get(custom, ns, kind, name)), 90, f"{name}: InvalidSpec")
+        assert field in invalid["message"], (name, invalid)
+    stuck = wait_until(lambda: "CreateContainerConfigError" in ((get(custom, ns, "LongVideoDataset", "no-secret")
+                                                                .get("status") or {}).get("message") or ""),
+                       60, "the dataset's pod reason in its status")
+    assert stuck
+
+    # -- the dataset: validated, cached, the corrupt video skipped and listed ---------------------------
+    ds = narrator.wait("LongVideoDataset", "synth", {"Ready", "Failed"}, 600)
+    assert ds["phase"] == "Ready", ds
+    assert ds["failedVideos"] == 1 and "corrupt.mp4" in ds["failedVideoExamples"][0]
+    assert ds["cachedVideos"] == VIDEOS and ds["rows"]["invalid"] == 1
+
+    # -- SFT: progress while running; a killed trainer resumes from its latest checkpoint -------------
+    sft_status = wait_until(lambda: ((s := narrator.poll()[("SFTJob", "sft-tiny")]).get("progress") or {})
+                            .get("lastCheckpoint") and s, 600, "an SFT checkpoint", interval=1)
+    progress = sft_status["progress"]
+    assert sft_status["phase"] == "Running" and 0 < progress["step"] < progress["totalSteps"] == 600
+    (pod,) = [p for p in worker_pods(core, ns, "sft-tiny")]
+    killed_at = int(re.search(r"step-(\d+)", progress["lastCheckpoint"]).group(1))
+    _kill_trainer(pod)
+    wait_until(lambda: narrator.poll()[("SFTJob", "sft-tiny")].get("restarts") == 1, 60, "the SFT gang restart",
+               interval=1)
+    events = core.list_namespaced_event(ns, field_selector="involvedObject.name=sft-tiny").items
+    assert any("exited with code 137" in (e.message or "") and e.type == "Warning" for e in events), \
+        [e.message for e in events]
+    wait_until(lambda: narrator.poll()[("SFTJob", "sft-tiny")].get("phase") == "Running", 120, "SFT running again")
+
+    # -- the operator's pod deleted mid-run: its Deployment replaces it; no duplicate workers ---------
+    (op_pod,) = core.list_namespaced_pod(op_ns).items
+    core.delete_namespaced_pod(op_pod.metadata.name, op_ns)
+    deadline, most = time.monotonic() + 40, 0
+    while time.monotonic() < deadline:
+        active = [p for p in worker_pods(core, ns, "sft-tiny") if p.status.phase in ("Pending", "Running")]
+        most = max(most, len(active))
+        new = [p for p in core.list_namespaced_pod(op_ns).items
+               if p.metadata.name != op_pod.metadata.name and p.status.phase == "Running"]
+        if new and time.monotonic() > deadline - 30:
+            break
+        time.sleep(1)
+    assert new, "the operator Deployment did not bring a new pod"
+    assert most <= 1, f"{most} SFT workers ran at once"
+    sft_status = narrator.wait("SFTJob", "sft-tiny", {"Succeeded", "Failed"}, 900)
+    assert sft_status["phase"] == "Succeeded", sft_status
+    pods = {int(p.metadata.labels[f"{G}/attempt"]): p.metadata.name for p in worker_pods(core, ns, "sft-tiny")}
+    log = kube_cluster.pod_log(ns, pods[1], "trainer")
+    resumed = re.search(r"sft: steps (\d+)->600", log)
+    assert resumed and int(resumed.group(1)) == killed_at > 0, log[-2000:]
+
+    # -- RL from the SFT weights, with S3 frozen for 20 s mid-run --------------------------------------
+    rl_status = wait_until(lambda: ((s := narrator.poll()[("RLJob", "rl-tiny")]).get("progress") or {})
+                           .get("step") and s, 600, "RL progress", interval=1)
+    assert rl_status["phase"] == "Running" and rl_status["modelUri"] == sft_status["progress"]["lastCheckpoint"] + "/model"
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(20)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    rl_status = narrator.wait("RLJob", "rl-tiny", {"Succeeded", "Failed"}, 900)
+    assert rl_status["phase"] == "Succeeded", rl_status
+    assert rl_status["progress"]["initialWeights"] == _digest_of(rl_status["modelUri"], target, tmp_path)
+
+    # -- the good jobs were served throughout; checkpoints are in S3; both models score -------------------
+    from minio import Minio
+
+    listing = Minio(target.url.split("://")[1], target.access_key, target.secret_key, secure=False)
+    for job, last in (("sft-tiny", "step-000600"), ("rl-tiny", "step-000024")):
+        keys = {o.object_name for o in listing.list_objects("lvr", prefix=f"demo/runs/{job}/", recursive=True)}
+        assert f"demo/runs/{job}/checkpoints/{last}/model/model.safetensors" in keys, sorted(keys)[:20]
+    out = tmp_path / "eval"
+    for label, status in (("sft", sft_status), ("rl", rl_status)):
+        result = eval_checkpoint(status["progress"]["lastCheckpoint"] + "/model", str(data / "test.jsonl"),
+                                 out / label, target, 3136, 48, limit=16)
+        assert next(iter(result["by_frames"].values()))["n"] == 16
+    table = compare(out / "sft", out / "rl")
+    assert "overall" in table
+    helm("uninstall", "lvr-e2e", "--namespace", op_ns, kubeconfig=kube_cluster.kubeconfig)
