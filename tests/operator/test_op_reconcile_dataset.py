@@ -50,11 +50,33 @@ def test_lifecycle_validating_caching_ready_with_counts():
     assert plan.status["phase"] == "Caching" and plan.status["rows"] == {"total": 10, "valid": 9, "invalid": 1}
     obj = with_status(obj, plan.status)
     enc = json.dumps({"videos": 5, "encoded": 3, "hits": 1, "failed": 1, "bytes_written": 768, "bytes_read": 256,
-                      "cache": "s3://cache/embeddings"})            # `lvr encode --json`
+                      "cache": "s3://cache/embeddings", "max_error_rate": 0.25,
+                      "failed_videos": [{"video": "s3://data/v/bad.mp4", "error": "not a video"}]})  # `lvr encode --json`
     plan = _run(obj, _state(pod, _done(0, REPORT), _done(0, enc)))
     assert plan.status["phase"] == "Ready" and plan.status["cachedVideos"] == 4 and plan.status["cachedBytes"] == 1024
+    assert plan.status["failedVideos"] == 1 and plan.status["failedVideoExamples"] == ["s3://data/v/bad.mp4: not a video"]
+    assert "1 videos failed to encode and were skipped" in plan.status["message"]
     assert plan.events[-1].reason == "DatasetReady" and "9 valid rows of 10" in plan.status["message"]
     assert _run(with_status(obj, plan.status)).actions == []                  # Ready stays Ready
+
+
+def test_encode_gets_the_datasets_pixels_and_error_rate():
+    pod = _pod(_run(_ds(maxPixels=3136, maxErrorRate=0.05, source={"jsonl": "s3://d/t.jsonl", "videos": "s3://v/"})))
+    encode = pod["spec"]["containers"][0]["command"]
+    assert encode[encode.index("--max-pixels") + 1] == "3136" and encode[encode.index("--max-error-rate") + 1] == "0.05"
+    validate = pod["spec"]["initContainers"][0]["command"]
+    assert validate[validate.index("--video-root") + 1] == "s3://v/" and "--video-root" in encode
+
+
+def test_a_pod_that_cannot_start_is_named_with_the_kubelets_reason():
+    obj = _ds()
+    plan = _run(obj)
+    pod, obj = _pod(plan), with_status(obj, plan.status)
+    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": "secret ns/missing not found"}}
+    plan = _run(obj, _state(pod, waiting))
+    assert plan.status["phase"] == "Validating"
+    assert "container validate: CreateContainerConfigError: secret ns/missing not found" in plan.status["message"]
+    assert plan.status["message"].startswith("pod ds-prep-g1-0")
 
 
 def test_failed_validation_retries_then_fails_with_hint():

@@ -182,6 +182,17 @@ def test_gpus_not_divisible_by_sp_size_is_invalid():
     assert "does not divide the 6 processes" in plan.invalid and "1, 2, 3, 6" in plan.invalid
 
 
+def test_a_worker_that_cannot_start_is_named_in_the_status():
+    obj, pods = _started()
+    stuck = pod_in(pods[1], "pending")
+    stuck["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ImagePullBackOff",
+                                                                    "message": "Back-off pulling image x"}}
+    plan = run(obj, observed(pod_in(pods[0], "running"), stuck))
+    assert plan.status["phase"] == "Created" and plan.status["conditions"]
+    assert "1/2 worker(s) running; pod r1-worker-1: container trainer: ImagePullBackOff: Back-off pulling image x" \
+        == plan.status["message"]
+
+
 def test_success_stops_sidecars_then_ttl_deletes_the_job():
     obj, pods = _started(runPolicy={"ttlSecondsAfterFinished": 60})
     done = [pod_in(p, "succeeded") for p in pods]
