@@ -24,6 +24,29 @@ def test_reports_are_throttled_but_the_last_step_always_goes():
     assert [p["step"] for p in sent] == [1, 10]
 
 
+class FakeClock:
+    """Monotonic seconds that only move when told: a machine booted `now` seconds ago."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_first_report_goes_even_right_after_boot():
+    sent, clock = [], FakeClock(5.0)  # monotonic() counts from boot: 5 s is less than every_s
+    r = PodProgressReporter(10, sent.append, every_s=60, clock=clock)
+    r.report(1, {"train/loss": 1.0})
+    assert [p["step"] for p in sent] == [1]
+    clock.now += 59
+    r.report(2, {})                     # within every_s of the first: throttled
+    clock.now += 1
+    r.report(3, {})                     # every_s later: sent
+    r.report(4, {}, force=True)         # forced (a checkpoint): sent regardless
+    assert [p["step"] for p in sent] == [1, 3, 4]
+
+
 def test_a_failing_patch_is_reported_once_and_never_raises(capsys):
     def broken(_):
         raise RuntimeError("403 Forbidden")

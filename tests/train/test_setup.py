@@ -28,4 +28,5 @@ def test_too_many_bad_rows_quote_the_first_error(tmp_path):
     with pytest.raises(DataError, match=r"1 of 2 rows are bad.*lvr data validate.*line 2"):
         load_split(str(path), 0.1)
     records, base = load_split(str(path), 0.5)     # under the limit: the bad row is skipped and counted
-    assert [r.id for r in records] == ["a"] and base == tmp_path
+    assert [r.id for r in records] == ["a"] and base == str(tmp_path)
+    assert records[0].video == str(tmp_path / "v.mp4")  # resolved: later readers need no base

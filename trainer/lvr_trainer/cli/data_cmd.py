@@ -11,7 +11,10 @@ def register(sub) -> None:
     ds = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     v = ds.add_parser("validate", help="check every row: schema, answer, video decodes, enough frames")
-    v.add_argument("file", help="dataset JSONL")
+    v.add_argument("file", help="dataset JSONL: a local path or s3://bucket/key.jsonl")
+    v.add_argument("--video-root", default=None, metavar="PREFIX",
+                   help="resolve relative `video` paths against this directory or s3:// prefix "
+                        "(default: the JSONL's directory)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--max-error-rate", type=float, default=0.0,
                    help="exit 1 when the fraction of bad rows exceeds this (default 0)")
@@ -42,15 +45,18 @@ def register(sub) -> None:
 def _validate(args) -> int:
     from lvr_trainer.cli import CLIError
     from lvr_trainer.config import FrameSampling
+    from lvr_trainer.data.location import DatasetUnavailable
     from lvr_trainer.data.remote import VideoUnavailable
     from lvr_trainer.data.validate import ERROR_KINDS, validate_file
     from lvr_trainer.utils.table import format_table
 
     try:
         report = validate_file(args.file, FrameSampling(num_frames=args.frames), args.min_frames,
-                               check_videos=not args.no_videos)
+                               check_videos=not args.no_videos, video_root=args.video_root)
     except OSError as err:
         raise CLIError(f"cannot read {args.file}: {err.strerror}") from None
+    except DatasetUnavailable as err:
+        raise CLIError(str(err)) from None
     except VideoUnavailable as err:
         raise CLIError(f"{args.file}: cannot check s3:// videos: {err}") from None
     failed = report.error_rate > args.max_error_rate

@@ -5,6 +5,7 @@ embedder, the loops' feature source): a local path comes back unchanged; an s3:/
 `<cache dir>/<bucket>/<hash of the URI>-<file name>`, downloaded when that file is absent or its size
 differs from the object's. The download goes to a temporary name in the same directory and is
 renamed into place, so a reader (another rank, another pod on the node) sees no file or the whole file.
+`data.location` fetches s3:// dataset JSONLs with the same `fetch`.
 
 The cache directory is `$LVR_VIDEO_CACHE_DIR`, else `~/.cache/lvr/videos`. Endpoint and credentials
 are the embedding cache's (`lvr_trainer.cache.s3.s3_settings`: `LVR_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
@@ -63,9 +64,12 @@ def local_name(uri: str) -> str:
 
 
 def fetch(uri: str, dest_dir: str | Path | None = None, timeout_s: float = 10.0,
-          env: Mapping[str, str] | None = None) -> tuple[str, bool]:
-    """(local path, whether it was downloaded now) for the s3:// video `uri`. Raises VideoError:
-    kind "missing" for an absent object or bucket, VideoUnavailable when S3 cannot be used."""
+          env: Mapping[str, str] | None = None, refresh: bool = False,
+          missing_hint: str = "check the record's `video`") -> tuple[str, bool]:
+    """(local path, whether it was downloaded now) for the s3:// object `uri` (a video, or a dataset
+    JSONL: `data.location`). `refresh` downloads even when a local copy of the object's size exists.
+    Raises VideoError: kind "missing" for an absent object or bucket (ending with `missing_hint`),
+    VideoUnavailable when S3 cannot be used."""
     from lvr_trainer.cache.s3 import S3Store, parse_s3_uri
     from lvr_trainer.cache.store import StoreError, StoreUnavailable
 
@@ -74,7 +78,7 @@ def fetch(uri: str, dest_dir: str | Path | None = None, timeout_s: float = 10.0,
     except ValueError as err:
         raise VideoError(uri, "missing", str(err)) from None
     if not key:
-        raise VideoError(uri, "missing", "the URI names a bucket, not an object (expected s3://bucket/key.mp4)")
+        raise VideoError(uri, "missing", "the URI names a bucket, not an object (expected s3://bucket/key)")
     reason = remote_unsupported_reason(env)
     if reason:
         raise VideoUnavailable(uri, "unavailable", reason)
@@ -84,8 +88,8 @@ def fetch(uri: str, dest_dir: str | Path | None = None, timeout_s: float = 10.0,
     try:
         size = store.object_size(key)
         if size is None:
-            raise VideoError(uri, "missing", f"no such object in bucket '{bucket}'; check the record's `video`")
-        if not (target.is_file() and target.stat().st_size == size):
+            raise VideoError(uri, "missing", f"no such object in bucket '{bucket}'; {missing_hint}")
+        if refresh or not (target.is_file() and target.stat().st_size == size):
             _download(store, key, target, size, uri)
             fetched = True
         else:
@@ -96,7 +100,7 @@ def fetch(uri: str, dest_dir: str | Path | None = None, timeout_s: float = 10.0,
             "check LVR_S3_ENDPOINT and the network")) from None
     except StoreError as err:
         if "NoSuchBucket" in str(err):
-            raise VideoError(uri, "missing", f"bucket '{bucket}' does not exist") from None
+            raise VideoError(uri, "missing", f"bucket '{bucket}' does not exist; {missing_hint}") from None
         raise VideoUnavailable(uri, "unavailable", f"cannot download: {err}") from None
     _verified[uri] = (str(target), size)
     return str(target), fetched

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from lvr_trainer.config import StrictModel
+from lvr_trainer.data.location import join_location
 
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 CATEGORIES: tuple[str, ...] = ("temporal", "goal", "spatial", "plot", "other")
@@ -25,7 +26,8 @@ class VideoQARecord(StrictModel):
     id: str = Field(..., min_length=1, description="Unique id of the question.")
     video: str = Field(
         ..., min_length=1,
-        description="Local path (relative paths are relative to the JSONL file) or s3://bucket/key.")
+        description="Local path or s3://bucket/key; relative paths resolve against the JSONL's directory "
+                    "(local or s3://), or against a video root when one is given.")
     question: str = Field(..., min_length=1, description="The question text, without the options.")
     options: dict[Letter, str] = Field(..., description="Exactly the four options A, B, C and D.")
     answer: Letter = Field(..., description="The correct option letter.")
@@ -47,10 +49,11 @@ class VideoQARecord(StrictModel):
         return self.video.startswith("s3://")
 
     def video_path(self, base_dir: str | Path) -> str:
-        """The video's location: s3:// URIs as they are, relative paths resolved against `base_dir`."""
+        """The video's location: s3:// URIs and absolute paths as they are, relative paths resolved
+        against `base_dir`, a local directory or an s3:// prefix."""
         if self.is_remote() or Path(self.video).is_absolute():
             return self.video
-        return str(Path(base_dir) / self.video)
+        return join_location(str(base_dir), self.video)
 
 
 @dataclass(frozen=True)

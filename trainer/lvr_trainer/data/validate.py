@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvr_trainer.config import FrameSampling
+from lvr_trainer.data.location import open_dataset
 from lvr_trainer.data.remote import (
     VideoUnavailable,
+    is_remote,
     local_video,
     named_as,
     remote_unsupported_reason,
@@ -22,7 +24,8 @@ ERROR_KINDS: dict[str, str] = {
     "schema": "a field is missing, unknown or of the wrong type",
     "answer": "the answer is not one of A, B, C, D",
     "duplicate_id": "two rows share an id; ids must be unique",
-    "video_missing": "the video file or s3:// object does not exist (paths are relative to the JSONL file)",
+    "video_missing": ("the video file or s3:// object does not exist (relative paths resolve against the "
+                      "JSONL's directory, or --video-root)"),
     "video_corrupt": "the video cannot be opened by the decoder",
     "video_truncated": "the video is cut short: frames in its index do not decode",
     "video_too_short": "the video has fewer frames than the sampler needs",
@@ -100,31 +103,36 @@ class _VideoChecker:
 
 
 def validate_file(path: str | Path, sampling: FrameSampling | None = None, min_frames: int | None = None,
-                  check_videos: bool = True, decode: bool = True) -> ValidationReport:
+                  check_videos: bool = True, decode: bool = True,
+                  video_root: str | Path | None = None) -> ValidationReport:
     """Check schema, answers, unique ids and (optionally) that each video decodes with enough frames.
 
-    `min_frames` defaults to the sampler's frame count (so no frame has to be repeated). s3:// videos
-    are downloaded (`data.remote`) and checked like local ones; without an S3 endpoint configured they
-    are counted in `remote_unchecked`, with the reason. Raises VideoUnavailable when S3 cannot be used.
+    `path` is a local JSONL or an s3:// URI (`data.location`); relative videos resolve against its
+    directory, or against `video_root` (a directory or s3:// prefix). `min_frames` defaults to the
+    sampler's frame count (so no frame has to be repeated). s3:// videos are downloaded (`data.remote`)
+    and checked like local ones; without an S3 endpoint configured they are counted in
+    `remote_unchecked`, with the reason. Raises VideoUnavailable when S3 cannot be used for videos,
+    DatasetUnavailable when an s3:// JSONL cannot be fetched, OSError for an unreadable local file.
     """
     sampling = sampling or FrameSampling()
     if min_frames is None:
         min_frames = sampling.num_frames or 1
-    base_dir = Path(path).parent
-    report = ValidationReport(str(path))
+    dataset = open_dataset(path, video_root)
+    report = ValidationReport(dataset.location)
     checker = _VideoChecker(sampling, min_frames, decode)
     ids: dict[str, int] = {}
     remote_reason = remote_unsupported_reason() if check_videos else None
-    for line, row in iter_rows(path):
+    for line, row in iter_rows(dataset.local):
         report.total += 1
         if isinstance(row, RowError):
             report.errors.append(row)
             continue
-        skip_remote = row.is_remote() and remote_reason is not None
+        video = dataset.video(row)
+        skip_remote = is_remote(video) and remote_reason is not None
         if check_videos and skip_remote:
             report.remote_unchecked += 1
             report.remote_reason = remote_reason
-        problem = _check_record(line, row, ids, checker, base_dir, check_videos and not skip_remote)
+        problem = _check_record(line, row, ids, checker, video, check_videos and not skip_remote)
         if problem:
             report.errors.append(problem)
         else:
@@ -134,13 +142,13 @@ def validate_file(path: str | Path, sampling: FrameSampling | None = None, min_f
 
 
 def _check_record(line: int, record: VideoQARecord, ids: dict[str, int], checker: _VideoChecker,
-                  base_dir: Path, check_video: bool) -> RowError | None:
+                  video: str, check_video: bool) -> RowError | None:
     if record.id in ids:
         return RowError(line, "duplicate_id", f"id '{record.id}' first used on line {ids[record.id]}", record.id)
     ids[record.id] = line
     if not check_video:
         return None
-    result = checker.check(record.video_path(base_dir))
+    result = checker.check(video)
     if isinstance(result, VideoError):
         return RowError(line, f"video_{result.kind}", str(result), record.id)
     return None

@@ -20,9 +20,10 @@ _FIELDS = {"loss": ("train/loss",), "reward": ("reward/total",),
            "accuracy": ("val/accuracy", "rollout/accuracy")}
 
 
-def progress_payload(step: int, total: int, values: dict[str, float], checkpoint: str | None) -> dict:
-    """The annotation's JSON object (pure)."""
-    out: dict = {"step": step, "total_steps": total,
+def progress_payload(step: int, total: int, values: dict[str, float], checkpoint: str | None,
+                     facts: dict[str, str] | None = None) -> dict:
+    """The annotation's JSON object (pure); `facts` are constant for the run (e.g. initial_weights)."""
+    out: dict = {**(facts or {}), "step": step, "total_steps": total,
                  "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     for field, keys in _FIELDS.items():
         value = next((values[k] for k in keys if k in values), None)
@@ -48,11 +49,14 @@ def _patch_own_pod(name: str, namespace: str, annotation: str) -> Callable[[dict
 
 
 class PodProgressReporter:
-    """`report(step, values, checkpoint)` at most every `every_s` seconds (and always at the last step)."""
+    """`report(step, values, checkpoint)` at most every `every_s` seconds; the first report and the last
+    step always go. `clock` (seconds, monotonic) is injectable for tests."""
 
-    def __init__(self, total_steps: int, patch: Callable[[dict], None], every_s: float = 10.0):
-        self.total, self.patch, self.every_s = total_steps, patch, every_s
-        self.last_sent = 0.0
+    def __init__(self, total_steps: int, patch: Callable[[dict], None], every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.patch, self.every_s, self.clock = total_steps, patch, every_s, clock
+        self.last_sent: float | None = None  # None: nothing sent yet, so the next report goes
+        self.facts: dict[str, str] = {}      # sent with every report (RunLogger sets initial_weights)
         self.failed = False
 
     @classmethod
@@ -69,11 +73,12 @@ class PodProgressReporter:
 
     def report(self, step: int, values: dict[str, float], checkpoint: str | None = None,
                force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and step < self.total and now - self.last_sent < self.every_s:
+        now = self.clock()
+        throttled = self.last_sent is not None and now - self.last_sent < self.every_s
+        if throttled and not force and step < self.total:
             return
         try:
-            self.patch(progress_payload(step, self.total, values, checkpoint))
+            self.patch(progress_payload(step, self.total, values, checkpoint, self.facts))
             self.last_sent = now
         except Exception as err:
             if not self.failed:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from lvr_trainer.config import ModelConfig, TrainerConfig
+from lvr_trainer.data.location import DatasetUnavailable, is_s3, open_dataset
 from lvr_trainer.data.schema import VideoQARecord, read_records
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
@@ -35,16 +37,23 @@ def _has_processor_config(path: str) -> bool:
                                                           "preprocessor_config.json"))
 
 
-def load_split(path: str, max_bad_fraction: float) -> tuple[list[VideoQARecord], Path]:
-    """Good records of a JSONL split and the directory relative video paths resolve against.
+def load_split(path: str, max_bad_fraction: float,
+               video_root: str | None = None) -> tuple[list[VideoQARecord], str]:
+    """Good records of a JSONL split, each with `video` resolved, and the base it was resolved against.
 
-    Bad rows are skipped and counted; above `max_bad_fraction` the run stops with the first errors.
+    `path` is a local file or an s3:// URI (downloaded, `data.location`). Relative videos resolve against
+    `video_root` (a directory or s3:// prefix) when given, else the JSONL's directory; the records come
+    back with `video` an absolute path or an s3:// URI, so later readers need no base. Bad rows are
+    skipped and counted; above `max_bad_fraction` the run stops with the first errors.
     """
-    p = Path(path)
-    if not p.is_file():
+    try:
+        dataset = open_dataset(path, video_root)
+    except DatasetUnavailable as err:
+        raise DataError(f"{err} (the URI is data.train / data.val, or `lvr eval --data`)") from None
+    if not dataset.local.is_file():
         raise DataError(f"data file {path} not found; set data.train / data.val to a JSONL file "
                         "(make one with `lvr data synth`)")
-    good, bad = read_records(p)
+    good, bad = read_records(dataset.local)
     total = len(good) + len(bad)
     if total == 0:
         raise DataError(f"data file {path} has no records; point data.train / data.val at a non-empty JSONL "
@@ -55,11 +64,14 @@ def load_split(path: str, max_bad_fraction: float) -> tuple[list[VideoQARecord],
                         f"{max_bad_fraction}); run `lvr data validate {path}`. First: {first}")
     if bad:
         print(f"{path}: skipping {len(bad)} bad rows of {total}")
-    return good, p.parent
+    base = dataset.video_base if is_s3(dataset.video_base) else os.path.abspath(dataset.video_base)
+    return [r.model_copy(update={"video": r.video_path(base)}) for r in good], base
 
 
-def make_feature_source(model, processor, cfg: TrainerConfig, base_dir: Path, group=None) -> VideoFeatureSource:
-    """Video features through the configured embedding cache (bypassed when the vision tower trains)."""
+def make_feature_source(model, processor, cfg: TrainerConfig, base_dir: str | Path,
+                        group=None) -> VideoFeatureSource:
+    """Video features through the configured embedding cache (bypassed when the vision tower trains).
+    `base_dir` resolves relative videos; `load_split`'s records have none left, so its base is only kept."""
     from lvr_trainer.cache.front import EmbeddingCache
 
     trainable = not cfg.model.freeze_vision
