@@ -8,6 +8,7 @@ after a crash, can still find and end them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -61,17 +62,20 @@ def group_alive(pgid: int) -> bool:
 
 
 def kill_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the whole group, wait up to `grace` seconds, then SIGKILL whatever is left."""
+    """SIGTERM the whole group and every descendant of it (a container's cgroup: torchrun, for one, starts
+    its workers in sessions of their own), wait up to `grace` seconds, then SIGKILL whatever is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
+        tree = process_tree(pgid)
+        if not tree:
             break
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc is not None:
                 proc.poll()  # reap our direct child so it stops counting as alive
-            if not group_alive(pgid):
+            if not _any_alive(tree):
                 break
             time.sleep(0.05)
         else:
@@ -82,6 +86,39 @@ def kill_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) ->
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def process_tree(pgid: int) -> list[int]:
+    """Members of group `pgid` and all their descendants, whatever group or session they moved to."""
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] in ("Z", "X"):
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], groups[pid] = int(fields[1]), int(fields[2])
+    tree = {pid for pid, group in groups.items() if group == pgid}
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sorted(tree)
+
+
+def _any_alive(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def kill_recorded(pid_dir: Path, grace: float = 5.0) -> int:

@@ -11,13 +11,12 @@ from typing import Any
 from lvr_operator.api.common import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, GPU_RESOURCE
 from lvr_operator.api.dataset import LongVideoDatasetSpec
 from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, LABEL_ROLE, child_meta, meta
-from lvr_operator.manifests.job import s3_env
+from lvr_operator.manifests.job import TERMINATION_LOG, s3_env
 from lvr_operator.manifests.trainer_config import DATA_MOUNT, LOCAL_CACHE, dataset_jsonl
 from lvr_operator.settings import OperatorSettings
 
 VALIDATE = "validate"
 ENCODE = "encode"
-TERMINATION_LOG = "/dev/termination-log"
 # Run a step, keep its stdout as the termination message (the report), and keep its exit code.
 _REPORT = 'out=$("$@"); rc=$?; printf "%s" "$out" > ' + TERMINATION_LOG + '; printf "%s\\n" "$out"; exit $rc'
 

@@ -15,6 +15,7 @@ from lvr_operator.settings import OperatorSettings
 
 CONFIG_DIR = "/etc/lvr"
 CONFIG_FILE = f"{CONFIG_DIR}/trainer.yaml"
+TERMINATION_LOG = "/dev/termination-log"   # the containers' terminationMessagePath (Kubernetes' default)
 TRAINER = "trainer"
 
 
@@ -56,7 +57,7 @@ def rendezvous_env(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: 
     values = {"LVR_JOB": f"{ns}/{name}", "LVR_JOB_KIND": job["kind"], "LVR_NNODES": spec.resources.nodes,
               "LVR_NODE_RANK": rank, "LVR_NPROC_PER_NODE": nproc(spec), "MASTER_ADDR": master,
               "MASTER_PORT": settings.master_port, "LVR_CONFIG": CONFIG_FILE,
-              "LVR_PROGRESS_ANNOTATION": ANNOTATION_PROGRESS}
+              "LVR_PROGRESS_ANNOTATION": ANNOTATION_PROGRESS, "LVR_TERMINATION_LOG": TERMINATION_LOG}
     env = [{"name": k, "value": str(v)} for k, v in values.items()]
     env += [{"name": "LVR_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "LVR_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]

@@ -182,8 +182,9 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
     bad = min((w for w in current if w.state == "failed"), key=lambda w: w.rank)
     code = bad.end.exit_code if bad.end else None
     logs = tail(ctx.obs.logs.get(bad.name) or (bad.end.message if bad.end else ""), ctx.settings.log_lines)
+    why = (bad.end.message.strip().splitlines() or [""])[-1][:300] if bad.end and bad.end.message else ""
     what = f"worker {bad.rank} (pod {bad.name}) exited with code {code}" + (
-        f" ({bad.end.reason})" if bad.end and bad.end.reason else "")
+        f" ({bad.end.reason})" if bad.end and bad.end.reason else "") + (f": {why}" if why else "")
     restarts, rp = int(ctx.status.get("restarts") or 0), spec.run_policy
     if restarts < rp.backoff_limit:
         delay = min(rp.backoff_seconds * 2 ** restarts, rp.max_backoff_seconds)

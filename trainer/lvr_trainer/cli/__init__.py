@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES = (
@@ -43,10 +44,26 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CLIError as err:
         print(f"lvr: error: {err}", file=sys.stderr)
+        _termination_message(str(err))
         return 2
     except KeyboardInterrupt:
         print("lvr: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        _termination_message(f"{type(err).__name__}: {err}")
+        raise
+
+
+def _termination_message(text: str) -> None:
+    """In a pod (LVR_TERMINATION_LOG, set by the operator to the container's terminationMessagePath), the
+    reason the command failed, so that the job's status quotes it instead of a launcher's traceback."""
+    path = os.environ.get("LVR_TERMINATION_LOG")
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text[:4000])
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

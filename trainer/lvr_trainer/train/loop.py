@@ -17,7 +17,7 @@ from lvr_trainer.train.checkpoint import latest_checkpoint, load_trainer_state, 
 from lvr_trainer.train.distributed import clip_grad_norm, full_states, load_full_states, setup_grid
 from lvr_trainer.train.features import VideoFeatureSource
 from lvr_trainer.train.remote import is_remote, local_output_dir, pull_latest, push_checkpoint
-from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
+from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunStart:
     processor: object
     records: list[VideoQARecord]
     source: VideoFeatureSource
+    unreadable: UnreadableVideos
     initial_weights: str | None = None   # weights_digest of a fresh start's model (rank 0); None on resume
 
 
@@ -56,7 +57,8 @@ def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
     records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction, cfg.data.video_root)
     # MR-SP stage 1: ranks of one SP group hold the same samples, so they encode each video together.
     source = make_feature_source(model, processor, cfg, base_dir, grid.sp_group if grid.sp_size > 1 else None)
-    return RunStart(grid, device, output, ckpt, model, tokenizer, processor, records, source, initial)
+    unreadable = UnreadableVideos(len(records), cfg.data.max_bad_row_fraction)
+    return RunStart(grid, device, output, ckpt, model, tokenizer, processor, records, source, unreadable, initial)
 
 
 def autocast_for(cfg: TrainerConfig, device: torch.device):

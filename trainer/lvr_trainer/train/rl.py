@@ -102,11 +102,10 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
     indices = global_indices(len(state["records"]), cfg.train.seed, step, global_batch)
     mine = [i for mb in rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size,
                                            grid.dp_rank) for i in mb]
-    records = [state["records"][i] for i in mine]
     passes0, calls0 = source.vision_passes, state["counter"].calls
-    with timer("features"):
-        for r in records:
-            source(r)
+    with timer("features"):       # every video's features, unreadable ones replaced (see UnreadableVideos)
+        mine = state["unreadable"].substitute(mine, state["records"], source)
+    records = [state["records"][i] for i in mine]
     with timer("rollout"):
         params = sampling_params(rl, cfg.train.seed + 7919 * grid.dp_rank, step)
         rollouts = sample_for_sp_group(state["engine"], model, tokenizer, records, source, params, cfg.sft.think,
@@ -128,6 +127,7 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
            "cache/vision_passes": float(source.vision_passes - passes0),
            "cache/vision_calls": float(state["counter"].calls - calls0),
            "cache/videos": float(len({r.video for r in records})),
+           "data/unreadable_videos": float(len(state["unreadable"].bad)),
            "actor/lr": state["scheduler"].get_last_lr()[0]}
     out["time/step"] = sum(timer.seconds.values())
     return out
@@ -147,7 +147,7 @@ def _setup(cfg: TrainerConfig, resume: bool) -> dict:
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
     start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
     return dict(cfg=cfg, grid=grid, device=device, output=output, model=model, tokenizer=tokenizer,
-                initial_weights=run.initial_weights,
+                initial_weights=run.initial_weights, unreadable=run.unreadable,
                 processor=processor, reference=reference, records=records, source=source, engine=engine,
                 counter=counter, optimizer=optimizer, scheduler=scheduler, start=start,
                 reward=reward_from_config(cfg.rl), autocast=lambda: autocast_for(cfg, device))

@@ -124,6 +124,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         t_step = time.perf_counter()
         indices = global_indices(len(records), cfg.train.seed, step, global_batch)
         micro = rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size, grid.dp_rank)
+        micro = [run.unreadable.substitute(mb, records, source) for mb in micro]
         m = sft_step(model, bank, micro, grid, cfg, device)
         loss, tokens = m["train/loss"], m["train/tokens"]
         grad_norm = finish_step(model, optimizer, scheduler, grid, cfg)
@@ -131,6 +132,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         last = step + 1
         elapsed = time.perf_counter() - t_step
         metrics.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
+                        "data/unreadable_videos": len(run.unreadable.bad),
                         "perf/target_tokens_per_s": tokens / elapsed, "time/step_s": elapsed})
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("train/loss", "perf/target_tokens_per_s"))
