@@ -134,6 +134,7 @@ class Narrator:
     every_s: float = 15.0
     seen: dict[tuple[str, str], tuple] = field(default_factory=dict)
     last_progress: dict[tuple[str, str], float] = field(default_factory=dict)
+    last_line: dict[tuple[str, str], str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     def poll(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -152,8 +153,9 @@ class Narrator:
             self.seen[key] = state
             self.say(f"{t} {kind}/{name}: {status['phase']} - {status.get('message') or ''}".rstrip(" -"))
         line = progress_line(kind, status)
-        if line and time.monotonic() - self.last_progress.get(key, 0.0) >= self.every_s:
-            self.last_progress[key] = time.monotonic()
+        due = time.monotonic() - self.last_progress.get(key, 0.0) >= self.every_s
+        if line and line != self.last_line.get(key) and (due or status.get("phase") in ("Succeeded", "Ready")):
+            self.last_progress[key], self.last_line[key] = time.monotonic(), line
             self.say(f"{t} {kind}/{name}: {line}")
 
     def wait(self, kind: str, name: str, phases: set[str], timeout: float,
