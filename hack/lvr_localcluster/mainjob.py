@@ -104,8 +104,11 @@ def install_operator(kubeconfig: Path, release: str, namespace: str, *, watch: l
                      resync_seconds: int = 5) -> str:
     """`helm upgrade --install` the chart with the local cluster's settings (it brings its own S3, so no
     MinIO); the operator's pod runs `lvr operator run` from this machine's venv."""
+    from lvr_localcluster.ports import free_port
+
+    # every pod of the local cluster shares 127.0.0.1: the liveness endpoint gets a free port
     values = {"minio": {"enabled": False}, "watchNamespaces": watch or [],
-              "operator": {"resyncSeconds": resync_seconds}}
+              "operator": {"resyncSeconds": resync_seconds, "healthPort": free_port()}}
     values_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"lvr-values-{release}.json"
     values_file.write_text(json.dumps(values))
     return helm("upgrade", "--install", release, str(CHART), "--namespace", namespace, "--create-namespace",

@@ -138,8 +138,10 @@ class PodWorker(threading.Thread):
         message_file.write_bytes(b"")
         mounts = sorted([*mounts, (spec.get("terminationMessagePath") or "/dev/termination-log", str(message_file))],
                         key=lambda m: len(m[0]), reverse=True)
-        env = container_env(self.pod, spec, self.kubelet.lookup, self.kubelet.base_env(self.pod, self.dir))
-        env = {k: rewrite_paths(v, mounts) for k, v in env.items()}
+        base = self.kubelet.base_env(self.pod, self.dir)
+        env = container_env(self.pod, spec, self.kubelet.lookup, base)
+        # only what the pod spec set is rewritten: the stand-in's own HOME, TMPDIR, KUBECONFIG are local paths
+        env = {k: v if base.get(k) == v else rewrite_paths(v, mounts) for k, v in env.items()}
         env["LVR_LOCAL_MOUNTS"] = json.dumps(dict(mounts))
         argv = [rewrite_paths(a, mounts) for a in container_argv(spec, env, self.kubelet.venv_bin)]
         cwd = rewrite_paths(spec.get("workingDir") or str(self.dir / "work"), mounts)

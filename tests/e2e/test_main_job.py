@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lvr_localcluster.mainjob import (S3Target, apply, compare, eval_checkpoint, get, install_operator, helm,
+from lvr_localcluster.mainjob import (PLURALS, S3Target, apply, compare, eval_checkpoint, get, install_operator, helm,
                                       load_examples, upload_tree, worker_pods, Narrator)
 from lvr_localcluster.procs import process_tree
 from lvr_localcluster.pytest_plugin import wait_until
@@ -246,4 +246,11 @@ def test_main_job_end_to_end_with_faults(kube_cluster, k8s_client, kube_namespac
         assert next(iter(result["by_frames"].values()))["n"] == 16
     table = compare(out / "sft", out / "rl")
     assert "overall" in table
+    # the resources first (the operator removes its finalizers), then the release
+    def remaining():
+        return [(p, o["metadata"]["name"]) for p in PLURALS.values()
+                for o in custom.list_namespaced_custom_object(G, V, ns, p)["items"]]
+    for plural, name in remaining():
+        custom.delete_namespaced_custom_object(G, V, ns, plural, name)
+    wait_until(lambda: not remaining(), 90, "every resource deleted by its finalizer")
     helm("uninstall", "lvr-e2e", "--namespace", op_ns, kubeconfig=kube_cluster.kubeconfig)
