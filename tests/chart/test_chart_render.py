@@ -38,7 +38,7 @@ def test_defaults_operator_deployment(render):
     assert c["image"] == f"longvideo-rl/operator:{VERSION}" and c["command"] == ["lvr", "operator", "run"]
     args = args_map(c)
     assert args["--trainer-image"] == [f"longvideo-rl/trainer:{VERSION}"]
-    assert args["--vllm-image"] == [f"longvideo-rl/vllm:{VERSION}"]
+    assert "--vllm-image" not in args     # no rollout sidecar until the rollout server exists (issue 18)
     assert args["--liveness"] == ["http://0.0.0.0:8080/healthz"] and args["--peering"] == ["longvideo-rl"]
     assert "--namespace" not in args and "--verbose" not in args
     probe = c["livenessProbe"]
@@ -140,14 +140,14 @@ def test_custom_images_and_resources(render):
                                               "limits": {"cpu": None, "memory": "2Gi"}},  # null drops a default
                                 "nodeSelector": {"pool": "system"}, "resyncSeconds": 30, "verbose": True,
                                 "healthPort": 9090, "podLabels": {"team": "ml", "app.kubernetes.io/component": "x"}},
-                   "trainer": {"image": {"repository": "registry.example.com/lvr/trainer", "digest": digest}},
-                   "rollout": {"image": {"tag": "2.0.0"}}})
+                   "trainer": {"image": {"repository": "registry.example.com/lvr/trainer", "digest": digest}}})
     c = operator_container(docs)
     assert c["image"] == "registry.example.com/lvr/operator:1.2.3"
     assert c["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     args = args_map(c)
     assert args["--trainer-image"] == [f"registry.example.com/lvr/trainer@{digest}"]
-    assert args["--vllm-image"] == ["longvideo-rl/vllm:2.0.0"] and args["--resync"] == ["30"] and "--verbose" in args
+    assert args["--resync"] == ["30"] and "--verbose" in args
+    assert "--vllm-image" not in args     # no rollout sidecar until the rollout server exists (issue 18)
     assert args["--liveness"] == ["http://0.0.0.0:9090/healthz"] and c["ports"][0]["containerPort"] == 9090
     template = one(docs, "Deployment", OPERATOR)["spec"]["template"]
     assert template["spec"]["nodeSelector"] == {"pool": "system"}

@@ -20,9 +20,7 @@ from lvr_trainer.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# images/vllm is replaced by images/rollout in the rollout issue; until then it is not a product image.
-LEGACY = {ROOT / "images" / "vllm" / "Dockerfile"}
-DOCKERFILES = [p for p in [ROOT / "Dockerfile", *sorted((ROOT / "images").glob("*/Dockerfile"))] if p not in LEGACY]
+DOCKERFILES = [ROOT / "Dockerfile", *sorted((ROOT / "images").glob("*/Dockerfile"))]
 IDS = [str(p.relative_to(ROOT)) for p in DOCKERFILES]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from lvr_localcluster.pytest_plugin import wait_until
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
+EXAMPLES_K8S = Path(__file__).resolve().parents[2] / "examples" / "k8s"
 MOCK = str(Path(__file__).resolve().parent / "mock_trainer.py")
 G, V = "longvideo.dev", "v1alpha1"
 OWNER = "longvideo.dev/owner"

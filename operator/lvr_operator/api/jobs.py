@@ -76,10 +76,13 @@ class RolloutSpec(CamelModel):
         "inprocess", description="inprocess: inside the trainer processes; sidecar: a rollout server "
         "container beside the trainer in each pod (vllm only; refused until built). Default inprocess.")
     gpu_memory_utilization: float = Field(
-        0.5, gt=0, le=0.95, description="Fraction of each GPU's memory vLLM may take, (0, 0.95]. Default 0.5.")
-    image: str | None = Field(None, description="Sidecar image. Default: the operator's --vllm-image.")
-    port: int = Field(8000, ge=1024, le=65535, description="Sidecar HTTP port. Default 8000.")
-    tensor_parallel: int = Field(1, ge=1, le=8, description="vLLM tensor-parallel size, 1-8. Default 1.")
+        0.5, gt=0, le=0.95, description="vllm only: fraction of each GPU's memory vLLM may take, (0, 0.95]. "
+        "Default 0.5.")
+    image: str | None = Field(None, description="sidecar only: the rollout server's image. Default: the "
+                              "operator's --vllm-image.")
+    port: int = Field(8000, ge=1024, le=65535, description="sidecar only: the rollout server's HTTP port. "
+                      "Default 8000.")
+    tensor_parallel: int = Field(1, ge=1, le=8, description="vllm only: tensor-parallel size, 1-8. Default 1.")
 
     def trainer_section(self) -> dict[str, Any]:
         """The trainer config's `rollout` section this spec stands for."""
