@@ -22,7 +22,6 @@ from lvr_trainer.data.validate import validate_file
 from lvr_trainer.train.setup import DataError, load_split
 from minio import Minio
 
-S3_VARS = ("LVR_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "LVR_S3_SECRET_DIR")
 ROW = {"id": "q", "question": "q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "A",
        "category": "temporal", "duration": 8.0}
 
@@ -52,18 +51,6 @@ def s3_dataset(tmp_path_factory, s3_server):
     client.fput_object(s3_server.bucket, f"{prefix}/train.jsonl", str(out / "train.jsonl"))
     client.fput_object(s3_server.bucket, f"{prefix}/rows/train.jsonl", str(out / "train.jsonl"))
     return out, f"s3://{s3_server.bucket}/{prefix}"
-
-
-@pytest.fixture()
-def s3_env(s3_server, tmp_path, monkeypatch):
-    """The S3 variables set, an empty local object cache, and no URI remembered from an earlier test."""
-    for name in S3_VARS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(remote.CACHE_DIR_ENV, str(tmp_path / "objects"))
-    monkeypatch.setattr(remote, "_verified", {})
-    return tmp_path / "objects"
 
 
 def test_validate_reads_an_s3_jsonl_and_resolves_its_relative_videos(s3_dataset, s3_env, capsys):

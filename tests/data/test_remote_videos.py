@@ -18,7 +18,6 @@ from lvr_trainer.data.synth import SynthSpec, synthesise
 from lvr_trainer.data.validate import validate_file
 from minio import Minio
 
-S3_VARS = ("LVR_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "LVR_S3_SECRET_DIR")
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +37,6 @@ def remote_data(tmp_path_factory, s3_server):
     s3.write_text("".join(json.dumps({**r, "video": f"s3://{s3_server.bucket}/{prefix}/{Path(r['video']).name}"})
                           + "\n" for r in rows))
     return local, s3, uris
-
-
-@pytest.fixture()
-def s3_env(s3_server, tmp_path, monkeypatch):
-    """The S3 variables set, an empty video cache, and no URI remembered from an earlier test."""
-    for name in S3_VARS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(remote.CACHE_DIR_ENV, str(tmp_path / "videos"))
-    monkeypatch.setattr(remote, "_verified", {})
-    return tmp_path / "videos"
 
 
 def _closed_port_url() -> str:
