@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,8 @@ DATA_URI = "s3://lvr/demo/data"
 RUNS_PREFIX = "demo/runs/"
 # examples/local/dataset.yaml reads DATA_URI; the synthetic data as the SFT reference run makes it
 # (examples/sft_tiny.yaml): a CoT teacher that slips on 60% of the first/last questions.
-SYNTH = ["--videos", "1200", "--seconds", "16", "--fps", "4", "--size", "112x112", "--seed", "1",
-         "--teacher-slip", "0.6", "--slip-on", "first_of", "last_of"]
+SYNTH = {"videos": 1200, "seconds": 16, "fps": 4, "size": "112x112", "seed": 1, "teacher-slip": 0.6}
+SYNTH_ARGS = [a for k, v in SYNTH.items() for a in (f"--{k}", str(v))] + ["--slip-on", "first_of", "last_of"]
 
 
 def say(text: str = "") -> None:
@@ -36,6 +37,16 @@ def cluster_up(state_dir: Path) -> dict:
     if cmd_up(state_dir, 180) != 0:
         raise SystemExit("demo: the local cluster did not start (see above)")
     return json.loads((state_dir / "serve.json").read_text())
+
+
+def _same_synth(manifest: Path) -> bool:
+    """Whether `manifest` (lvr data synth's) describes the data SYNTH makes, so it can be reused."""
+    try:
+        spec = json.loads(manifest.read_text())["spec"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (spec.get("videos"), spec.get("seed"), spec.get("teacher_slip")) == (SYNTH["videos"], SYNTH["seed"],
+                                                                                 SYNTH["teacher-slip"])
 
 
 def fresh_start(custom, s3: S3Target, docs: list[dict]) -> None:
@@ -91,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.monotonic()
     say(f"\n== 3. a synthetic long-video dataset -> {DATA_URI}")
-    if not (args.data / "manifest.json").is_file():
-        say(lvr("data", "synth", "--out", str(args.data), *SYNTH, capture=True).strip().splitlines()[0])
+    if not _same_synth(args.data / "manifest.json"):
+        shutil.rmtree(args.data, ignore_errors=True)
+        report = lvr("data", "synth", "--out", str(args.data), *SYNTH_ARGS, capture=True)
+        say(next(line for line in report.splitlines() if line.startswith("wrote")))
+    else:
+        say(f"reusing {args.data} (delete it to synthesise again)")
     say(f"uploaded {upload_tree(s3, args.data, DATA_URI)} files (videos and JSONL splits)")
     times["dataset synth + upload"] = time.monotonic() - t
 
