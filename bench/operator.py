@@ -73,7 +73,7 @@ class PodWatch:
 
 
 def rljob(name: str, args: argparse.Namespace) -> dict:
-    spec = {"datasetRef": {"name": "ds"}, "model": {"uri": "s3://models/base"}, "rollout": {"engine": "hf"},
+    spec = {"datasetRef": {"name": "ds"}, "model": {"uri": "s3://models/base"}, "rollout": {"engine": "transformers"},
             "command": [sys.executable, MOCK, "--steps", str(args.steps), "--sleep", str(args.sleep)],
             "trainer": {"train": {"steps": args.steps}}, "resources": {"nodes": 1, "gpusPerNode": 0},
             "output": {"uri": f"s3://ckpt/{name}"}, "runPolicy": {"backoffLimit": 0}}
