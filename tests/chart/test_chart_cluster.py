@@ -237,3 +237,17 @@ def test_uninstall_removes_the_release_and_keeps_the_crds(helm, kube_api, spaces
     assert exists(kube_api, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/sftjobs.{G}")
     proc = helm_run(helm, "status", RELEASE, "-n", release_ns, "--kubeconfig", install["kubeconfig"], check=False)
     assert proc.returncode != 0 and "not found" in proc.stderr
+
+
+def test_kubectl_apply_of_crds_dir_works_on_a_cluster(kube_cluster):
+    """`kubectl apply -f crds/` (what a user without Helm runs) applies every file: no object in it
+    needs a namespace that a fresh cluster lacks (the old crds/rbac.yaml did)."""
+    from pathlib import Path
+
+    kubectl = Path(subprocess.run(["bash", "hack/install-helm.sh"], check=True, text=True, stdout=subprocess.PIPE,
+                                  cwd=Path(__file__).resolve().parents[2]).stdout.strip()) / "kubectl"
+    crds = Path(__file__).resolve().parents[2] / "crds"
+    proc = subprocess.run([str(kubectl), "--kubeconfig", str(kube_cluster.kubeconfig), "apply", "-f", str(crds),
+                           "--dry-run=server"], text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.count("customresourcedefinition") == len(list(crds.glob("*.yaml")))
