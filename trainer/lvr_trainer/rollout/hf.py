@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from lvr_trainer.model.encode import cached_video_kwargs
@@ -23,6 +25,21 @@ def reply_logprobs(logits: tuple[torch.Tensor, ...], tokens: torch.Tensor, tempe
     if temperature > 0:
         stacked = stacked / temperature
     return stacked.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@contextmanager
+def neutral_generation_config(model):
+    """Generate with exactly the sampling parameters we pass: a checkpoint's generation_config.json (a
+    repetition penalty, top_k, min_p, ...) would otherwise fill every parameter left unset, and the
+    rollouts would sample from a distribution that the trainer's prefill does not compute (off-policy)."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class TransformersEngine:
@@ -65,10 +82,11 @@ class TransformersEngine:
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        result = model.generate(
-            **kwargs, **cached_video_kwargs(embeds, grid), **sampling, num_return_sequences=params.n,
-            max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress, output_logits=True, return_dict_in_generate=True,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        with neutral_generation_config(model):
+            result = model.generate(
+                **kwargs, **cached_video_kwargs(embeds, grid), **sampling, num_return_sequences=params.n,
+                max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress, output_logits=True,
+                return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         new = result.sequences[:, ids.shape[1]:]                               # (B * n, L)
         lps = reply_logprobs(result.logits, new, params.temperature)
         return [[self._rollout(new[i * params.n + j], lps[i * params.n + j]) for j in range(params.n)]
