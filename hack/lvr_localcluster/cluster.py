@@ -99,7 +99,7 @@ class LocalCluster:
         self.stop()
 
     # -- namespaces and identities -----------------------------------------------------------------
-    def wait_namespace_ready(self, namespace: str, timeout: float = 30) -> None:
+    def wait_namespace_ready(self, namespace: str, timeout: float = 120) -> None:
         """Block until the namespace's `default` ServiceAccount has its token: before that, the
         ServiceAccount admission plugin rejects every pod created there."""
         deadline = time.monotonic() + max(timeout, 1)

@@ -7,6 +7,7 @@ clusters (several engineers, parallel test sessions) can run on one machine.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -90,8 +91,11 @@ class ControlPlane:
     def _start_etcd(self, timeout: float) -> str:
         client, peer = free_port(), free_port()
         client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        data = etcd_data_dir(self.state_dir)
+        remove_tree(data)
         proc = self._start("etcd", [
-            str(self.bin_dir / "etcd"), "--name=lvr", f"--data-dir={self.state_dir / 'etcd'}",
+            str(self.bin_dir / "etcd"), "--name=lvr", f"--data-dir={data}",
+            "--heartbeat-interval=250", "--election-timeout=2500",
             f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
             f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=lvr={peer_url}", "--log-level=warn"])
@@ -167,6 +171,17 @@ class ControlPlane:
             if proc.poll() is None:
                 procs.kill_group(proc.pid, grace, proc)
             procs.forget(self.pid_dir, proc)
+        remove_tree(etcd_data_dir(self.state_dir))
+
+
+def etcd_data_dir(state_dir: Path) -> Path:
+    """etcd's data on tmpfs (/dev/shm) when there is one, one directory per state dir (wiped at the next
+    start there): a throw-away cluster needs no durable writes, and etcd's fsyncs on a busy disk made the
+    first requests time out ("etcdserver: request timed out") while a CI machine installed packages."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"lvr-etcd-{hashlib.sha1(str(state_dir).encode()).hexdigest()[:12]}"
+    return state_dir / "etcd"
 
 
 def remove_tree(path: Path) -> None:
