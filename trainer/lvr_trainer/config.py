@@ -110,6 +110,9 @@ class CacheConfig(StrictModel):
     timeout_s: float = Field(10.0, gt=0, description="Per-request timeout for remote stores, seconds.")
     max_bytes: int | None = Field(
         None, ge=0, description="Size bound of a local store (least recently used entries evicted).")
+    memory_bytes: int = Field(
+        8 << 30, ge=0, description="Bytes of video embeddings each trainer process keeps in host memory for "
+        "reuse across steps (least recently used evicted; they come back from the store). Default 8 GiB.")
 
 
 class ParallelStrategy(str, Enum):

@@ -15,7 +15,7 @@ import torch
 
 from lvr_trainer.cache.embedder import VideoEmbedder, plan_frames
 from lvr_trainer.cache.front import EmbeddingCache
-from lvr_trainer.config import FrameSampling
+from lvr_trainer.config import CacheConfig, FrameSampling
 from lvr_trainer.data.remote import local_video
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.data.video import sample_frames
@@ -38,16 +38,20 @@ class VideoFeatures:
     pixel_values: torch.Tensor | None = None
 
 
+DEFAULT_MEMORY_BYTES = CacheConfig.model_fields["memory_bytes"].default
+
+
 class VideoFeatureSource:
     """`source(record) -> VideoFeatures`. `vision_passes` counts actual vision-tower runs."""
 
     def __init__(self, model, processor: VideoProcessor, sampling: FrameSampling, base_dir: str | Path,
                  cache: EmbeddingCache | None = None, trainable_vision: bool = False, group=None,
-                 max_in_memory: int = 100_000):
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES):
         self.processor, self.sampling, self.base_dir = processor, sampling, Path(base_dir)
-        self.trainable_vision, self.max_in_memory = trainable_vision, max_in_memory
+        self.trainable_vision, self.memory_bytes = trainable_vision, memory_bytes
         self.embedder = VideoEmbedder(model, processor, cache or EmbeddingCache(None), sampling, group)
         self._memory: OrderedDict[str, VideoFeatures] = OrderedDict()
+        self.held_bytes = 0
         self.vision_passes = 0
         self.memory_hits = 0
 
@@ -70,7 +74,17 @@ class VideoFeatureSource:
             return self._memory[path]
         features = self._features(path)
         if not self.trainable_vision:
-            self._memory[path] = features
-            if len(self._memory) > self.max_in_memory:
-                self._memory.popitem(last=False)
+            features = self._remember(path, features)
+        return features
+
+    def _remember(self, path: str, features: VideoFeatures) -> VideoFeatures:
+        """Keep `features` in host memory (never on the GPU: batches move them there), least recently
+        used evicted beyond `memory_bytes` (they come back from the embedding cache when needed)."""
+        features = VideoFeatures(features.embeds.to("cpu"), features.grid_thw.to("cpu"), features.second_per_grid_t)
+        size = features.embeds.numel() * features.embeds.element_size()
+        self._memory[path] = features
+        self.held_bytes += size
+        while self.held_bytes > self.memory_bytes and len(self._memory) > 1:
+            _, old = self._memory.popitem(last=False)
+            self.held_bytes -= old.embeds.numel() * old.embeds.element_size()
         return features

@@ -118,4 +118,5 @@ def make_feature_source(model, processor, cfg: TrainerConfig, base_dir: str | Pa
 
     trainable = not cfg.model.freeze_vision
     cache = EmbeddingCache.from_config(cfg.cache) if not trainable else None
-    return VideoFeatureSource(model, processor, cfg.data.sampling, base_dir, cache, trainable, group)
+    return VideoFeatureSource(model, processor, cfg.data.sampling, base_dir, cache, trainable, group,
+                              cfg.cache.memory_bytes)
