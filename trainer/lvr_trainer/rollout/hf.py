@@ -27,6 +27,18 @@ def reply_logprobs(logits: tuple[torch.Tensor, ...], tokens: torch.Tensor, tempe
     return stacked.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def sharded_across_ranks(model) -> bool:
+    """True when the model's layers are FSDP-sharded over several ranks: then every forward all-gathers,
+    and generate must keep stepping (`synced_gpus`) until every rank's replies are done, or the ranks
+    whose replies ended early would leave the others waiting in a collective forever."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 @contextmanager
 def neutral_generation_config(model):
     """Generate with exactly the sampling parameters we pass: a checkpoint's generation_config.json (a
@@ -83,7 +95,7 @@ class TransformersEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         with neutral_generation_config(model):
-            result = model.generate(
+            result = model.generate(synced_gpus=sharded_across_ranks(model),
                 **kwargs, **cached_video_kwargs(embeds, grid), **sampling, num_return_sequences=params.n,
                 max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress, output_logits=True,
                 return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)

@@ -24,7 +24,6 @@ import time
 import torch
 
 from lvr_trainer.config import TrainerConfig
-from lvr_trainer.eval.run import evaluate
 from lvr_trainer.model.loading import vision_tower
 from lvr_trainer.train.checkpoint import latest_checkpoint
 from lvr_trainer.train.distributed import wrap_model
@@ -33,6 +32,7 @@ from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_examples, reward_from_config,
                                           sample_for_sp_group, sampling_params, score_groups)
 from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_metrics
+from lvr_trainer.train.validation import validate_on_all_ranks
 from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
 from lvr_trainer.train.loop import autocast_for, finish_step, resume_from, save_step, start_run
 from lvr_trainer.train.sft import global_indices, rank_micro_batches
@@ -154,25 +154,14 @@ def _setup(cfg: TrainerConfig, resume: bool) -> dict:
 
 
 def validate(state: dict) -> dict[str, float]:
-    """Greedy strict accuracy and format rate on `data.val`, with `lvr eval`'s scorer, on rank 0 only
-    (empty on the others, which wait at a barrier). No collective runs inside: the val features have no
-    process group and `generate` takes the plain attention path (Ulysses only with an `UlyssesContext`)."""
-    cfg, grid = state["cfg"], state["grid"]
-    if grid.rank != 0:
-        _barrier()
-        return {}
+    """Greedy strict accuracy and format rate on `data.val`, with `lvr eval`'s scorer, every rank scoring
+    its share (train/validation.py: a rank that generated alone would hang the others under FSDP)."""
+    cfg = state["cfg"]
     if "val" not in state:
         records, base_dir = load_split(cfg.data.val, cfg.data.max_bad_row_fraction, cfg.data.video_root)
         state["val"] = (records, make_feature_source(state["model"], state["processor"], cfg, base_dir))
     records, source = state["val"]
-    result = evaluate(state["model"], state["tokenizer"], records, source, cfg.eval)
-    _barrier()
-    return {"val/accuracy": result.accuracy, "val/well_formed": result.well_formed}
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    return validate_on_all_ranks(state["model"], state["tokenizer"], records, source, cfg.eval, state["device"])
 
 
 def _wants_eval(cfg: TrainerConfig, step: int) -> bool:
