@@ -122,18 +122,26 @@ class S3Store:
         """GET the object `name` into the file `dest`; False when it is absent."""
         return self._call(f"GET {name}", self.client.fget_object, self.bucket, name, str(dest)) is not None
 
+    def list_objects(self) -> list[tuple[str, int]]:
+        """(object name, size) of every object under the prefix, in name order."""
+        objects = self._call("LIST", lambda: list(self.client.list_objects(
+            self.bucket, prefix=f"{self.prefix}/" if self.prefix else None, recursive=True))) or []
+        return sorted((obj.object_name, int(obj.size)) for obj in objects)
+
+    def upload_file(self, name: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
+        """PUT the local file `path` as the object `name` (a whole object name: no prefix or suffix added)."""
+        self._call(f"PUT {name}", self.client.fput_object, self.bucket, name, str(path),
+                   content_type=content_type)
+
     def download_prefix(self, dest: str | Path) -> int:
         """Mirror every object under the prefix into `dest`; skips files of equal size. Returns downloads."""
         dest = Path(dest)
-        objects = self._call("LIST", lambda: list(self.client.list_objects(
-            self.bucket, prefix=f"{self.prefix}/" if self.prefix else None, recursive=True))) or []
         n = 0
-        for obj in objects:
-            rel = obj.object_name[len(self.prefix):].lstrip("/")
-            target = dest / rel
-            if target.is_file() and target.stat().st_size == obj.size:
+        for name, size in self.list_objects():
+            target = dest / name[len(self.prefix):].lstrip("/")
+            if target.is_file() and target.stat().st_size == size:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._call(f"GET {obj.object_name}", self.client.fget_object, self.bucket, obj.object_name, str(target))
+            self._call(f"GET {name}", self.client.fget_object, self.bucket, name, str(target))
             n += 1
         return n

@@ -1,4 +1,4 @@
-"""`lvr data`: synthesise and validate LongVideo-Reason style datasets."""
+"""`lvr data`: synthesise, build (`data.build`) and validate LongVideo-Reason style datasets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="synthesise or validate a long-video QA dataset (JSONL + videos)")
+    p = sub.add_parser("data", help="synthesise, build or validate a long-video QA dataset (JSONL + videos)")
     ds = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     v = ds.add_parser("validate", help="check every row: schema, answer, video decodes, enough frames")
@@ -40,6 +40,10 @@ def register(sub) -> None:
     s.add_argument("--slip-on", nargs="+", default=["last_of"], metavar="QTYPE",
                    help="question types the teacher slips on: first_of, last_of (default last_of)")
     s.set_defaults(func=_synth)
+
+    from lvr_trainer.data.build.command import add_parser as add_build_parser
+
+    add_build_parser(ds)
 
 
 def _validate(args) -> int:

@@ -155,14 +155,20 @@ def sample_frames(path: str, sampling: FrameSampling, min_frames: int = 1) -> Sa
     info = probe(path)
     if info.num_frames < min_frames:
         raise VideoError(path, "too_short", f"{info.num_frames} frames, need at least {min_frames}")
+    indices = plan_indices(info, sampling)
+    frames = read_frames(path, indices.tolist(), info, sampling)
+    fps = info.fps if info.fps > 0 else 1.0
+    return SampledFrames(frames, indices, indices / fps, info)
+
+
+def read_frames(path: str, indices: list[int], info: VideoInfo, sampling: FrameSampling) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames at `indices` of a probed video, resized to `sampling`'s pixel budget.
+    For callers that pick their own frame numbers (`data.build` decodes clip by clip). Raises VideoError."""
     height, width = fit_size(info.height, info.width, sampling.resize_factor,
                              sampling.min_pixels, sampling.max_pixels)
-    indices = plan_indices(info, sampling)
     reader = _open(path, width=width, height=height)
     try:
-        frames = reader.get_batch(indices.tolist()).asnumpy()
+        return reader.get_batch(indices).asnumpy()
     except Exception as err:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise VideoError(path, "truncated", f"frames listed in the header do not decode ({text})") from None
-    fps = info.fps if info.fps > 0 else 1.0
-    return SampledFrames(frames, indices, indices / fps, info)

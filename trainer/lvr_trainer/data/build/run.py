@@ -1,0 +1,146 @@
+"""One `lvr data build` run: endpoints, videos, the pipeline, the dataset-wide filter, the files, the
+summary. Wiring only; the stages live in their own modules."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lvr_trainer.data.build.client import ChatClient, ChatError, RetryPolicy
+from lvr_trainer.data.build.clips import VIDEO_SUFFIXES, BuildInputError, VideoSource, list_videos
+from lvr_trainer.data.build.filters import balance_letters
+from lvr_trainer.data.build.journal import CallJournal
+from lvr_trainer.data.build.pipeline import Builder, BuildConfig, EndpointUnusable, VideoResult
+from lvr_trainer.data.build.summary import BuildStats, summary_text
+from lvr_trainer.data.build.writer import split_videos, upload_dir, write_dataset
+from lvr_trainer.data.remote import VideoUnavailable
+
+
+class BuildFailed(Exception):
+    """The build cannot go on; the message says why and how to resume."""
+
+
+def connect(url: str, model: str | None, api_key: str | None, policy: RetryPolicy,
+            cancel: threading.Event, flag: str) -> tuple[ChatClient, str]:
+    """The client and the model name (the first of GET /models when not given)."""
+    try:
+        client = ChatClient(url, api_key, policy, cancel)
+    except ValueError as err:
+        raise BuildFailed(f"--{flag}: {err}") from None
+    if model:
+        return client, model
+    try:
+        models = client.models()
+    except ChatError as err:
+        raise BuildFailed(f"--{flag}: cannot list its models ({err}); start the server, fix the URL, or name "
+                          f"the model with --{flag}-model") from None
+    if not models:
+        raise BuildFailed(f"--{flag} {url} serves no model; name one with --{flag}-model")
+    return client, models[0]
+
+
+def find_videos(root: str) -> list[VideoSource]:
+    try:
+        sources = list_videos(root)
+    except BuildInputError as err:
+        raise BuildFailed(str(err)) from None
+    if not sources:
+        raise BuildFailed(f"--videos {root}: no video files ({', '.join(VIDEO_SUFFIXES)}) there")
+    return sources
+
+
+def build(args, api_key: str | None, journal_path: Path, work: Path) -> int:
+    """The whole command; returns the exit code. Raises BuildFailed."""
+    t0 = time.monotonic()
+    cancel = threading.Event()
+    policy = RetryPolicy(max_retries=args.max_retries, read_timeout_s=args.timeout)
+    sources = find_videos(args.videos)
+    captioner, cap_model = connect(args.captioner, args.captioner_model, api_key, policy, cancel, "captioner")
+    reasoner, rea_model = connect(args.reasoner, args.reasoner_model, api_key, policy, cancel, "reasoner")
+    cfg = BuildConfig(cap_model, rea_model, args.clip_seconds, args.frames_per_clip, args.max_pixels,
+                      args.questions_per_category, tuple(args.categories), args.concurrency,
+                      not args.no_blind_filter, args.near_duplicate, args.structured_output)
+    journal = CallJournal(journal_path)
+    stats = BuildStats(videos_found=len(sources))
+    print(f"build: {len(sources)} videos; captioner {cap_model} at {captioner.url}; reasoner {rea_model} at "
+          f"{reasoner.url}; journal {journal_path} ({len(journal)} finished calls)", file=sys.stderr)
+    try:
+        results = run_pipeline(Builder(cfg, captioner, reasoner, journal, stats, cancel), sources, stats)
+    finally:
+        stats.retries = captioner.counters.retries + reasoner.counters.retries
+        journal.close()
+    kept, drops = gather(results, stats, args.letter_slack)
+    stats.wall_seconds = time.monotonic() - t0
+    split = split_videos(sorted({d.video_id for d in kept}), args.val_fraction, args.test_fraction, args.seed)
+    meta = {"captioner": cap_model, "reasoner": rea_model}
+    s3_out = args.out.startswith("s3://")
+    stage = work / "out" if s3_out else Path(args.out)
+    if s3_out:
+        shutil.rmtree(stage, ignore_errors=True)
+    manifest = write_dataset(stage, results, kept, drops, stats, split, None if s3_out else args.out, meta)
+    if s3_out:
+        upload_dir(stage, args.out)
+    print(summary_text(stats))
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["questions"].items())
+    print(f"wrote {args.out}: {counts} questions; check it with `lvr data validate {args.out}/train.jsonl`")
+    print_hints(stats)
+    return 0
+
+
+def run_pipeline(builder: Builder, sources: list[VideoSource], stats: BuildStats) -> list[VideoResult]:
+    """The pipeline with a progress line; EndpointUnusable and unreachable S3 become BuildFailed."""
+    from lvr_trainer.utils.progress import Progress
+
+    bar = Progress(len(sources), "build: videos")
+    questions = 0
+
+    def on_video(done: int, result: VideoResult) -> None:
+        nonlocal questions
+        questions += len(result.drafts)
+        t = stats.total()
+        bar.update(done, f"calls {t.calls} new, {t.journal} from journal, {t.failed} failed; "
+                         f"{questions} questions so far")
+
+    try:
+        return builder.run(sources, on_video)
+    except EndpointUnusable as err:
+        raise BuildFailed(f"stopped: {err}") from None
+    except VideoUnavailable as err:
+        raise BuildFailed(f"stopped: {err}; finished calls are kept in the journal {builder.journal.path}") from None
+
+
+def gather(results: list[VideoResult], stats: BuildStats, letter_slack: float):
+    """All videos' drafts through the dataset-wide letter balance; per-video counts into `stats`."""
+    drafts, drops = [], []
+    for r in results:
+        if r.skipped:
+            stats.skipped.append((r.source.location, r.skipped))
+            continue
+        stats.videos_built += 1
+        stats.clips += len(r.captions)
+        stats.generated += r.generated
+        stats.blind_inconclusive += r.blind_inconclusive
+        drafts += r.drafts
+        drops += r.drops
+    kept, imbalance = balance_letters(drafts, letter_slack)
+    drops += imbalance
+    for d in drops:
+        stats.dropped[d.reason] += 1
+    stats.kept = len(kept)
+    return kept, drops
+
+
+def print_hints(stats: BuildStats) -> None:
+    """What to do about failed calls, in the user's terms."""
+    failed = {name: s for name, s in stats.stages.items() if s.failed}
+    for name, s in failed.items():
+        print(f"{s.failed} {name} calls failed after retries; last: {s.last_error}", file=sys.stderr)
+        if name in ("questions", "repair", "blind") and "HTTP 400" in s.last_error:
+            print("  the reasoner refused the request: if it lacks structured output, try "
+                  "--structured-output json_object (or none)", file=sys.stderr)
+    if failed:
+        print("rerun the same command to retry them: finished calls are answered from the journal",
+              file=sys.stderr)
