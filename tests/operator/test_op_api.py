@@ -73,6 +73,8 @@ def test_examples_validate_and_build_trainer_configs():
     docs = {p.stem: yaml.safe_load(p.read_text()) for p in EXAMPLES.glob("*.yaml")}
     assert {"dataset", "sftjob", "rljob"} <= set(docs)
     ds = LongVideoDatasetSpec.model_validate(docs["dataset"]["spec"])
+    built = LongVideoDatasetSpec.model_validate(docs["dataset-build"]["spec"])
+    assert built.source.build is not None and built.source.build.api_key_secret.key == "apiKey"
     for name in ("sftjob", "rljob"):
         doc = docs[name]
         assert doc["apiVersion"] == "longvideo.dev/v1alpha1"

@@ -83,3 +83,43 @@ def test_the_gpu_examples_are_admitted(op, crds, kube_namespace):
                             .get("observedGeneration") and s.get("message") and s, 60, f"{name} reconciled")
         invalid = [c for c in status.get("conditions", []) if c["type"] == "InvalidSpec" and c["status"] == "True"]
         assert not invalid and status["phase"] != "Failed", (name, status)
+
+
+def test_a_dataset_built_from_raw_videos_by_its_preparation_pod(op, crds, kube_namespace, k8s_client, s3_server,
+                                                                 tmp_path):
+    """source.build on the local cluster: the pod runs `lvr data build` against an OpenAI-compatible server
+    on loopback (scripted; API key from a Secret), then validates and caches the rows it wrote to S3; the
+    status carries each stage's counts."""
+    from minio import Minio
+
+    from lvr_localcluster.chat_server import ChatServer
+    from lvr_trainer.data.synth import SynthSpec, synthesise
+
+    ns, api, core = kube_namespace, crds, client.CoreV1Api(k8s_client)
+    synthesise(tmp_path / "raw", SynthSpec(videos=2, seconds=16, fps=4, width=112, height=112, seed=21))
+    mc = Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False)
+    for mp4 in sorted((tmp_path / "raw" / "videos").glob("*.mp4")):
+        mc.fput_object(s3_server.bucket, f"{ns}/raw/{mp4.name}", str(mp4))
+    core.create_namespaced_secret(ns, {"metadata": {"name": "s3"}, "stringData": {
+        "accessKey": s3_server.access_key, "secretKey": s3_server.secret_key}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "endpoints"}, "stringData": {"apiKey": "k-123"}})
+    with ChatServer(tmp_path / "chat.jsonl", {"model": "fake-model", "require_key": "k-123"}) as url:
+        spec = {"source": {"jsonl": f"s3://{s3_server.bucket}/{ns}/built/train.jsonl",
+                           "build": {"videos": f"s3://{s3_server.bucket}/{ns}/raw/", "captioner": {"url": url},
+                                     "reasoner": {"url": url}, "apiKeySecret": {"name": "endpoints"},
+                                     "clipSeconds": 8, "questionsPerCategory": 3}},
+                "frames": 8, "maxPixels": 3136, "maxErrorRate": 0.5, "encoder": {"preset": "tiny"},
+                "resources": {"gpusPerNode": 0},
+                "cache": {"s3": {"endpoint": s3_server.url, "bucket": s3_server.bucket, "prefix": f"{ns}/cache",
+                                 "credentialsSecret": "s3"}}}
+        _create(api, ns, "longvideodatasets", "LongVideoDataset", "built", spec)
+        seen = wait_until(lambda: (s := api.get_namespaced_custom_object(G, V, ns, "longvideodatasets", "built")
+                                   .get("status") or {}).get("phase") in ("Building", "Validating", "Ready") and s,
+                          60, "the dataset building")
+        ready = _wait_phase(api, ns, "longvideodatasets", "built", "Ready", 300)
+    assert seen["phase"] in ("Building", "Validating", "Ready")
+    built = ready["built"]
+    assert built["videos"] == 2 and built["clips"] == 4 and 0 < built["kept"] < built["questions"]
+    assert sum(built["dropped"].values()) == built["questions"] - built["kept"] and built["calls"] > 0
+    assert ready["rows"]["valid"] > 0 and ready["cachedVideos"] >= 1
+    assert f"built {built['kept']} questions from 2 videos" in ready["message"]

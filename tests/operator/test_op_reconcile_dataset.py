@@ -108,3 +108,56 @@ def test_invalid_dataset_spec():
     assert plan.status["phase"] == "Failed" and plan.invalid and "spec.frames" in plan.invalid
     obj = _ds(sourc={"jsonl": "x"})
     assert "did you mean 'source'" in _run(obj).invalid
+
+
+BUILD = {"videos": "s3://raw/videos/", "captioner": {"url": "http://vlm:8000/v1", "model": "qwen-vl"},
+         "reasoner": {"url": "http://llm:8000/v1"}, "apiKeySecret": {"name": "endpoints"}, "clipSeconds": 8}
+
+
+def test_a_build_source_runs_build_then_validate_then_encode():
+    obj = _ds(source={"jsonl": "s3://data/built/train.jsonl", "build": BUILD})
+    plan = _run(obj)
+    pod = _pod(plan)
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["build", "validate"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["encode"] and plan.status["phase"] == "Building"
+    build = pod["spec"]["initContainers"][0]
+    cmd = build["command"]
+    assert cmd[cmd.index("lvr"):cmd.index("lvr") + 3] == ["lvr", "data", "build"]
+    assert cmd[cmd.index("--out") + 1] == "s3://data/built" and cmd[cmd.index("--videos") + 1] == "s3://raw/videos/"
+    assert cmd[cmd.index("--captioner-model") + 1] == "qwen-vl" and "--reasoner-model" not in cmd
+    assert cmd[cmd.index("--clip-seconds") + 1] == "8" and "--json" in cmd
+    key = next(e for e in build["env"] if e["name"] == "LVR_BUILD_API_KEY")
+    assert key["valueFrom"] == {"secretKeyRef": {"name": "endpoints", "key": "apiKey"}}
+    assert all("secretKeyRef" not in str(e) or e["name"] != "LVR_BUILD_API_KEY"
+               for c in pod["spec"]["initContainers"][1:] + pod["spec"]["containers"] for e in c["env"])
+
+
+def test_build_counts_reach_the_status_and_a_failed_build_says_what_to_check():
+    obj = _ds(source={"jsonl": "s3://data/built/train.jsonl", "build": BUILD}, backoffLimit=0)
+    plan = _run(obj)
+    pod, obj = _pod(plan), with_status(obj, plan.status)
+    report = json.dumps({"videos": 3, "skipped": 1, "clips": 4, "questions": 24, "kept": 17,
+                         "dropped": {"blind": 5, "duplicate": 2}, "calls": 40})
+    done = copy.deepcopy(pod)
+    done["status"] = {"phase": "Running", "initContainerStatuses": [
+        {"name": "build", "state": _done(0, report)}, {"name": "validate", "state": {"running": {}}}],
+        "containerStatuses": [{"name": "encode", "state": {"waiting": {}}}]}
+    plan = _run(obj, done)
+    assert plan.status["phase"] == "Validating"
+    assert plan.status["built"] == {"videos": 3, "skipped": 1, "clips": 4, "questions": 24, "kept": 17,
+                                    "dropped": {"blind": 5, "duplicate": 2}, "calls": 40}
+    failed = copy.deepcopy(pod)
+    failed["status"] = {"phase": "Failed", "initContainerStatuses": [{"name": "build", "state": _done(2, "")}]}
+    plan = _run(obj, failed)
+    assert plan.status["phase"] == "Failed" and "BuildFailed" == plan.events[-1].reason
+    assert "spec.source.build's endpoints and API key Secret" in plan.status["message"]
+
+
+def test_a_build_needs_an_s3_train_jsonl_to_write():
+    import pytest
+    from pydantic import ValidationError
+
+    from lvr_operator.api.dataset import LongVideoDatasetSpec
+
+    with pytest.raises(ValidationError, match="must be s3://bucket/prefix/train.jsonl"):
+        LongVideoDatasetSpec.model_validate({"source": {"jsonl": "/data/rows.jsonl", "build": BUILD}})

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lvr_operator.api.common import CacheSpec, CamelModel, Condition, ResourcesSpec
 from lvr_operator.api.phases import DatasetPhase
+
+
+class ChatEndpoint(CamelModel):
+    """An OpenAI-compatible chat endpoint (a vLLM server, or a hosted API)."""
+
+    url: str = Field(..., pattern=r"^https?://", description="Base URL, e.g. `http://vlm.models:8000/v1`. Required.")
+    model: str | None = Field(None, description="Model name. Default: the first one the endpoint lists.")
+
+
+class SecretKeyRef(CamelModel):
+    """One key of a Secret in the dataset's namespace."""
+
+    name: str = Field(..., min_length=1, description="Secret name. Required.")
+    key: str = Field("apiKey", min_length=1, description="Key in the Secret. Default `apiKey`.")
+
+
+class BuildSource(CamelModel):
+    """Build the rows from raw videos first (`lvr data build`: clip captions from the captioner, questions
+    with reasoning from the reasoner, filtered), writing them next to `source.jsonl`."""
+
+    videos: str = Field(..., pattern=r"^s3://", description="s3:// prefix of the videos. Required.")
+    captioner: ChatEndpoint = Field(..., description="Endpoint of a VLM that captions clips. Required.")
+    reasoner: ChatEndpoint = Field(..., description="Endpoint of an LLM that writes the questions. Required.")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="API key of both endpoints (never in the spec itself). Default: none.")
+    clip_seconds: float = Field(10.0, gt=0, le=600, description="Seconds per captioned clip. Default 10.")
+    questions_per_category: int = Field(2, ge=1, le=20, description="Questions asked per video and category, "
+                                        "before filtering. Default 2.")
+    concurrency: int = Field(8, ge=1, le=256, description="Calls in flight at once. Default 8.")
 
 
 class DatasetSource(CamelModel):
@@ -16,6 +45,16 @@ class DatasetSource(CamelModel):
     videos: str | None = Field(None, description="Prefix that relative `video` paths resolve against. "
                                "Default: the JSONL's directory.")
     pvc: str | None = Field(None, description="PersistentVolumeClaim mounted read-only at /data. Default unset.")
+    build: BuildSource | None = Field(
+        None, description="Build the rows from `build.videos` first; `jsonl` then names where they go and "
+        "must be s3://.../train.jsonl. Default unset (the rows exist).")
+
+    @model_validator(mode="after")
+    def _build_target(self) -> DatasetSource:
+        if self.build is not None and not (self.jsonl.startswith("s3://") and self.jsonl.endswith("/train.jsonl")):
+            raise ValueError(f"source.jsonl {self.jsonl!r}: with source.build it names where the built rows go, "
+                             "so it must be s3://bucket/prefix/train.jsonl (val.jsonl and test.jsonl go beside it)")
+        return self
 
 
 class EncoderSpec(CamelModel):
@@ -45,6 +84,18 @@ class LongVideoDatasetSpec(CamelModel):
     backoff_limit: int = Field(2, ge=0, le=20, description="Retries of a failed preprocessing pod. Default 2.")
 
 
+class BuildCounts(CamelModel):
+    """What `lvr data build` did."""
+
+    videos: int = Field(0, ge=0, description="Videos found.")
+    skipped: int = Field(0, ge=0, description="Videos skipped (not decodable), each named in the pod's log.")
+    clips: int = Field(0, ge=0, description="Clips captioned.")
+    questions: int = Field(0, ge=0, description="Questions generated.")
+    kept: int = Field(0, ge=0, description="Questions kept after the filters.")
+    dropped: dict[str, int] = Field(default_factory=dict, description="Questions dropped, by reason.")
+    calls: int = Field(0, ge=0, description="Endpoint calls made (retries not counted).")
+
+
 class RowCounts(CamelModel):
     """What `lvr data validate` found."""
 
@@ -60,6 +111,7 @@ class DatasetStatus(CamelModel):
     message: str | None = Field(None, description="Summary of the latest transition.")
     conditions: list[Condition] = Field(default_factory=list, description="Detailed conditions.")
     observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
+    built: BuildCounts | None = Field(None, description="Counts from building the rows (source.build).")
     rows: RowCounts | None = Field(None, description="Row counts from validation.")
     cached_videos: int | None = Field(None, ge=0, description="Videos whose embeddings are in the cache.")
     cached_bytes: int | None = Field(None, ge=0, description="Bytes of embeddings in the cache.")

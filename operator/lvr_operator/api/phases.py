@@ -26,6 +26,7 @@ class DatasetPhase(str, Enum):
     """Phase of a LongVideoDataset."""
 
     pending = "Pending"
+    building = "Building"                  # `lvr data build` is writing the rows (source.build)
     validating = "Validating"              # `lvr data validate` is running
     caching = "Caching"                    # `lvr encode` is filling the embedding cache
     ready = "Ready"
@@ -49,7 +50,8 @@ JOB_TRANSITIONS: dict[JobPhase, frozenset[JobPhase]] = {
 
 _D = DatasetPhase
 DATASET_TRANSITIONS: dict[DatasetPhase, frozenset[DatasetPhase]] = {
-    _D.pending: frozenset({_D.validating, _D.caching, _D.ready, _D.failed}),
+    _D.pending: frozenset({_D.building, _D.validating, _D.caching, _D.ready, _D.failed}),
+    _D.building: frozenset({_D.validating, _D.caching, _D.ready, _D.failed, _D.pending}),
     _D.validating: frozenset({_D.caching, _D.ready, _D.failed, _D.pending}),
     _D.caching: frozenset({_D.ready, _D.failed, _D.pending}),
     _D.ready: frozenset({_D.pending}),      # a spec change re-runs preprocessing
@@ -110,6 +112,8 @@ class Reason:
     RESUMED = "JobResumed"
     SUCCEEDED = "JobSucceeded"
     DEPENDENCY_FAILED = "DependencyFailed"
+    BUILDING = "Building"
+    BUILD_FAILED = "BuildFailed"
     VALIDATING = "Validating"
     VALIDATION_FAILED = "ValidationFailed"
     CACHING = "Caching"

@@ -18,7 +18,7 @@ from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import DatasetPhase as D
 from lvr_operator.api.phases import Reason as R
 from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, meta, prep_pod_name
-from lvr_operator.manifests.dataset import ENCODE, VALIDATE, prep_pod
+from lvr_operator.manifests.dataset import BUILD, ENCODE, VALIDATE, prep_pod
 from lvr_operator.reconcile.context import Ctx, explain_validation
 from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, tail
 from lvr_operator.reconcile.pods import container_state, stuck_reason
@@ -26,6 +26,13 @@ from lvr_operator.settings import OperatorSettings
 
 
 MAX_FAILED_EXAMPLES = 10
+_FAILURE_HINTS = {
+    BUILD: (R.BUILD_FAILED, "check spec.source.build's endpoints and API key Secret (the pod's log names the "
+            "failing call); a retry redoes the calls, `lvr data build` run by hand keeps a journal"),
+    VALIDATE: (R.VALIDATION_FAILED, "run `lvr data validate` on the file to see every bad row, fix them or "
+               "raise spec.maxErrorRate"),
+    ENCODE: (R.CACHING_FAILED, "check the cache endpoint, credentials and encoder model"),
+}
 
 
 @dataclass
@@ -56,7 +63,12 @@ def _counts(ctx: Ctx, pod: dict[str, Any]) -> None:
         report = json_or_none(end.message if end else None)
         if not report:
             continue
-        if name == VALIDATE:
+        if name == BUILD:
+            ctx.status["built"] = {"videos": int(report.get("videos", 0)), "skipped": int(report.get("skipped", 0)),
+                                   "clips": int(report.get("clips", 0)), "questions": int(report.get("questions", 0)),
+                                   "kept": int(report.get("kept", 0)), "dropped": dict(report.get("dropped") or {}),
+                                   "calls": int(report.get("calls", 0))}
+        elif name == VALIDATE:
             total = int(report.get("rows", report.get("total", 0)))
             valid = int(report.get("valid", 0))
             ctx.status["rows"] = {"total": total, "valid": valid, "invalid": int(report.get("invalid", total - valid))}
@@ -109,17 +121,21 @@ def reconcile_dataset(ds: dict[str, Any], obs: DatasetObserved, settings: Operat
         ctx.status["completionTime"] = rfc3339(obs.now)
         ctx.set(C.ready, True, R.READY, "validated" + (" and cached" if step != VALIDATE else ""))
         rows = ctx.status.get("rows") or {}
-        failed = ctx.status.get("failedVideos")
+        failed, built = ctx.status.get("failedVideos"), ctx.status.get("built")
         ctx.phase(D.ready, R.READY, f"{rows.get('valid', '?')} valid rows of {rows.get('total', '?')}"
                   + (f"; {ctx.status['cachedVideos']} videos cached" if "cachedVideos" in ctx.status else "")
                   + (f"; {failed} videos failed to encode and were skipped (see failedVideoExamples)"
-                     if failed else ""))
+                     if failed else "")
+                  + (f"; built {built['kept']} questions from {built['videos']} videos" if built else ""))
         return ctx.finish()
     stuck = stuck_reason(latest)     # a pod that cannot start says why, in the kubelet's words
     if step == ENCODE and state == "running":
         ctx.set(C.validated, True, R.VALIDATING, "rows validated")
         ctx.phase(D.caching, R.POD_NOT_STARTING if stuck else R.CACHING,
                   stuck or "encoding videos into the embedding cache")
+    elif step == BUILD:
+        ctx.phase(D.building, R.POD_NOT_STARTING if stuck else R.BUILDING,
+                  stuck or "building the rows: captioning clips, writing and filtering questions")
     else:
         ctx.phase(D.validating, R.POD_NOT_STARTING if stuck else R.VALIDATING, stuck or "validating rows and videos")
     ctx.plan.requeue(settings.resync_seconds)
@@ -131,7 +147,8 @@ def _start(ctx: Ctx, spec: LongVideoDatasetSpec, gen: int, attempt: int) -> Any:
     ctx.plan.actions.append(Create(prep_pod(ctx.job, spec, name, attempt, ctx.settings)))
     ctx.status["attempts"] = attempt + 1
     ctx.status.setdefault("startTime", rfc3339(ctx.obs.now))
-    ctx.phase(D.validating, R.VALIDATING, f"preprocessing pod {name} created")
+    first = (D.building, R.BUILDING) if spec.source.build else (D.validating, R.VALIDATING)
+    ctx.phase(*first, f"preprocessing pod {name} created")
     ctx.plan.requeue(ctx.settings.resync_seconds)
     return ctx.finish()
 
@@ -144,9 +161,7 @@ def _failed(ctx: Ctx, spec: LongVideoDatasetSpec, gen: int, pod: dict[str, Any],
     if attempt < spec.backoff_limit:
         ctx.status["message"] = f"{what}; retrying ({attempt + 1}/{spec.backoff_limit})"
         return _start(ctx, spec, gen, attempt + 1)
-    reason = R.VALIDATION_FAILED if step == VALIDATE else R.CACHING_FAILED
-    hint = ("run `lvr data validate` on the file to see every bad row, fix them or raise spec.maxErrorRate"
-            if step == VALIDATE else "check the cache endpoint, credentials and encoder model")
+    reason, hint = _FAILURE_HINTS.get(step, _FAILURE_HINTS[ENCODE])
     msg = f"{what} after {attempt + 1} attempt(s): {hint}" + (f"; last output:\n{logs}" if logs else "")
     ctx.status["completionTime"] = rfc3339(ctx.obs.now)
     ctx.set(C.ready, False, reason, msg)

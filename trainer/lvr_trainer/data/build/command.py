@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     key.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (both endpoints)")
     key.add_argument("--api-key-file", metavar="PATH", help="file holding the API key (e.g. a mounted Secret)")
     _add_knobs(b)
+    b.add_argument("--json", action="store_true", help="print a compact JSON report on stdout (the summary "
+                   "tables go to stderr): what a LongVideoDataset's preparation pod reports")
     b.add_argument("--journal", default=None, metavar="PATH",
                    help="record of finished calls (default: DIR/build-journal.jsonl, or for an s3:// --out, "
                         f"${BUILD_CACHE_ENV} or {DEFAULT_BUILD_CACHE}, one folder per --out)")

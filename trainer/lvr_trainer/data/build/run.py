@@ -3,6 +3,7 @@ summary. Wiring only; the stages live in their own modules."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -83,11 +84,25 @@ def build(args, api_key: str | None, journal_path: Path, work: Path) -> int:
     manifest = write_dataset(stage, results, kept, drops, stats, split, None if s3_out else args.out, meta)
     if s3_out:
         upload_dir(stage, args.out)
-    print(summary_text(stats))
+    human = sys.stderr if args.json else sys.stdout   # --json: stdout holds the report alone
+    print(summary_text(stats), file=human)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["questions"].items())
-    print(f"wrote {args.out}: {counts} questions; check it with `lvr data validate {args.out}/train.jsonl`")
+    print(f"wrote {args.out}: {counts} questions; check it with `lvr data validate {args.out}/train.jsonl`",
+          file=human)
     print_hints(stats)
+    if args.json:
+        print(json.dumps(compact_report(stats, manifest, args.out)))
     return 0
+
+
+def compact_report(stats: BuildStats, manifest: dict, out: str) -> dict:
+    """What a LongVideoDataset's status shows of the build (a termination message: at most a few KB)."""
+    total = stats.total()
+    return {"out": out, "videos": stats.videos_found, "built": stats.videos_built, "skipped": len(stats.skipped),
+            "skipped_videos": [f"{v}: {r}"[:200] for v, r in stats.skipped[:5]], "clips": stats.clips,
+            "questions": stats.generated, "kept": stats.kept, "dropped": dict(stats.dropped),
+            "splits": manifest["questions"], "calls": total.calls, "calls_from_journal": total.journal,
+            "calls_failed": total.failed, "seconds": round(stats.wall_seconds, 1)}
 
 
 def run_pipeline(builder: Builder, sources: list[VideoSource], stats: BuildStats) -> list[VideoResult]:
