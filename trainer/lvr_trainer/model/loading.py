@@ -2,11 +2,13 @@
 
 `load_model(ModelConfig) -> (model, tokenizer)` is the one entry point the loops use. Real checkpoints
 (e.g. Qwen2.5-VL-7B-Instruct) go through `from_pretrained` unchanged; presets are random-init with a
-fixed seed. CPU runs always use float32.
+fixed seed. `device="meta"` builds the architecture without reading weights (the trainer's ranks other
+than 0 receive rank 0's by broadcast). Under torchrun an s3:// model is downloaded once per node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,7 +20,9 @@ SUPPORTED_TYPES = ("qwen2_5_vl", "qwen2_vl")
 def resolve_model_path(path: str, cache_dir: str | Path | None = None, timeout_s: float = 30.0) -> Path:
     """A local directory for `path`: itself, or an s3://bucket/prefix mirrored under `cache_dir`.
 
-    Objects whose local copy has the same size are not downloaded again.
+    Objects whose local copy has the same size are not downloaded again. Under torch.distributed the
+    mirror is made by the first local rank of each node while the node's other ranks wait (not by
+    every rank into the same directory at once), so every rank must call this together.
     """
     if not path.startswith("s3://"):
         local = Path(path).expanduser()
@@ -26,22 +30,57 @@ def resolve_model_path(path: str, cache_dir: str | Path | None = None, timeout_s
             raise FileNotFoundError(f"model.path {path}: no such directory; give a Hugging Face model "
                                     "directory (config.json, *.safetensors, tokenizer files) or s3://bucket/prefix")
         return local
-    from lvr_trainer.cache.s3 import S3Store
-
-    store = S3Store.from_uri(path, timeout_s=timeout_s, suffix="")
     dest = Path(cache_dir or os.path.expanduser("~/.cache/lvr/models")) / path.removeprefix("s3://")
-    n = store.download_prefix(dest)
-    if n == 0 and not (dest / "config.json").exists():
-        raise FileNotFoundError(f"model.path {path}: no objects under this prefix")
+    once_per_node(lambda: _mirror(path, dest, timeout_s), f"downloading model.path {path}")
     return dest
 
 
-def _dtype(cfg: ModelConfig, device):
+def _mirror(uri: str, dest: Path, timeout_s: float) -> int:
+    """Download the objects under `uri` into `dest` (those not already there); how many were fetched."""
+    from lvr_trainer.cache.s3 import S3Store
+
+    n = S3Store.from_uri(uri, timeout_s=timeout_s, suffix="").download_prefix(dest)
+    if n == 0 and not (dest / "config.json").exists():
+        raise FileNotFoundError(f"model.path {uri}: no objects under this prefix")
+    return n
+
+
+def once_per_node(fn, what: str):
+    """`fn()` on the first local rank (LOCAL_RANK 0) of each node while the node's other ranks wait; a
+    plain call without torch.distributed. Every rank must call it together. Returns `fn`'s result on
+    the ranks that ran it, None on the others. If it fails on any node, every rank raises: the failing
+    ones their own error, the others one that says where to look (no rank is left waiting)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn()
+    result, error = None, None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - shared with every rank below, then re-raised
+            error = err
+    on_gpu = dist.get_backend() == "nccl"
+    failed = torch.tensor([0 if error is None else 1], device=torch.cuda.current_device() if on_gpu else "cpu")
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if int(failed.item()):
+        raise RuntimeError(f"{what} failed on the first rank of another node; the reason is in that rank's log")
+    return result
+
+
+def inference_dtype(cfg: ModelConfig, device=None):
+    """The dtype `cfg` loads in: `cfg.dtype` on any device (CPU included, so tests see what a GPU run
+    holds), or when unset bfloat16 on a GPU and float32 elsewhere. A trainer config always sets it
+    (from `train.precision`); the trainer then loads its trained weights in float32 regardless."""
     import torch
 
-    if device is None or str(device) == "cpu" or not torch.cuda.is_available():
-        return torch.float32
-    return getattr(torch, cfg.dtype)
+    if cfg.dtype is not None:
+        return getattr(torch, cfg.dtype)
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    return torch.bfloat16 if on_gpu else torch.float32
 
 
 def freeze_vision_tower(model) -> None:
@@ -82,29 +121,61 @@ def load_model(cfg: ModelConfig, device=None):
     """`(model, tokenizer)` for `cfg`, in eval mode, on `device` (default CPU).
 
     The vision tower is frozen when `cfg.freeze_vision` (the default), so cached embeddings stay valid.
+    On `device="meta"` the model has the architecture, dtypes and frozen parts but no storage and no
+    weights read: a skeleton for `lvr_trainer.train.distributed.distribute_weights` to fill.
     """
+    import torch
+
     from lvr_trainer.model.tokenizer import load_tokenizer
 
-    dtype = _dtype(cfg, device)
+    dtype = inference_dtype(cfg, device)
+    meta = device is not None and torch.device(device).type == "meta"
     if cfg.preset is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
-        model = build_preset(cfg.preset, tokenizer, cfg.seed, cfg.attn_implementation).to(dtype)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = build_preset(cfg.preset, tokenizer, cfg.seed, cfg.attn_implementation).to(dtype)
     else:
-        from transformers import AutoConfig, AutoModelForImageTextToText
-
         path = resolve_model_path(cfg.path)
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        if config.model_type not in SUPPORTED_TYPES:
-            raise ValueError(f"model.path {cfg.path}: model_type {config.model_type!r} is not supported; "
-                             f"use one of {', '.join(SUPPORTED_TYPES)}")
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(path), dtype=dtype, attn_implementation=cfg.attn_implementation, local_files_only=True)
+        model = (_skeleton_from_dir if meta else _from_dir)(cfg, path, dtype)
         tokenizer = load_tokenizer(str(path))
     if cfg.freeze_vision:
         freeze_vision_tower(model)
-    if device is not None:
+    if device is not None and not meta:
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+def _checked_config(cfg: ModelConfig, path: Path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if config.model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"model.path {cfg.path}: model_type {config.model_type!r} is not supported; "
+                         f"use one of {', '.join(SUPPORTED_TYPES)}")
+    return config
+
+
+def _from_dir(cfg: ModelConfig, path: Path, dtype):
+    from transformers import AutoModelForImageTextToText
+
+    _checked_config(cfg, path)
+    return AutoModelForImageTextToText.from_pretrained(
+        str(path), dtype=dtype, attn_implementation=cfg.attn_implementation, local_files_only=True)
+
+
+def _skeleton_from_dir(cfg: ModelConfig, path: Path, dtype):
+    """The directory's architecture on the meta device, with its generation config (so that `generate`
+    stops on the same tokens as on rank 0), and no weights read."""
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    config = _checked_config(cfg, path)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype,
+                                                        attn_implementation=cfg.attn_implementation)
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path), local_files_only=True)
+    return model
 
 
 def weights_digest(model) -> str:

@@ -5,13 +5,15 @@ Layout under `<output>/checkpoints/step-000123/`:
     model/               config.json, model.safetensors, tokenizer files, video_preprocessor_config.json
     trainer_state.pt     optimizer, scheduler, RNG states, step, epoch position
 and `<output>/checkpoints/latest` names the newest complete one (written last, so a crash mid-save
-leaves the previous checkpoint as latest).
+leaves the previous checkpoint as latest). After each save only the newest `train.keep_last` are kept
+(`stale_checkpoints`, shared with the S3 side in `remote.py`).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -74,4 +76,32 @@ def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, 
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+    """The trainer state, memory-mapped: the optimizer tensors are read from the page cache (shared by a
+    node's ranks) as they are copied to their parameters, not held as a full copy per rank."""
+    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False, mmap=True)
+
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def stale_checkpoints(names: list[str], latest: str | None, keep_last: int | None) -> list[str]:
+    """The checkpoint directory names (`step-000123`) to delete so that the `keep_last` highest steps
+    remain; never `latest`, whatever its step. Other names (the marker, `.tmp` leftovers) are ignored.
+    `keep_last` None keeps everything (pure)."""
+    if keep_last is None:
+        return []
+    steps = sorted((int(m.group(1)), n) for n in set(names) if (m := _STEP_DIR.fullmatch(n)))
+    keep = {n for _, n in steps[-keep_last:]}
+    return [n for _, n in steps if n not in keep and n != latest]
+
+
+def prune_checkpoints(output: str | Path, keep_last: int | None) -> list[str]:
+    """Delete this output's local checkpoints beyond the newest `keep_last` (never `latest`'s); their names."""
+    root = Path(output) / CHECKPOINTS
+    marker = root / LATEST
+    latest = marker.read_text().strip() if marker.is_file() else None
+    names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    stale = stale_checkpoints(names, latest, keep_last)
+    for name in stale:
+        shutil.rmtree(root / name, ignore_errors=True)
+    return stale

@@ -1,30 +1,110 @@
-"""Data-parallel wrapping (DDP or FSDP) over the process grid, and full state dicts for checkpoints."""
+"""Process groups (timeout from the config), data-parallel wrapping (DDP, or FSDP2 with mixed precision),
+weights from rank 0 to the others, full state dicts for checkpoints, and collectives whose timeout says
+which setting to change."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy
+from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy, Precision
 from lvr_trainer.runnable import parallel_problems, raise_problems
 from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
 
+# parallel.timeout_s of this process's groups (set by setup_grid), quoted when a collective times out.
+_timeout_s: float | None = None
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited longer than `parallel.timeout_s` for the other ranks."""
+
 
 def setup_grid(cfg: ParallelConfig) -> ProcessGrid:
-    """The DP x SP grid from torchrun's environment; a single-process grid without torchrun."""
+    """The DP x SP grid from torchrun's environment; a single-process grid without torchrun.
+
+    Every process group (world, SP, DP) gets `cfg.timeout_s`: torch's defaults (10 minutes under NCCL)
+    are shorter than a 7B checkpoint write that the other ranks wait for, and longer than anyone should
+    wait for a crashed peer."""
     raise_problems(parallel_problems(cfg), "parallel")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return init_process_grid(cfg.sequence_parallel)
+        _init_world(cfg.timeout_s)
+        grid = init_process_grid(cfg.sequence_parallel)
+        for group in (grid.sp_group, grid.dp_group):
+            _set_group_timeout(group, cfg.timeout_s)
+        return grid
     if cfg.sequence_parallel > 1:
         raise ConfigError(f"parallel.sequence_parallel={cfg.sequence_parallel} needs that many processes: "
                          f"launch with torchrun --nproc_per_node={cfg.sequence_parallel} (or more)")
     return single_process_grid("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid):
-    """Prepare `model` for data parallelism.
+def _init_world(timeout_s: float) -> None:
+    """The default process group (NCCL on GPUs, else gloo) with the configured timeout."""
+    global _timeout_s
+    _timeout_s = timeout_s
+    if dist.is_initialized():
+        return
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+
+def _set_group_timeout(group, timeout_s: float) -> None:
+    """Give a subgroup the world's timeout: `new_group` (in parallel.grid) otherwise takes the backend's
+    default. torch exposes this only as `_set_pg_timeout`; without it the default stays (said on stderr)."""
+    setter = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if group is None:
+        return
+    if setter is None:
+        print(f"parallel.timeout_s={timeout_s:g} applies to the world group only: this torch cannot change "
+              "a subgroup's timeout", file=sys.stderr)
+        return
+    setter(timedelta(seconds=timeout_s), group)
+
+
+_TIMEOUT_TEXT = re.compile(r"timed out|timing out|timeout", re.IGNORECASE)
+_BACKEND_TEXT = ("gloo", "NCCL", "c10d", "ProcessGroup")
+
+
+def _is_collective_timeout(err: BaseException) -> bool:
+    """A timeout raised by torch.distributed (gloo's `Timed out waiting ...ms`, NCCL's watchdog, the
+    store), not any error that mentions a timeout (an S3 request's, say)."""
+    text = str(err)
+    from_torch = isinstance(err, dist.DistError) or any(s in text for s in _BACKEND_TEXT)
+    return from_torch and bool(_TIMEOUT_TEXT.search(text))
+
+
+@contextlib.contextmanager
+def explain_timeout(what: str):
+    """`with explain_timeout("checkpoint save"):` turns a collective's timeout inside into a
+    CollectiveTimeout that names `parallel.timeout_s` and says what to do; other errors pass unchanged.
+    (Under NCCL a timed-out collective is usually ended by torch's watchdog, which aborts the process
+    and logs `Timeout(ms)=...`; only errors that reach Python can be explained here.)"""
+    try:
+        yield
+    except RuntimeError as err:
+        if isinstance(err, CollectiveTimeout) or not _is_collective_timeout(err):
+            raise
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        limit = f"{_timeout_s:g} s" if _timeout_s is not None else "its default"
+        raise CollectiveTimeout(
+            f"{what}: rank {rank} waited longer than parallel.timeout_s ({limit}) for the other ranks. One of "
+            "them is stuck or slower than that: look for the first error in the other ranks' logs (a crash, an "
+            "S3 or disk stall); if the wait is expected (a long checkpoint write or download), raise "
+            f"parallel.timeout_s in the config. ({type(err).__name__}: {str(err)[:300]})") from err
+
+
+def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
+               precision: Precision = Precision.fp32):
+    """Prepare `model` for data parallelism (once: a model already sharded is returned as it is).
 
     `ddp`: every rank keeps the whole model and, once per optimizer step (after all micro-batches),
     `lvr_trainer.parallel.sp_forward.reduce_gradients` averages gradients over the DP group and sums
@@ -34,13 +114,63 @@ def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid):
     (`fully_shard`): gathered for its forward and backward, gradients reduce-scattered. The rest
     (embeddings, final norm, lm_head, the frozen vision tower) stays replicated; its gradients are
     averaged by `reduce_gradients`, which skips the sharded (DTensor) ones.
+
+    Precision: the parameters are float32 (master weights; AdamW's state follows them) under both
+    strategies. `bf16-mixed` under `fsdp` gives each layer FSDP2's MixedPrecisionPolicy: bf16 copies
+    gathered for compute (half the all-gather bytes), gradients reduce-scattered in float32 onto the
+    float32 shards. The replicated parts, and every part under `ddp`, compute in bf16 by autocast
+    (`lvr_trainer.train.loop.autocast_for`) over their float32 weights. Why autocast and not a bf16
+    model with a separate float32 copy for DDP: one copy of the weights instead of two (4 bytes per
+    parameter instead of 2 + 4), float32 gradients (so the all-reduce sums in float32 with no extra
+    cast), nothing to copy back after each step, and the same numerics as the FSDP path; its cost, a
+    bf16 cast of each weight per forward, is small next to the matmuls it feeds.
     """
     if not is_fsdp(cfg, grid):
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if precision == Precision.bf16_mixed else MixedPrecisionPolicy())
+    mesh = _dp_mesh(grid)
     for layer in model.model.language_model.layers:
-        fully_shard(layer, mesh=_dp_mesh(grid))
+        if not isinstance(layer, FSDPModule):
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
+                       precision: Precision) -> torch.nn.Module:
+    """Give every rank rank 0's weights, wrapped for data parallelism (`wrap_model`).
+
+    Only global rank 0 reads the weights (one full copy in the job, not one per rank); the others pass
+    a skeleton on the meta device (`load_model(..., device="meta")`), allocated here on their device
+    and filled by broadcast: under `fsdp` each rank keeps only its shard of the decoder layers
+    (`set_model_state_dict(broadcast_from_rank0=True)`), under `ddp` every tensor is broadcast whole.
+    Buffers outside the state dict (rotary frequencies) are broadcast too, and tied weights (a tied
+    lm_head) re-tied, since allocating a skeleton unties them.
+    """
+    if grid.layout.world_size == 1:
+        return model
+    sharded = is_fsdp(cfg, grid)
+    full = model.state_dict() if sharded and grid.rank == 0 else {}     # rank 0's tensors, before sharding
+    model = wrap_model(model, cfg, grid, precision)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=grid.device)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+    with explain_timeout("sharing rank 0's weights"), torch.no_grad():
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
+                                                                        broadcast_from_rank0=True))
+        else:
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        saved = set(model.state_dict())
+        for name, buf in model.named_buffers():
+            if name not in saved:
+                dist.broadcast(buf, src=0)
     return model
 
 
@@ -81,8 +211,16 @@ def all_reduce_sum(value: float, device, group=None) -> float:
     if not dist.is_available() or not dist.is_initialized():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, group=group)
+    with explain_timeout("summing a metric over ranks"):
+        dist.all_reduce(t, group=group)
     return float(t.item())
+
+
+def barrier(what: str) -> None:
+    """Wait for every rank (no-op without torch.distributed); a timeout names `what` and the setting."""
+    if dist.is_available() and dist.is_initialized():
+        with explain_timeout(what):
+            dist.barrier()
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, grid: ProcessGrid) -> float:

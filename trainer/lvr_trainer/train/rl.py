@@ -34,7 +34,8 @@ from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_exam
 from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_metrics
 from lvr_trainer.train.validation import validate_on_all_ranks
 from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
-from lvr_trainer.train.loop import autocast_for, finish_step, resume_from, save_step, start_run
+from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
+                                   save_step, start_run)
 from lvr_trainer.train.sft import global_indices, rank_micro_batches
 
 
@@ -106,7 +107,7 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
     with timer("features"):       # every video's features, unreadable ones replaced (see UnreadableVideos)
         mine = state["unreadable"].substitute(mine, state["records"], source)
     records = [state["records"][i] for i in mine]
-    with timer("rollout"):
+    with timer("rollout"), state["autocast"]():     # the same precision as the prefill that scores it
         params = sampling_params(rl, cfg.train.seed + 7919 * grid.dp_rank, step)
         rollouts = sample_for_sp_group(state["engine"], model, tokenizer, records, source, params, cfg.sft.think,
                                        grid)
@@ -188,12 +189,14 @@ def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = No
             m.update(validate(state))
         history.append({"step": last, **m})
         metrics.update(m)
+        metrics.update(checkpoint_metrics(output))
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("reward/total", "rollout/format_rate", "rollout/accuracy"))
         if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
             _save_state(state, last)
     if last == cfg.train.steps:
         _save_state(state, last)
+    finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()
     state["counter"].close()
     ckpt = latest_checkpoint(output)

@@ -24,7 +24,8 @@ from lvr_trainer.train.distributed import all_reduce_sum, wrap_model
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, sft_target
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
-from lvr_trainer.train.loop import autocast_for, finish_step, resume_from, save_step, start_run
+from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
+                                   save_step, start_run)
 
 
 def global_indices(num_records: int, seed: int, step: int, global_batch: int) -> list[int]:
@@ -132,7 +133,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         last = step + 1
         elapsed = time.perf_counter() - t_step
         metrics.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
-                        "data/unreadable_videos": len(run.unreadable.bad),
+                        "data/unreadable_videos": len(run.unreadable.bad), **checkpoint_metrics(output),
                         "perf/target_tokens_per_s": tokens / elapsed, "time/step_s": elapsed})
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("train/loss", "perf/target_tokens_per_s"))
@@ -140,6 +141,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
             save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
     if last == cfg.train.steps:
         save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+    finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()
     return {"steps": last, "start_step": start, "losses": losses, "seconds": time.perf_counter() - t0,
             "vision_passes": source.vision_passes, "records": len(records),
