@@ -20,6 +20,7 @@ from lvr_trainer.config import FrameSampling
 from lvr_trainer.model.encode import encode_video, vision_digest
 from lvr_trainer.model.loading import vision_tower
 from lvr_trainer.model.processor import VideoProcessor, sampled_fps
+from lvr_trainer.parallel import collectives
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class VideoEmbedder:
     def _all_hit(self, hit: bool) -> bool:
         if self.group is None or dist.get_world_size(self.group) == 1:
             return hit
-        flag = torch.tensor([1 if hit else 0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
+        flag = collectives.group_tensor([1 if hit else 0], self.group)   # on the GPU under NCCL
+        collectives.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
         return bool(flag.item())
 
     def _encode(self, path: str, plan: FramePlan) -> CachedVideo:
@@ -112,6 +113,6 @@ class VideoEmbedder:
             if self.group is None or dist.get_rank(self.group) == 0:
                 self.cache.save(key, entry)
             if self.group is not None and dist.get_world_size(self.group) > 1:
-                dist.barrier(group=self.group)  # the entry is visible to every rank's next lookup
+                collectives.barrier(self.group)  # the entry is visible to every rank's next lookup
         spgt = entry.meta.get("second_per_grid_ts", self.processor.temporal_patch_size / plan.fps)
         return VideoEmbedding(entry.embeds, entry.video_grid_thw, spgt, key, hit)

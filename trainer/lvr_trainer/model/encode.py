@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from lvr_trainer.model.loading import vision_tower
+from lvr_trainer.parallel import collectives
 
 
 def split_groups(grid_t: int, world: int) -> list[tuple[int, int]]:
@@ -49,7 +50,7 @@ def _gather_uneven(local: torch.Tensor, counts: list[int], group) -> torch.Tenso
     padded = local.new_zeros((width, local.shape[1]))
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded.contiguous(), group=group)
+    collectives.all_gather(parts, padded.contiguous(), group=group)
     return torch.cat([p[:n] for p, n in zip(parts, counts)], dim=0)
 
 

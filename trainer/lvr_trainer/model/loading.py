@@ -50,8 +50,9 @@ def once_per_node(fn, what: str):
     plain call without torch.distributed. Every rank must call it together. Returns `fn`'s result on
     the ranks that ran it, None on the others. If it fails on any node, every rank raises: the failing
     ones their own error, the others one that says where to look (no rank is left waiting)."""
-    import torch
     import torch.distributed as dist
+
+    from lvr_trainer.parallel import collectives
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return fn()
@@ -61,9 +62,8 @@ def once_per_node(fn, what: str):
             result = fn()
         except Exception as err:  # noqa: BLE001 - shared with every rank below, then re-raised
             error = err
-    on_gpu = dist.get_backend() == "nccl"
-    failed = torch.tensor([0 if error is None else 1], device=torch.cuda.current_device() if on_gpu else "cpu")
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    failed = collectives.group_tensor([0 if error is None else 1])
+    collectives.all_reduce(failed, op=dist.ReduceOp.MAX)
     if error is not None:
         raise error
     if int(failed.item()):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from . import collectives
+
 
 def _all_to_all(x: torch.Tensor, group, scatter_dim: int, gather_dim: int) -> torch.Tensor:
     """Cut `x` into W chunks along `scatter_dim`, send chunk j to rank j, concatenate what arrives
@@ -17,7 +19,7 @@ def _all_to_all(x: torch.Tensor, group, scatter_dim: int, gather_dim: int) -> to
     world = dist.get_world_size(group)
     send = torch.stack([c.contiguous() for c in x.chunk(world, dim=scatter_dim)])    # (W, ...chunk)
     recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)
+    collectives.all_to_all_single(recv, send, group=group)
     return torch.cat(recv.unbind(0), dim=gather_dim)
 
 
@@ -58,7 +60,7 @@ class _GatherSequence(torch.autograd.Function):
         ctx.group, ctx.dim = group, dim
         world = dist.get_world_size(group)
         parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous(), group=group)
+        collectives.all_gather(parts, x.contiguous(), group=group)
         return torch.cat(parts, dim=dim)
 
     @staticmethod

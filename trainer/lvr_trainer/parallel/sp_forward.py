@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
+from . import collectives
 from .comm import gather_sequence
 from .grid import ProcessGrid
 from .sequence import causal_padding_mask, is_right_padded, pad_to_multiple, split_for_rank, unpad
@@ -125,9 +126,9 @@ def reduce_gradients(model: torch.nn.Module, grid: ProcessGrid | None) -> None:
         return
     flat = torch._utils._flatten_dense_tensors(grads)
     if grid.sp_size > 1:
-        dist.all_reduce(flat, group=grid.sp_group)
+        collectives.all_reduce(flat, group=grid.sp_group)
     if grid.dp_size > 1:
-        dist.all_reduce(flat, group=grid.dp_group)
+        collectives.all_reduce(flat, group=grid.dp_group)
         flat /= grid.dp_size
     for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         grad.copy_(synced)

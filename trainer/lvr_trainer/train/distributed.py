@@ -16,6 +16,7 @@ import torch.distributed as dist
 from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy, Precision
 from lvr_trainer.runnable import parallel_problems, raise_problems
 from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
+from lvr_trainer.parallel import collectives
 
 # parallel.timeout_s of this process's groups (set by setup_grid), quoted when a collective times out.
 _timeout_s: float | None = None
@@ -166,11 +167,11 @@ def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: Proces
                                                                         broadcast_from_rank0=True))
         else:
             for tensor in model.state_dict().values():
-                dist.broadcast(tensor, src=0)
+                collectives.broadcast(tensor, src=0)
         saved = set(model.state_dict())
         for name, buf in model.named_buffers():
             if name not in saved:
-                dist.broadcast(buf, src=0)
+                collectives.broadcast(buf, src=0)
     return model
 
 
@@ -210,9 +211,9 @@ def load_full_states(model, optimizer, model_state: dict | None, optim_state: di
 def all_reduce_sum(value: float, device, group=None) -> float:
     if not dist.is_available() or not dist.is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = collectives.group_tensor([value], group, dtype=torch.float64)
     with explain_timeout("summing a metric over ranks"):
-        dist.all_reduce(t, group=group)
+        collectives.all_reduce(t, group=group)
     return float(t.item())
 
 
@@ -220,7 +221,7 @@ def barrier(what: str) -> None:
     """Wait for every rank (no-op without torch.distributed); a timeout names `what` and the setting."""
     if dist.is_available() and dist.is_initialized():
         with explain_timeout(what):
-            dist.barrier()
+            collectives.barrier()
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, grid: ProcessGrid) -> float:
@@ -234,9 +235,10 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, grid: Process
             (sharded if hasattr(p.grad, "placements") else local).append(p.grad)
     total = sum(float(g.detach().float().pow(2).sum()) for g in local)
     if sharded:
-        shard_sq = torch.tensor([sum(float(g.to_local().float().pow(2).sum()) for g in sharded)],
-                                dtype=torch.float64)
-        dist.all_reduce(shard_sq, group=grid.dp_group)
+        # on the GPU under NCCL (a device-less tensor is a CPU one: gloo takes it, NCCL raises)
+        shard_sq = collectives.group_tensor([sum(float(g.to_local().float().pow(2).sum()) for g in sharded)],
+                                            grid.dp_group, dtype=torch.float64)
+        collectives.all_reduce(shard_sq, group=grid.dp_group)
         total += float(shard_sq.item())
     norm = total ** 0.5
     if max_norm is not None and norm > max_norm:

@@ -22,6 +22,7 @@ from lvr_trainer.train.features import VideoFeatureSource
 from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, is_remote, local_output_dir,
                                       pull_latest)
 from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
+from lvr_trainer.parallel import collectives
 
 # Rank 0's background uploader per local output directory (one run at a time writes there).
 _UPLOADERS: dict[Path, CheckpointUploader] = {}
@@ -167,9 +168,9 @@ def _raise_upload_failure(output: Path, grid: ProcessGrid) -> None:
         except CheckpointUploadError as err:
             error = err
     if grid.layout.world_size > 1:
-        flag = torch.tensor([0 if error is None else 1], device=grid.device)
+        flag = collectives.group_tensor([0 if error is None else 1])
         with explain_timeout("waiting for rank 0's checkpoint upload"):
-            torch.distributed.broadcast(flag, src=0)
+            collectives.broadcast(flag, src=0)
         if error is None and int(flag.item()):
             raise CheckpointUploadError("rank 0 could not upload a checkpoint to output.dir; its log has the reason")
     if error is not None:

@@ -22,6 +22,7 @@ from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate
+from lvr_trainer.parallel import collectives
 
 
 class RolloutUnavailable(RuntimeError):
@@ -71,7 +72,7 @@ def sample_for_sp_group(engine: RolloutEngine, model, tokenizer, records: list[V
     if grid.sp_size == 1:
         return sample_groups(engine, model, tokenizer, records, source, params, think)
     box = [sample_groups(engine, model, tokenizer, records, source, params, think) if grid.sp_rank == 0 else None]
-    dist.broadcast_object_list(box, group=grid.sp_group, group_src=0)
+    collectives.broadcast_object_list(box, group=grid.sp_group, group_src=0)
     return box[0]
 
 

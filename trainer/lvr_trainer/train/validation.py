@@ -17,6 +17,7 @@ from lvr_trainer.config import EvalConfig
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.eval.run import evaluate
 from lvr_trainer.eval.scoring import ScorerName
+from lvr_trainer.parallel import collectives
 
 
 def rank_share(records: list[VideoQARecord], rank: int, world: int) -> tuple[list[VideoQARecord], int]:
@@ -50,9 +51,10 @@ def validate_on_all_ranks(model, tokenizer, records: list[VideoQARecord], source
     mine, real = rank_share(records, rank, world)
     result = evaluate(model, tokenizer, mine, source, cfg.model_copy(update={"limit": None}))
     items = result.items[:real]
-    local = torch.tensor([sum(i.correct(ScorerName.strict) for i in items), sum(i.well_formed for i in items),
-                          len(items)], dtype=torch.float64, device=device)
-    if distributed:
-        dist.all_reduce(local)
+    counts = [sum(i.correct(ScorerName.strict) for i in items), sum(i.well_formed for i in items), len(items)]
+    if not distributed:
+        return ValCounts(*counts).metrics()
+    local = collectives.group_tensor(counts, dtype=torch.float64)
+    collectives.all_reduce(local)
     correct, well_formed, total = (int(v) for v in local.tolist())
     return ValCounts(correct, well_formed, total).metrics()
