@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lvr_localcluster.ports import free_port
 from lvr_localcluster.pytest_plugin import wait_until
 
 from .helpers import pid_alive
@@ -18,8 +20,10 @@ pytestmark = pytest.mark.cluster
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    # a free S3 port: the default 9000 may belong to a developer's own `make cluster-up` (or `make demo`)
+    env = {**os.environ, "LVR_S3_PORT": str(free_port())}
     return subprocess.run([sys.executable, "-m", "lvr_localcluster", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_up_get_nodes_down_leaves_nothing(tmp_path):
