@@ -54,9 +54,14 @@ def test_rl_errors_name_the_key_and_the_fix(rl, message):
     assert str(err.value).startswith("rl.yaml: key 'rl")
 
 
+def test_either_engine_runs_in_process_or_as_a_sidecar():
+    for engine in ("transformers", "vllm"):
+        assert _load(rl={}, rollout={"engine": engine, "mode": "sidecar", "sidecar_url": "http://x:1"}).rollout.mode
+        assert _load(rl={}, rollout={"engine": engine}).rollout.engine.value == engine
+
+
 @pytest.mark.parametrize("rollout, message", [
     ({"mode": "sidecar", "engine": "vllm"}, "needs `sidecar_url`"),
-    ({"mode": "sidecar", "engine": "transformers", "sidecar_url": "http://x:1"}, "set engine: vllm, or mode: inprocess"),
     ({"mode": "sidecar", "engine": "vllm", "sidecar_url": "localhost:8000"}, "must start with http://"),
     ({"sidecar_url": "http://x:1"}, "remove it, or set mode: sidecar"),
     ({"gpu_memory_utilization": 1.5}, "key 'rollout.gpu_memory_utilization'"),

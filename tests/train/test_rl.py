@@ -3,10 +3,13 @@ equals the uninterrupted one, config errors are readable, and the CLI runs."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 from lvr_trainer.cli import main
+from lvr_trainer.config import RolloutMode
 from lvr_trainer.train.rl import RLConfigError, run_rl
 from lvr_trainer.train.rl_rollout import RolloutUnavailable
 from lvr_trainer.train.setup import load_policy
@@ -72,8 +75,10 @@ def test_config_errors_are_readable(make_config):
         run_rl(make_config())
     with pytest.raises(RLConfigError, match="grad_accum"):
         run_rl(rl_config(make_config, rl={"mini_batches": 3}))
-    with pytest.raises(RolloutUnavailable, match="not available"):
-        run_rl(rl_config(make_config, rollout={"engine": "vllm"}))
+    pytest.importorskip("lvr_trainer.rollout.vllm_engine")
+    if importlib.util.find_spec("vllm") is None:   # the main venv: vLLM lives in .venv-vllm
+        with pytest.raises(RolloutUnavailable, match="needs vLLM in the trainer's environment.*make vllm-venv"):
+            run_rl(rl_config(make_config, rollout={"engine": "vllm"}))
 
 
 def test_cli_runs_one_step(make_config, tmp_path, capsys):
@@ -122,3 +127,35 @@ def test_rollout_metrics_report_accuracy_per_category():
     assert m["rollout/informative_groups"] == 0.5
     assert not any(k.startswith("rollout/accuracy/") for k in
                    rollout_metrics(rollouts, ["A"] * 4, GRPOConfig(group_size=2), torch.zeros(4)))
+
+
+def test_a_run_with_the_rollout_sidecar_equals_the_run_in_process(make_config, tmp_path, assert_same_update):
+    """`rollout.mode: sidecar` with `lvr rollout-server` (a real subprocess, the job's own config): the
+    trainer pushes its weights before every rollout, so the run samples what the in-process run samples."""
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    inproc = rl_config(make_config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sidecar = inproc.model_copy(update={
+        "rollout": inproc.rollout.model_copy(update={"mode": RolloutMode.sidecar, "sidecar_url": f"http://127.0.0.1:{port}"}),
+        "output": inproc.output.model_copy(update={"dir": str(tmp_path / "sidecar")})})
+    config = tmp_path / "trainer.yaml"
+    config.write_text(yaml.safe_dump(sidecar.model_dump(mode="json", exclude_none=True)))
+    server = subprocess.Popen([sys.executable, "-m", "lvr_trainer.cli", "rollout-server", "--config", str(config),
+                               "--port", str(port)])
+    try:
+        remote = run_rl(sidecar)
+        assert server.wait(timeout=30) == 0          # the trainer shut its sidecar down at the end
+    finally:
+        server.kill()
+    local = run_rl(inproc)
+    for a, b in zip(local["history"], remote["history"]):
+        assert a["reward/total"] == b["reward/total"] and a["rollout/reply_len"] == b["rollout/reply_len"]
+        assert b["time/weight_sync"] > 0
+    assert_same_update(local["checkpoint"] + "/model", remote["checkpoint"] + "/model")

@@ -326,26 +326,31 @@ class RolloutConfig(StrictModel):
 
     engine: RolloutEngineKind = Field(
         RolloutEngineKind.transformers,
-        description="transformers (generate(); CPU and small runs) or vllm (GPU). Default transformers.")
+        description="transformers (generate(); CPU and small runs) or vllm (needs vLLM installed: the rollout "
+        "image, or `make vllm-venv`). Default transformers.")
     mode: RolloutMode = Field(
         RolloutMode.inprocess,
-        description="inprocess (same process as the trainer) or sidecar (a vLLM server next to the trainer, "
-        "reached at `sidecar_url`). Default inprocess.")
+        description="inprocess (same process as the trainer) or sidecar (`lvr rollout-server` next to the "
+        "trainer, reached at `sidecar_url`; weights pushed after every step). Default inprocess.")
     gpu_memory_utilization: float = Field(
         0.5, gt=0, le=0.95,
-        description="Share of GPU memory vLLM may take (the trainer needs the rest in-process). Default 0.5.")
+        description="vllm: share of GPU memory vLLM may take (the trainer needs the rest in-process). Default 0.5.")
+    max_model_len: int | None = Field(
+        None, ge=64, description="vllm: longest prompt + reply in tokens. Default: the model's own limit.")
     sidecar_url: str | None = Field(
-        None, description="Base URL of the vLLM sidecar, e.g. http://localhost:8000; required in sidecar mode.")
+        None, description="Base URL of the rollout server, e.g. http://127.0.0.1:8000; required in sidecar mode.")
     request_timeout_s: float = Field(
-        600.0, gt=0, description="Per-request timeout to the sidecar, seconds. Default 600.")
+        600.0, gt=0, description="sidecar: seconds one request may take before the server counts as hung. "
+        "Default 600.")
+    startup_timeout_s: float = Field(
+        900.0, gt=0, description="sidecar: seconds to wait for the server's /health before the first rollout "
+        "(it loads the model first). Default 900.")
 
     @model_validator(mode="after")
     def _engine_mode(self) -> RolloutConfig:
         if self.mode == RolloutMode.sidecar:
-            if self.engine != RolloutEngineKind.vllm:
-                raise ValueError("only the vllm engine runs as a sidecar: set engine: vllm, or mode: inprocess")
             if not self.sidecar_url:
-                raise ValueError("mode sidecar needs `sidecar_url` (e.g. http://localhost:8000)")
+                raise ValueError("mode sidecar needs `sidecar_url` (e.g. http://127.0.0.1:8000)")
             if not self.sidecar_url.startswith(("http://", "https://")):
                 raise ValueError(f"sidecar_url {self.sidecar_url!r} must start with http:// or https://")
         elif self.sidecar_url is not None:

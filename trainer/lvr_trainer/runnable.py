@@ -2,7 +2,7 @@
 
 A config can be schema-valid and still not runnable: FSDP with sequence parallelism, an output URI
 the trainer cannot write, a sequence-parallel size that does not divide the GPUs or the model's
-attention heads, a rollout engine that is not built yet. The trainer refuses these when it starts;
+attention heads. The trainer refuses these when it starts;
 the operator calls the same function before creating any pod, so such a job becomes `InvalidSpec`
 naming the field instead of a crash loop. Pure (reads at most a local config.json), torch-free.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lvr_trainer.config import (ConfigError, ModelConfig, ParallelConfig, ParallelStrategy, RolloutEngineKind, RolloutMode,
+from lvr_trainer.config import (ConfigError, ModelConfig, ParallelConfig, ParallelStrategy,
                                 TrainerConfig)
 
 Stage = Literal["sft", "rl"]
@@ -73,11 +73,6 @@ def runnable_problems(cfg: TrainerConfig, *, stage: Stage, world_size: int | Non
     if stage == "rl":
         if cfg.rl is None:
             out.append(Problem("rl", "`lvr rl` needs an `rl` section (GRPO settings); `rl: {}` takes the defaults"))
-        rollout = cfg.rollout
-        if rollout.engine != RolloutEngineKind.transformers or rollout.mode != RolloutMode.inprocess:
-            out.append(Problem("rollout.engine", f"{rollout.engine.value} ({rollout.mode.value}) is not available "
-                               "yet: the vLLM engine and its sidecar are not built (issue 18); use engine: "
-                               "transformers, mode: inprocess"))
     return out
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import torch
 
@@ -58,4 +58,16 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine generate with `model`'s current weights (after an optimizer step)."""
+        ...
+
+
+NamedTensors = Iterable[tuple[str, torch.Tensor]]
+
+
+class ServableEngine(RolloutEngine, Protocol):
+    """An engine that owns its model (vLLM's, or a server's copy) and so can be served: weights arrive
+    as (name, tensor) pairs named as in the trainer's transformers state dict."""
+
+    def load_weights(self, named_tensors: NamedTensors) -> None:
+        """Load these tensors into the engine's model in place; generation then uses them."""
         ...

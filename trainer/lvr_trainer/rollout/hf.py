@@ -7,7 +7,8 @@ from contextlib import contextmanager
 import torch
 
 from lvr_trainer.model.encode import cached_video_kwargs
-from lvr_trainer.rollout.base import Rollout, RolloutRequest, SamplingParams
+from lvr_trainer.rollout.base import NamedTensors, Rollout, RolloutRequest, SamplingParams
+from lvr_trainer.rollout.weights import load_into
 
 
 def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -70,6 +71,10 @@ class TransformersEngine:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
+
+    def load_weights(self, named_tensors: NamedTensors) -> None:
+        """In place into the engine's model (a server's own copy; in process it *is* the policy)."""
+        load_into(self.model, named_tensors)
 
     def generate(self, requests: list[RolloutRequest], params: SamplingParams) -> list[list[Rollout]]:
         out: list[list[Rollout]] = []

@@ -107,6 +107,8 @@ def rl_step(state: dict, step: int) -> dict[str, float]:
     with timer("features"):       # every video's features, unreadable ones replaced (see UnreadableVideos)
         mine = state["unreadable"].substitute(mine, state["records"], source)
     records = [state["records"][i] for i in mine]
+    with timer("weight_sync"):    # an engine with its own copy (vLLM, a sidecar) gets the updated policy
+        state["engine"].sync_weights(model)
     with timer("rollout"), state["autocast"]():     # the same precision as the prefill that scores it
         params = sampling_params(rl, cfg.train.seed + 7919 * grid.dp_rank, step)
         rollouts = sample_for_sp_group(state["engine"], model, tokenizer, records, source, params, cfg.sft.think,
@@ -141,7 +143,7 @@ def _setup(cfg: TrainerConfig, resume: bool) -> dict:
     grid, device, output = run.grid, run.device, run.output
     model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
     reference = load_reference(cfg, device)
-    engine = make_engine(cfg.rollout, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size)
+    engine = make_engine(cfg.rollout, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)
     counter = VisionCounter(model, reference)
     model = wrap_model(model, cfg.parallel, grid)
     total_updates = cfg.train.steps * cfg.rl.ppo_epochs * cfg.rl.mini_batches
@@ -173,6 +175,14 @@ def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = No
     """Train with GRPO; returns a summary (per-step metrics in `history`). `resume` continues from
     `output.dir`'s latest checkpoint; `stop_after` ends the run after that many steps (tests)."""
     state = _setup(cfg, resume)
+    try:
+        return _train(state, cfg, stop_after)
+    finally:
+        if hasattr(state["engine"], "shutdown"):    # a sidecar on a Kubernetes without native sidecars
+            state["engine"].shutdown()              # keeps the pod running until it exits
+
+
+def _train(state: dict, cfg: TrainerConfig, stop_after: int | None) -> dict:
     start, grid, output = state["start"], state["grid"], state["output"]
     rank0 = grid.rank == 0
     logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start,

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lvr_trainer.algo.answers import is_well_formatted
 from lvr_trainer.algo.grpo import ADVANTAGES
 from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
-from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind
+from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind, RolloutMode
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.eval.run import request_for
 from lvr_trainer.model.modes import evaluating
@@ -29,15 +29,42 @@ class RolloutUnavailable(RuntimeError):
     """The configured rollout engine cannot run in this build or on this machine."""
 
 
-def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int) -> RolloutEngine:
-    """The rollout engine named by `cfg.engine`; `batch_size` = sequences per generate call."""
+def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int, seed: int = 0) -> RolloutEngine:
+    """The rollout engine named by `cfg.engine` and `cfg.mode`; `batch_size` = sequences per generate call.
+
+    sidecar: the client of `lvr rollout-server` (whichever engine it serves), ready when this returns;
+    vllm in process: vLLM built from the policy's current weights. Either way the loop calls
+    `sync_weights` before each rollout."""
+    if cfg.mode == RolloutMode.sidecar:
+        from lvr_trainer.rollout.remote import RemoteRolloutEngine, is_weight_pusher
+
+        engine = RemoteRolloutEngine(cfg.sidecar_url, request_timeout_s=cfg.request_timeout_s,
+                                     pushes_weights=is_weight_pusher(), after_push=_barrier_if_distributed)
+        engine.wait_ready(cfg.startup_timeout_s)
+        return engine
     if cfg.engine == RolloutEngineKind.transformers:
         from lvr_trainer.rollout.hf import TransformersEngine
 
         return TransformersEngine(model, tokenizer, batch_size)
-    raise RolloutUnavailable(
-        f"rollout.engine {cfg.engine.value!r} ({cfg.mode.value}) is not available in this build/machine: "
-        "the vLLM engine is not implemented yet; set rollout.engine: transformers")
+    from lvr_trainer.rollout.vllm_engine import VllmEngine
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise RolloutUnavailable(
+            "rollout.engine vllm (inprocess) needs vLLM in the trainer's environment: use the rollout image "
+            "(images/rollout), `make vllm-venv` on a CPU machine, or rollout.engine: transformers") from None
+    import tempfile
+
+    return VllmEngine.from_model(model, tokenizer, tempfile.mkdtemp(prefix="lvr-vllm-"), seed=seed,
+                                 gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                 max_model_len=cfg.max_model_len)
+
+
+def _barrier_if_distributed() -> None:
+    """After a weight push: no rank generates before its pod's server holds the new version."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        collectives.barrier()
 
 
 def reward_from_config(cfg: GRPOConfig) -> WeightedReward:
