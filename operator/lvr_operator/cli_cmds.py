@@ -28,8 +28,11 @@ def register(sub) -> None:
                    help="watch only this namespace (repeatable; default: all namespaces)")
     r.add_argument("--trainer-image", default=os.environ.get("LVR_TRAINER_IMAGE", "longvideo-rl/trainer:latest"),
                    help="default trainer image (env LVR_TRAINER_IMAGE)")
-    r.add_argument("--vllm-image", default=os.environ.get("LVR_VLLM_IMAGE", "longvideo-rl/vllm:latest"),
-                   help="default vLLM sidecar image (env LVR_VLLM_IMAGE)")
+    r.add_argument("--rollout-image", default=os.environ.get("LVR_ROLLOUT_IMAGE", "longvideo-rl/rollout:latest"),
+                   help="default image of vLLM rollout sidecars (images/rollout; env LVR_ROLLOUT_IMAGE)")
+    r.add_argument("--native-sidecars", choices=("auto", "on", "off"), default="auto",
+                   help="run rollout sidecars as native sidecars (init containers with restartPolicy Always); "
+                   "auto: when the API server is Kubernetes >= 1.29 (default)")
     r.add_argument("--resync", type=float, default=float(os.environ.get("LVR_RESYNC_SECONDS", "10")),
                    help="seconds between periodic reconciles of every object (default 10)")
     r.add_argument("--liveness", metavar="URL",
@@ -81,7 +84,10 @@ def _run(args) -> int:
     from lvr_operator.runner import run_operator
     from lvr_operator.settings import OperatorSettings
 
-    settings = OperatorSettings(trainer_image=args.trainer_image, vllm_image=args.vllm_image,
-                                resync_seconds=args.resync)
+    from lvr_operator.cluster import supports_native_sidecars
+
+    native = supports_native_sidecars() if args.native_sidecars == "auto" else args.native_sidecars == "on"
+    settings = OperatorSettings(trainer_image=args.trainer_image, rollout_image=args.rollout_image,
+                                native_sidecars=native, resync_seconds=args.resync)
     return run_operator(settings, namespaces=args.namespace, verbose=args.verbose, liveness=args.liveness,
                         peering=args.peering)

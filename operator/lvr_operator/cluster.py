@@ -171,3 +171,23 @@ class Cluster:
             self.core.create_namespaced_event(namespace_of(owner), body)
         except ApiException as err:
             log.warning("event for %s/%s not posted: %s", namespace_of(owner), meta["name"], err.reason)
+
+
+def native_sidecars_in(version: dict[str, Any]) -> bool:
+    """Kubernetes >= 1.29 runs init containers with `restartPolicy: Always` as sidecars (beta, on by
+    default; GA in 1.33). `version` is the apiserver's /version (major "1", minor "29" or "29+")."""
+    try:
+        major, minor = int(version.get("major", "0")), int(str(version.get("minor", "0")).rstrip("+"))
+    except ValueError:
+        return False
+    return (major, minor) >= (1, 29)
+
+
+def supports_native_sidecars() -> bool:
+    """Asks the apiserver it is connected to; False (the portable layout) when it cannot tell."""
+    try:
+        info = client.VersionApi(load_client()).get_code()
+    except Exception as err:  # noqa: BLE001 - any failure means: use the layout every version runs
+        log.warning("cannot read the API server's version (%s); rollout sidecars run as regular containers", err)
+        return False
+    return native_sidecars_in({"major": info.major, "minor": info.minor})

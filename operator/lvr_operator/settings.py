@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class OperatorSettings:
     trainer_image: str = "longvideo-rl/trainer:latest"
-    vllm_image: str = "longvideo-rl/vllm:latest"
+    rollout_image: str = "longvideo-rl/rollout:latest"   # vLLM + lvr: the vllm rollout sidecar's default
+    native_sidecars: bool = False      # Kubernetes >= 1.29: the sidecar is an init container, restartPolicy Always
     resync_seconds: float = 10.0       # periodic reconcile of every object (deadlines, backoff timers)
     master_port: int = 29500           # torchrun rendezvous port on rank 0
     log_lines: int = 20                # last log lines quoted in a Failed message
@@ -18,5 +19,5 @@ class OperatorSettings:
         import os
 
         return cls(trainer_image=os.environ.get("LVR_TRAINER_IMAGE", cls.trainer_image),
-                   vllm_image=os.environ.get("LVR_VLLM_IMAGE", cls.vllm_image),
+                   rollout_image=os.environ.get("LVR_ROLLOUT_IMAGE", cls.rollout_image),
                    resync_seconds=float(os.environ.get("LVR_RESYNC_SECONDS", cls.resync_seconds)))

@@ -38,7 +38,7 @@ def test_defaults_operator_deployment(render):
     assert c["image"] == f"longvideo-rl/operator:{VERSION}" and c["command"] == ["lvr", "operator", "run"]
     args = args_map(c)
     assert args["--trainer-image"] == [f"longvideo-rl/trainer:{VERSION}"]
-    assert "--vllm-image" not in args     # no rollout sidecar until the rollout server exists (issue 18)
+    assert args["--rollout-image"] == [f"longvideo-rl/rollout:{VERSION}"] and args["--native-sidecars"] == ["auto"]
     assert args["--liveness"] == ["http://0.0.0.0:8080/healthz"] and args["--peering"] == ["longvideo-rl"]
     assert "--namespace" not in args and "--verbose" not in args
     probe = c["livenessProbe"]
@@ -140,14 +140,16 @@ def test_custom_images_and_resources(render):
                                               "limits": {"cpu": None, "memory": "2Gi"}},  # null drops a default
                                 "nodeSelector": {"pool": "system"}, "resyncSeconds": 30, "verbose": True,
                                 "healthPort": 9090, "podLabels": {"team": "ml", "app.kubernetes.io/component": "x"}},
-                   "trainer": {"image": {"repository": "registry.example.com/lvr/trainer", "digest": digest}}})
+                   "trainer": {"image": {"repository": "registry.example.com/lvr/trainer", "digest": digest}},
+                   "rollout": {"image": {"repository": "registry.example.com/lvr/rollout", "tag": "v9"},
+                               "nativeSidecars": "off"}})
     c = operator_container(docs)
     assert c["image"] == "registry.example.com/lvr/operator:1.2.3"
     assert c["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     args = args_map(c)
     assert args["--trainer-image"] == [f"registry.example.com/lvr/trainer@{digest}"]
     assert args["--resync"] == ["30"] and "--verbose" in args
-    assert "--vllm-image" not in args     # no rollout sidecar until the rollout server exists (issue 18)
+    assert args["--rollout-image"] == ["registry.example.com/lvr/rollout:v9"] and args["--native-sidecars"] == ["off"]
     assert args["--liveness"] == ["http://0.0.0.0:9090/healthz"] and c["ports"][0]["containerPort"] == 9090
     template = one(docs, "Deployment", OPERATOR)["spec"]["template"]
     assert template["spec"]["nodeSelector"] == {"pool": "system"}

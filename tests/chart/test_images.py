@@ -38,8 +38,8 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def test_there_are_an_operator_and_a_trainer_image():
-    assert {"Dockerfile", "images/trainer/Dockerfile"} <= set(IDS)
+def test_there_are_operator_trainer_and_rollout_images():
+    assert {"Dockerfile", "images/trainer/Dockerfile", "images/rollout/Dockerfile"} <= set(IDS)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)

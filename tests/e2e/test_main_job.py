@@ -3,8 +3,9 @@
 helm-installed operator (in its own pod) -> dataset in S3 (one corrupt video) -> examples/local/ applied
 with small step counts -> SFTJob: trainer killed mid-run (the gang restarts and resumes from its latest
 checkpoint), then the operator's pod deleted (its Deployment brings it back, no duplicate workers) ->
-RLJob from the SFTJob (same weights, by digest) with the S3 server frozen for 20 s -> both checkpoints
-scored. Malformed resources applied beside the good ones are each refused, naming the field.
+RLJob from the SFTJob (same weights, by digest), its rollouts served by a rollout sidecar (`lvr
+rollout-server` beside the trainer, sent the weights after every step), with the S3 server frozen for
+20 s -> both checkpoints scored. Malformed resources applied beside the good ones are each refused, naming the field.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from lvr_localcluster.mainjob import (PLURALS, S3Target, apply, compare, eval_checkpoint, get, install_operator, helm,
                                       load_examples, upload_tree, worker_pods, Narrator)
+from lvr_localcluster.ports import free_port
 from lvr_localcluster.procs import process_tree
 from lvr_localcluster.pytest_plugin import wait_until
 from lvr_localcluster.s3 import S3Server
@@ -30,6 +32,7 @@ from lvr_localcluster.s3 import S3Server
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 G, V = "longvideo.dev", "v1alpha1"
 VIDEOS = 40
+ROLLOUT_PORT = free_port()      # the local cluster's pods share the host's network
 # Short runs: long enough to kill and freeze things mid-run, short enough for CI.
 OVERRIDES = {
     "synth": {"maxErrorRate": 0.05},
@@ -40,6 +43,7 @@ OVERRIDES = {
                                       "save_every": 20, "log_every": 1},
                             "rl": {"group_size": 4, "max_new_tokens": 24, "mini_batches": 1},
                             "data": {"val": None}},
+                "rollout": {"mode": "sidecar", "port": ROLLOUT_PORT, "gpus": 0},   # the local nodes: fake GPUs
                 "runPolicy": {"backoffLimit": 4, "backoffSeconds": 1}},
 }
 
@@ -84,7 +88,7 @@ def _malformed(endpoint: str) -> list[tuple[dict, str]]:
         (job("SFTJob", "bad-uri", output={"uri": "ftp://host/out"}), "spec.output.uri"),
         (job("SFTJob", "fsdp-sp", resources={"gpusPerNode": 2},
              trainer={"parallel": {"strategy": "fsdp", "sequence_parallel": 2}}), "spec.trainer.parallel.strategy"),
-        (job("RLJob", "bad-engine", rollout={"engine": "vllm", "mode": "sidecar"}), "spec.rollout.engine"),
+        (job("RLJob", "no-gpu-left", rollout={"engine": "vllm", "mode": "sidecar"}), "rollout.gpus"),
         (job("SFTJob", "no-dataset", datasetRef={"name": "nope"}), "spec.datasetRef.name"),
         (job("RLJob", "no-sft", model={"fromSFTJob": "nope"}), "spec.model.fromSFTJob"),
     ]
@@ -223,6 +227,8 @@ def test_main_job_end_to_end_with_faults(kube_cluster, k8s_client, kube_namespac
     rl_status = wait_until(lambda: ((s := narrator.poll()[("RLJob", "rl-tiny")]).get("progress") or {})
                            .get("step") and s, 600, "RL progress", interval=1)
     assert rl_status["phase"] == "Running" and rl_status["modelUri"] == sft_status["progress"]["lastCheckpoint"] + "/model"
+    (rl_pod,) = worker_pods(core, ns, "rl-tiny")
+    assert [c.name for c in rl_pod.spec.containers] == ["trainer", "rollout"]    # Kubernetes 1.20: no native sidecars
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
         time.sleep(20)
@@ -231,6 +237,12 @@ def test_main_job_end_to_end_with_faults(kube_cluster, k8s_client, kube_namespac
     rl_status = narrator.wait("RLJob", "rl-tiny", {"Succeeded", "Failed"}, 900)
     assert rl_status["phase"] == "Succeeded", rl_status
     assert rl_status["progress"]["initialWeights"] == _digest_of(rl_status["modelUri"], target, tmp_path)
+    # the rollouts came from the sidecar, which loaded the SFT model from S3 and was shut down at the end
+    sidecar_log = kube_cluster.pod_log(ns, rl_pod.metadata.name, "rollout")
+    assert f"transformers engine ready, serving on http://127.0.0.1:{ROLLOUT_PORT}" in sidecar_log, sidecar_log[-2000:]
+    last_pod = max(worker_pods(core, ns, "rl-tiny"), key=lambda p: int(p.metadata.labels[f"{G}/attempt"]),
+                   default=rl_pod)
+    assert re.search(r"rl: steps \d+->120", kube_cluster.pod_log(ns, last_pod.metadata.name, "trainer"))
 
     # -- the good jobs were served throughout; checkpoints are in S3; both models score -------------------
     from minio import Minio

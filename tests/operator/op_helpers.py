@@ -12,7 +12,7 @@ from lvr_operator.reconcile.job import JobObserved, reconcile_job
 from lvr_operator.settings import OperatorSettings
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
-SETTINGS = OperatorSettings(trainer_image="trainer:test", vllm_image="vllm:test", resync_seconds=10)
+SETTINGS = OperatorSettings(trainer_image="trainer:test", rollout_image="rollout:test", resync_seconds=10)
 
 
 def dataset(phase: str | None = "Ready", name: str = "ds") -> dict[str, Any]:

@@ -59,7 +59,7 @@ def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
     pods = [worker_pod(obj, spec, r, 1, SETTINGS, "s3://ckpt/r1/step-50", DS.cache.s3) for r in (0, 1)]
     assert [p["metadata"]["name"] for p in pods] == ["r1-worker-0", "r1-worker-1"]
     p1 = pods[1]
-    (trainer,) = p1["spec"]["containers"]     # no rollout sidecar until the rollout server exists
+    (trainer,) = p1["spec"]["containers"]     # in process by default: no rollout sidecar
     cmd = trainer["command"]
     assert cmd[0] == "torchrun" and "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd
     assert "--master-addr=r1-worker-0.r1-workers.ns.svc" in cmd and cmd[-4:] == ["rl", "--config", "/etc/lvr/trainer.yaml", "--resume"]
@@ -151,3 +151,67 @@ def test_trainer_command_parses_with_the_real_lvr_cli():
         cmd = launch_command(obj, spec, 0, SETTINGS)
         args = build_parser().parse_args(cmd[cmd.index("lvr_trainer.cli") + 1:])
         assert (args.command, args.config, args.resume) == (kind[:-3].lower(), "/etc/lvr/trainer.yaml", True)
+
+
+def _sidecar_pod(native: bool, **rollout):
+    from dataclasses import replace
+
+    obj, spec = _spec(rollout={"mode": "sidecar", **rollout})
+    return spec, worker_pod(obj, spec, 0, 0, replace(SETTINGS, native_sidecars=native), None, DS.cache.s3)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_rollout_sidecar_serves_the_jobs_model_on_its_own_gpus(native):
+    from lvr_trainer.cli import build_parser
+
+    spec, pod = _sidecar_pod(native, engine="vllm", tensorParallel=2)
+    trainer = pod["spec"]["containers"][0]
+    if native:   # Kubernetes >= 1.29: an init container that keeps running, started before the trainer
+        (rollout,) = pod["spec"]["initContainers"]
+        assert rollout["restartPolicy"] == "Always" and len(pod["spec"]["containers"]) == 1
+    else:        # older servers: a second container, which the trainer shuts down when it ends
+        assert "initContainers" not in pod["spec"]
+        rollout = pod["spec"]["containers"][1]
+    assert rollout["name"] == "rollout" and rollout["image"] == "rollout:test"
+    args = build_parser().parse_args(rollout["command"][rollout["command"].index("lvr_trainer.cli") + 1:])
+    assert (args.command, args.config, args.engine, args.port, args.host) == (
+        "rollout-server", "/etc/lvr/trainer.yaml", "vllm", 8000, "127.0.0.1")
+    # GPUs through the device plugin: 2 for vLLM (tensor parallel), the other 6 for 6 trainer ranks
+    assert rollout["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 6 and _env(trainer)["LVR_NPROC_PER_NODE"] == "6"
+    assert "--nproc-per-node=6" in trainer["command"]
+    assert not any(e["name"] == "NVIDIA_VISIBLE_DEVICES" for c in (rollout, trainer) for e in c["env"])
+    assert _env(rollout)["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "accessKey"}}
+    assert "/health" in " ".join(rollout["startupProbe"]["exec"]["command"])
+    cfg = build_trainer_config(spec, DS, "s3://m", "x")
+    assert cfg.rollout.sidecar_url == "http://127.0.0.1:8000" and cfg.rollout.tensor_parallel == 2
+    assert cfg.rollout.engine.value == "vllm" and cfg.rollout.mode.value == "sidecar"
+
+
+def test_transformers_sidecar_uses_the_trainer_image_and_cpu_pods_share_nothing():
+    _, pod = _sidecar_pod(False, port=8123)
+    rollout = pod["spec"]["containers"][1]
+    assert rollout["image"] == "trainer:test" and "--port" in rollout["command"] and "8123" in rollout["command"]
+    obj, spec = _spec(rollout={"mode": "sidecar"}, resources={"nodes": 1, "gpusPerNode": 0})
+    rollout = worker_pod(obj, spec, 0, 0, SETTINGS)["spec"]["containers"][1]
+    assert "resources" not in rollout
+
+
+@pytest.mark.parametrize("rollout, resources, message", [
+    ({"mode": "sidecar", "gpus": 4}, {"gpusPerNode": 4}, "leaves no GPU of `resources.gpusPerNode` \\(4\\)"),
+    ({"mode": "sidecar", "engine": "vllm", "tensorParallel": 4, "gpus": 2}, None, "fewer than `rollout.tensorParallel`"),
+    ({"gpus": 2}, None, "`rollout.gpus` applies to the rollout sidecar only"),
+    ({"mode": "sidecar", "tensorParallel": 2}, None, "needs `rollout.engine: vllm`"),
+])
+def test_rollout_specs_that_cannot_run_are_refused_naming_the_field(rollout, resources, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        _spec(rollout=rollout, **({"resources": resources} if resources else {}))
+
+
+def test_native_sidecars_from_the_api_servers_version():
+    from lvr_operator.cluster import native_sidecars_in
+
+    assert native_sidecars_in({"major": "1", "minor": "29"}) and native_sidecars_in({"major": "1", "minor": "33+"})
+    assert not native_sidecars_in({"major": "1", "minor": "20"}) and not native_sidecars_in({"major": "x"})

@@ -223,3 +223,22 @@ def test_children_not_listed_while_the_gang_is_complete():
     plan = run(obj, observed(pod_in(pods[0], "running"), children=None))
     assert sorted(a.key for a in plan.actions if isinstance(a, Create))[-1] == ("ServiceAccount", "r1-trainer")
     assert [p["metadata"]["name"] for p in created_pods(plan)] == ["r1-worker-1"] and len(plan.actions) == 6
+
+
+def test_a_crashed_rollout_sidecar_is_named_while_running_and_in_the_failure():
+    obj, pods = _started(rollout={"mode": "sidecar"}, trainer={"train": {"steps": 100}})   # 7 trainer GPUs: SP 1
+    assert [c["name"] for c in pods[0]["spec"]["containers"]] == ["trainer", "rollout"]
+    crash = {"terminated": {"exitCode": 1, "reason": "Error",
+                            "message": "ValueError: unknown model preset 'tinny'"}}
+    p0, p1 = pod_in(pods[0], "running"), pod_in(pods[1], "running")
+    p1["status"]["containerStatuses"][1]["state"] = crash        # the trainer still waits for /health
+    plan = run(obj, observed(p0, p1))
+    assert plan.status["message"] == ("all 2 worker(s) running; pod r1-worker-1: rollout sidecar exited with "
+                                      "code 1 (Error): ValueError: unknown model preset 'tinny'")
+    obj = with_status(obj, plan.status)
+    p1 = pod_in(pods[1], "failed", exit_code=2, message="RolloutServerError: rollout server not ready")
+    p1["status"]["containerStatuses"][1]["state"] = crash
+    plan = run(obj, observed(p0, p1))
+    assert plan.status["phase"] == "Restarting"
+    assert "exited with code 2" in plan.status["message"] and "its rollout sidecar exited with code 1" \
+        in plan.status["message"] and "unknown model preset 'tinny'" in plan.status["message"]

@@ -337,6 +337,9 @@ class RolloutConfig(StrictModel):
         description="vllm: share of GPU memory vLLM may take (the trainer needs the rest in-process). Default 0.5.")
     max_model_len: int | None = Field(
         None, ge=64, description="vllm: longest prompt + reply in tokens. Default: the model's own limit.")
+    tensor_parallel: int = Field(
+        1, ge=1, le=8, description="vllm served by `lvr rollout-server`: tensor-parallel size (GPUs). In "
+        "process each trainer rank runs its own engine on its own GPU, so this must be 1. Default 1.")
     sidecar_url: str | None = Field(
         None, description="Base URL of the rollout server, e.g. http://127.0.0.1:8000; required in sidecar mode.")
     request_timeout_s: float = Field(
@@ -348,6 +351,9 @@ class RolloutConfig(StrictModel):
 
     @model_validator(mode="after")
     def _engine_mode(self) -> RolloutConfig:
+        if self.tensor_parallel != 1 and (self.engine, self.mode) != (RolloutEngineKind.vllm, RolloutMode.sidecar):
+            raise ValueError("tensor_parallel > 1 needs engine: vllm with mode: sidecar (in process, each trainer "
+                             "rank's engine has one GPU)")
         if self.mode == RolloutMode.sidecar:
             if not self.sidecar_url:
                 raise ValueError("mode sidecar needs `sidecar_url` (e.g. http://127.0.0.1:8000)")

@@ -61,6 +61,11 @@ class JobSpecBase(CamelModel):
         None, description="Advanced: replaces the torchrun launch command (the rendezvous env is still "
         "set: LVR_NNODES, LVR_NODE_RANK, LVR_NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT). Default unset.")
 
+    def trainer_gpus(self) -> int:
+        """GPUs per pod for the trainer container (one torchrun rank each; an RLJob may give some to its
+        rollout sidecar)."""
+        return self.resources.gpus_per_node
+
 
 class SFTJobSpec(JobSpecBase):
     """Chain-of-thought supervised fine-tuning (stage 1)."""
@@ -70,19 +75,43 @@ class RolloutSpec(CamelModel):
     """The rollout engine that generates the G responses per prompt (the trainer's `rollout` section)."""
 
     engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="transformers (generate() inside the trainer) or vllm. vllm is refused "
-        "with InvalidSpec until the vLLM engine is built. Default transformers.")
+        "transformers", description="transformers (generate()) or vllm (the rollout image carries vLLM). "
+        "Default transformers.")
     mode: Literal["inprocess", "sidecar"] = Field(
-        "inprocess", description="inprocess: inside the trainer processes; sidecar: a rollout server "
-        "container beside the trainer in each pod (vllm only; refused until built). Default inprocess.")
+        "inprocess", description="inprocess: inside the trainer processes; sidecar: `lvr rollout-server` in a "
+        "container beside the trainer in each pod (a native sidecar on Kubernetes >= 1.29), sent the "
+        "trainer's weights after every step. Default inprocess.")
     gpu_memory_utilization: float = Field(
         0.5, gt=0, le=0.95, description="vllm only: fraction of each GPU's memory vLLM may take, (0, 0.95]. "
         "Default 0.5.")
     image: str | None = Field(None, description="sidecar only: the rollout server's image. Default: the "
-                              "operator's --vllm-image.")
-    port: int = Field(8000, ge=1024, le=65535, description="sidecar only: the rollout server's HTTP port. "
-                      "Default 8000.")
-    tensor_parallel: int = Field(1, ge=1, le=8, description="vllm only: tensor-parallel size, 1-8. Default 1.")
+                              "operator's --rollout-image for vllm, the trainer's image for transformers.")
+    port: int = Field(8000, ge=1024, le=65535, description="sidecar only: the rollout server's HTTP port "
+                      "(on the pod's loopback). Default 8000.")
+    tensor_parallel: int = Field(1, ge=1, le=8, description="vllm sidecar only: tensor-parallel size, 1-8. "
+                                 "Default 1.")
+    gpus: int | None = Field(
+        None, ge=0, le=7, description="sidecar only: GPUs of each pod given to the rollout server through the "
+        "device plugin; the trainer gets the rest (`resources.gpusPerNode` minus these). Default: "
+        "`tensorParallel` when the pod has GPUs, else 0.")
+
+    @model_validator(mode="after")
+    def _sidecar_only(self) -> RolloutSpec:
+        if self.mode == "inprocess":
+            for name, value, default in (("gpus", self.gpus, None), ("tensorParallel", self.tensor_parallel, 1),
+                                         ("image", self.image, None)):
+                if value != default:
+                    raise ValueError(f"`rollout.{name}` applies to the rollout sidecar only: set `rollout.mode: "
+                                     f"sidecar`, or remove `rollout.{name}`")
+        if self.engine == "transformers" and self.tensor_parallel != 1:
+            raise ValueError("`rollout.tensorParallel` > 1 needs `rollout.engine: vllm`")
+        return self
+
+    def server_gpus(self, gpus_per_node: int) -> int:
+        """GPUs per pod for the rollout server (0 in process, or on CPU pods)."""
+        if self.mode != "sidecar" or gpus_per_node == 0:
+            return 0
+        return self.tensor_parallel if self.gpus is None else self.gpus
 
     def trainer_section(self) -> dict[str, Any]:
         """The trainer config's `rollout` section this spec stands for."""
@@ -90,6 +119,8 @@ class RolloutSpec(CamelModel):
                                "gpu_memory_utilization": self.gpu_memory_utilization}
         if self.mode == "sidecar":
             out["sidecar_url"] = f"http://127.0.0.1:{self.port}"
+        if self.tensor_parallel != 1:
+            out["tensor_parallel"] = self.tensor_parallel
         return out
 
 
@@ -98,6 +129,20 @@ class RLJobSpec(JobSpecBase):
 
     rollout: RolloutSpec = Field(default_factory=RolloutSpec,
                                  description="Rollout engine. Default transformers, in process.")
+
+    @model_validator(mode="after")
+    def _gpus_split(self) -> RLJobSpec:
+        server, total = self.rollout.server_gpus(self.resources.gpus_per_node), self.resources.gpus_per_node
+        if total and server >= total:
+            raise ValueError(f"`rollout.gpus` ({server}) leaves no GPU of `resources.gpusPerNode` ({total}) to "
+                             "the trainer: lower rollout.gpus, or raise resources.gpusPerNode")
+        if server and server < self.rollout.tensor_parallel:
+            raise ValueError(f"`rollout.gpus` ({server}) is fewer than `rollout.tensorParallel` "
+                             f"({self.rollout.tensor_parallel}): vLLM needs one GPU per tensor-parallel rank")
+        return self
+
+    def trainer_gpus(self) -> int:
+        return self.resources.gpus_per_node - self.rollout.server_gpus(self.resources.gpus_per_node)
 
 
 class JobProgress(CamelModel):

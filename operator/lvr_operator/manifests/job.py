@@ -76,7 +76,7 @@ def s3_env(secret: str | None, endpoint: str | None) -> list[dict[str, Any]]:
 
 
 def nproc(spec: JobSpecBase) -> int:
-    return max(spec.resources.gpus_per_node, 1)
+    return max(spec.trainer_gpus(), 1)
 
 
 def launch_command(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: OperatorSettings) -> list[str]:
@@ -99,9 +99,10 @@ def launch_command(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: 
 
 
 def resources(spec: JobSpecBase) -> dict[str, Any]:
+    """The trainer container's requests = limits (an RLJob's rollout sidecar has its GPUs apart)."""
     limits: dict[str, Any] = {}
-    if spec.resources.gpus_per_node:
-        limits[GPU_RESOURCE] = spec.resources.gpus_per_node
+    if spec.trainer_gpus():
+        limits[GPU_RESOURCE] = spec.trainer_gpus()
     if spec.resources.cpu:
         limits["cpu"] = spec.resources.cpu
     if spec.resources.memory:

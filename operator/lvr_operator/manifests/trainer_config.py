@@ -79,7 +79,7 @@ def build_trainer_config(spec: JobSpecBase, ds: LongVideoDatasetSpec | None, mod
     `source` and the key."""
     merged = deep_merge(derived_sections(spec, ds, model_uri), spec.trainer)
     cfg = parse_config(merged, source)
-    world = spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
+    world = spec.resources.nodes * max(spec.trainer_gpus(), 1)
     stage = "rl" if isinstance(spec, RLJobSpec) else "sft"
     check_runnable(cfg, stage=stage, source=source, world_size=world, heads=attention_heads(cfg.model))
     return cfg

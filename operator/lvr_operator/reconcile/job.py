@@ -150,9 +150,14 @@ def _backing_off(ctx: Ctx) -> bool:
 def _running(ctx: Ctx, spec: Any, current: list) -> Plan:
     running = sum(w.state == "running" for w in current)
     ctx.status["workers"] = running
+    crashed = next((w for w in current if w.sidecar), None)
     if running == spec.resources.nodes:
-        ctx.phase(P.running, R.ALL_WORKERS_RUNNING, f"all {running} worker(s) running")
+        ctx.phase(P.running, R.ALL_WORKERS_RUNNING, f"all {running} worker(s) running" + (
+            f"; pod {crashed.name}: {crashed.sidecar}" if crashed else ""))
         ctx.set(C.running, True, R.ALL_WORKERS_RUNNING, f"{running}/{spec.resources.nodes} workers running")
+    elif crashed:
+        ctx.phase(P.created, R.POD_NOT_STARTING, f"{running}/{spec.resources.nodes} worker(s) running; pod "
+                  f"{crashed.name}: {crashed.sidecar}")
     elif stuck := [w for w in current if w.stuck]:
         # never "stuck without a reason": the scheduler's or kubelet's own words, e.g. "Insufficient
         # nvidia.com/gpu" or "CreateContainerConfigError: secret ... not found"

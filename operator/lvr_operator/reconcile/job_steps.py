@@ -185,6 +185,8 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
     why = (bad.end.message.strip().splitlines() or [""])[-1][:300] if bad.end and bad.end.message else ""
     what = f"worker {bad.rank} (pod {bad.name}) exited with code {code}" + (
         f" ({bad.end.reason})" if bad.end and bad.end.reason else "") + (f": {why}" if why else "")
+    if sidecar := next((w.sidecar for w in sorted(current, key=lambda w: w.rank) if w.sidecar), None):
+        what += f"; its {sidecar}"     # the cause, when the trainer died of its sidecar's crash
     restarts, rp = int(ctx.status.get("restarts") or 0), spec.run_policy
     if restarts < rp.backoff_limit:
         delay = min(rp.backoff_seconds * 2 ** restarts, rp.max_backoff_seconds)

@@ -1,7 +1,8 @@
 """What a pod says about its worker: pending, running, succeeded or failed (with exit code and log tail).
 
-Judged by the trainer container, not the pod phase: an RLJob pod keeps its vLLM sidecar running after
-the trainer exits, so the pod phase alone would never reach Succeeded.
+Judged by the trainer container, not the pod phase: an RLJob pod may keep its rollout sidecar running
+after the trainer exits, so the pod phase alone would never reach Succeeded. A sidecar that crashed is
+named (`sidecar_failure`): the trainer then fails too, and its owner's status should say why.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Worker:
     annotations: dict[str, str] | None = None
     pod_active: bool = True         # pod phase not Succeeded/Failed (a sidecar may still run)
     stuck: str | None = None        # why the pod cannot start or keeps failing (see `stuck_reason`)
+    sidecar: str | None = None      # the rollout sidecar's crash, if it crashed (see `sidecar_failure`)
 
 
 def _label_int(pod: dict[str, Any], key: str) -> int:
@@ -74,7 +76,20 @@ def worker(pod: dict[str, Any], container: str = "trainer") -> Worker:
     return Worker(meta["name"], _label_int(pod, LABEL_RANK), _label_int(pod, LABEL_ATTEMPT), state, end,
                   bool(meta.get("deletionTimestamp")), meta.get("annotations") or {},
                   (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"),
-                  stuck_reason(pod))
+                  stuck_reason(pod), sidecar_failure(pod))
+
+
+def sidecar_failure(pod: dict[str, Any], name: str = "rollout") -> str | None:
+    """'rollout sidecar exited with code N (reason): message' when the sidecar (a regular container, or a
+    native one that the kubelet restarts) ended with a non-zero code, else None."""
+    for init in (False, True):
+        st = container_status(pod, name, init) or {}
+        for end in (terminated(st), terminated({"state": st.get("lastState")})):
+            if end is not None and end.exit_code != 0:
+                why = (end.message.strip().splitlines() or [""])[-1][:300]
+                return (f"rollout sidecar exited with code {end.exit_code}" + (f" ({end.reason})" if end.reason else "")
+                        + (f": {why}" if why else ""))
+    return None
 
 
 # Container waiting reasons that do not go away by waiting (kubelet and our local stand-in's names).

@@ -61,7 +61,7 @@ def build_served_engine(cfg, engine_kind: str, batch_size: int):
     from lvr_trainer.rollout.vllm_engine import VllmEngine
 
     settings = dict(seed=cfg.model.seed, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                    max_model_len=cfg.rollout.max_model_len)
+                    max_model_len=cfg.rollout.max_model_len, tensor_parallel_size=cfg.rollout.tensor_parallel)
     if cfg.model.path is not None:              # a checkpoint directory: vLLM reads it as it is
         return VllmEngine(str(resolve_model_path(cfg.model.path)), **settings)
     model, tokenizer, _ = load_policy(cfg.model, torch.device("cpu"))   # a preset: saved once for vLLM

@@ -42,6 +42,10 @@ PRESETS: dict[str, Preset] = {
     "tiny-rope100": Preset(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, mrope_section=(2, 3, 3),
                            vision_depth=2, vision_hidden=32, vision_intermediate=64, vision_heads=2,
                            window_size=56, fullatt_blocks=(1,), rope_theta=100.0),
+    # `tiny` with text head_dim 32: vLLM's CPU attention takes head_dim in {32, 64, 80, ...} only (not 16).
+    "tiny-vllm": Preset(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, mrope_section=(4, 6, 6),
+                        vision_depth=2, vision_hidden=32, vision_intermediate=64, vision_heads=2,
+                        window_size=56, fullatt_blocks=(1,)),
     # Wider, for benchmarks where the vision tower's cost should be visible (~10M parameters + vocab).
     "small": Preset(hidden=384, intermediate=1024, layers=4, heads=6, kv_heads=2, mrope_section=(8, 12, 12),
                     vision_depth=4, vision_hidden=256, vision_intermediate=1024, vision_heads=4,
