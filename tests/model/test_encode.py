@@ -116,3 +116,32 @@ def test_qwen2_vl_family_splices_the_same_way(frames):
         cached = encode_video(model, pixel_values, grid)
         out = model(inputs_embeds=embed_inputs(model, prompt.input_ids, cached), position_ids=positions).logits
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_text_after_a_long_video_starts_past_the_videos_last_position(inputs):
+    """Qwen's reference mRoPE (and vLLM's): the text after a video starts at the video's largest position
+    + 1. transformers 5.x starts it at video start + max(h, w) / merge, inside the temporal range of a
+    video of several temporal patches; `use_reference_positions` (applied by load_model) corrects that in
+    every path that asks the model for positions: rope_positions, forward, generate."""
+    from lvr_trainer.model.prompt import reference_positions
+
+    model, prompt, _, grid, spgt = inputs
+    assert int(grid[0, 0]) > 1                                           # several temporal patches
+    positions, deltas = rope_positions(model, prompt.input_ids, prompt.mm_token_type_ids, grid, spgt)
+    video = prompt.mm_token_type_ids[0] == 2
+    after = int(video.nonzero().max()) + 1                               # first text token after the video
+    assert int(positions[:, 0, after].unique()) == int(positions[:, 0, video].max()) + 1
+    assert int(deltas[0, 0]) == int(positions.max()) + 1 - prompt.input_ids.shape[1]
+    # what transformers alone gives falls short by the temporal extent, and the correction is the only change
+    inner = type(model.model)
+    raw, _ = inner.get_rope_index(model.model, prompt.input_ids, prompt.mm_token_type_ids, video_grid_thw=grid,
+                                  second_per_grid_ts=spgt.float())
+    assert int(raw[0, 0, after]) < int(positions[0, 0, after])
+    assert torch.equal(raw[:, :, :after], positions[:, :, :after])
+    assert torch.equal(reference_positions(positions, prompt.mm_token_type_ids), positions)   # idempotent
+    # left padding: the padded slots are skipped, the row's positions are the unpadded ones
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    padded, _ = rope_positions(model, torch.cat([pad, prompt.input_ids], 1),
+                               torch.cat([pad, prompt.mm_token_type_ids], 1), grid, spgt,
+                               attention_mask=torch.cat([pad, torch.ones_like(prompt.input_ids)], 1))
+    assert torch.equal(padded[:, :, 3:], positions)

@@ -24,7 +24,7 @@ from lvr_trainer.model.processor import VideoProcessor
 from lvr_trainer.rollout.base import SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
 from lvr_trainer.rollout.remote import RemoteRolloutEngine, RolloutServerError, StaleWeights
-from lvr_trainer.rollout.weights import policy_tensors
+from lvr_trainer.rollout.weights import policy_tensors, unshared_cpu
 from lvr_trainer.rollout.wire import encode_generate, encode_weights
 from lvr_trainer.train.features import VideoFeatureSource
 
@@ -142,7 +142,7 @@ def test_weights_from_a_shared_path(setup, tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    save_file(dict(policy_tensors(model)), tmp_path / "model.safetensors")
+    save_file(unshared_cpu(policy_tensors(model)), tmp_path / "model.safetensors")
     remote = RemoteRolloutEngine(url)
     remote.wait_ready(10)
     remote.load_weights_from_path(str(tmp_path))

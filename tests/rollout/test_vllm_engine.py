@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
                                                                     min_pixels=784), data)
         return [request_for(model, tok, r, source, think=True) for r in records]
 
-    # Two frames: one temporal patch (grid 1x8x8, 16 video tokens). See the xfail test for several patches.
+    # Two frames: one temporal patch (grid 1x8x8, 16 video tokens); eight frames: 4 patches (multi-patch test).
     requests = requests_of(2)
     engine = VllmEngine.from_model(model, tok, tmp_path_factory.mktemp("vllm-model"), dtype="float32",
                                    max_model_len=2048, seed=0)
@@ -180,14 +180,18 @@ def test_weight_sync_changes_replies_to_the_new_models(setup):
 
 @pytest.mark.vllm
 @needs_vllm
-@pytest.mark.xfail(strict=True, reason="transformers 5.19-5.24 `get_rope_index` starts the text after a video of "
-                   "several temporal patches at video start + max(h, w) / merge, the Qwen2.5-VL reference and vLLM at "
-                   "the video's largest position + 1: the trainer and vLLM see different positions after the video")
-def test_greedy_replies_after_a_multi_patch_video(setup):
+def test_greedy_replies_and_logprobs_after_a_multi_patch_video(setup):
+    """A video of several temporal patches: the text after it sits at the video's largest position + 1 in
+    vLLM and (with `use_reference_positions`, model/prompt.py) in transformers. transformers 5.19-5.24 alone
+    put it at video start + max(h, w) / merge, and this test failed before that correction."""
     model, tok, _, engine = setup
     requests = engine.multi_patch_requests
     assert int(requests[0].video_grid_thw[0, 0]) > 1
-    assert replies(engine.generate(requests, GREEDY)) == replies(TransformersEngine(model, tok).generate(requests, GREEDY))
+    got = engine.generate(requests, GREEDY)
+    assert replies(got) == replies(TransformersEngine(model, tok).generate(requests, GREEDY))
+    for request, group in zip(requests, got):
+        expected = prefill_logprobs(model, request, group[0].token_ids, 1.0)
+        assert (torch.tensor(group[0].logprobs) - expected).abs().max() < 1e-3
 
 
 def test_without_vllm_construction_says_how_to_install(monkeypatch, tmp_path):
@@ -262,3 +266,33 @@ def test_vllm_behind_the_rollout_server_equals_transformers_before_and_after_upd
     finally:
         server.kill()
         model.load_state_dict(saved)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_an_rl_run_with_vllm_in_process_samples_on_policy(tmp_path):
+    """`rollout.engine: vllm` in `lvr rl`: 8-frame videos (several temporal patches), weights synced before
+    every rollout; the engine's log-probs of its samples equal the trainer's prefill (rollout/logprob_gap,
+    the mean |engine - prefill| over the step's reply tokens) and the policy moves."""
+    from lvr_trainer.config import TrainerConfig
+    from lvr_trainer.data.synth import SynthSpec, synthesise
+    from lvr_trainer.train.rl import run_rl
+
+    synthesise(tmp_path / "data", SynthSpec(videos=4, seconds=8, fps=4, width=56, height=56, seed=5))
+    cfg = TrainerConfig.model_validate({
+        "model": {"preset": "tiny-vllm", "tokenizer": "tiny"},
+        "data": {"train": str(tmp_path / "data" / "train.jsonl"),
+                 "sampling": {"num_frames": 8, "max_pixels": 3136, "min_pixels": 784}},
+        "train": {"steps": 2, "batch_size": 2, "grad_accum": 1, "bf16": False, "torch_threads": 1},
+        "optim": {"lr": 1e-2, "warmup_steps": 1}, "cache": {"uri": str(tmp_path / "cache")},
+        "output": {"dir": str(tmp_path / "run"), "tensorboard": False},
+        "rl": {"group_size": 4, "max_new_tokens": 12, "kl_coef": 0.0,
+               "rewards": [{"name": "format", "weight": 1.0},
+                           {"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}]},
+        "rollout": {"engine": "vllm", "max_model_len": 1024}})
+    summary = run_rl(cfg)
+    assert summary["steps"] == 2
+    for h in summary["history"]:
+        assert h["rollout/logprob_gap"] < 1e-3, h["rollout/logprob_gap"]
+        assert h["time/weight_sync"] > 0
+    assert summary["history"][-1]["actor/grad_norm"] > 0

@@ -57,10 +57,12 @@ def build_served_engine(cfg, engine_kind: str, batch_size: int):
                        ".venv-vllm/bin/lvr); or serve --engine transformers") from None
     import tempfile
 
-    from lvr_trainer.model.loading import resolve_model_path
+    from lvr_trainer.model.loading import inference_dtype, resolve_model_path
     from lvr_trainer.rollout.vllm_engine import VllmEngine
 
-    settings = dict(seed=cfg.model.seed, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+    # the trainer's dtype, never vLLM's "auto" (which would run a float32 checkpoint in half precision)
+    dtype = str(inference_dtype(cfg.model, device)).removeprefix("torch.")
+    settings = dict(seed=cfg.model.seed, dtype=dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                     max_model_len=cfg.rollout.max_model_len, tensor_parallel_size=cfg.rollout.tensor_parallel)
     if cfg.model.path is not None:              # a checkpoint directory: vLLM reads it as it is
         return VllmEngine(str(resolve_model_path(cfg.model.path)), **settings)

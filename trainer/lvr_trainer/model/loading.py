@@ -126,6 +126,7 @@ def load_model(cfg: ModelConfig, device=None):
     """
     import torch
 
+    from lvr_trainer.model.prompt import use_reference_positions
     from lvr_trainer.model.tokenizer import load_tokenizer
 
     dtype = inference_dtype(cfg, device)
@@ -140,6 +141,7 @@ def load_model(cfg: ModelConfig, device=None):
         tokenizer = load_tokenizer(str(path))
     if cfg.freeze_vision:
         freeze_vision_tower(model)
+    use_reference_positions(model)     # Qwen's own mRoPE positions after a video (model/prompt.py)
     if device is not None and not meta:
         model = model.to(device)
     return model.eval(), tokenizer

@@ -99,3 +99,60 @@ def rope_positions(model, input_ids: torch.Tensor, mm_token_type_ids: torch.Tens
     if second_per_grid_ts is not None and "qwen2_5" in model.config.model_type:
         kwargs["second_per_grid_ts"] = torch.as_tensor(second_per_grid_ts, dtype=torch.float32).reshape(-1)
     return inner.get_rope_index(input_ids, **kwargs)
+
+
+def reference_positions(position_ids: torch.Tensor, mm_token_type_ids: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`position_ids` (3, B, S) with every text run that follows a vision run starting at that run's largest
+    position + 1, as Qwen2-VL / Qwen2.5-VL were trained (their reference code) and as vLLM computes them.
+
+    transformers 5.x's `get_rope_index` starts it at the run's start + max(h, w) / merge, which ignores the
+    temporal extent: after a video of many temporal patches the text's positions fall back inside the
+    video's temporal range (for an hour of video, thousands of positions back), the trainer scores what a
+    pretrained model never saw, and vLLM rollouts (reference positions) become off-policy. Runs already
+    right (one temporal patch, or a future transformers) are left as they are. Padding (mask 0) is skipped.
+    """
+    out = position_ids.clone()
+    for b in range(out.shape[1]):
+        keep = (attention_mask[b] != 0) if attention_mask is not None else torch.ones_like(mm_token_type_ids[b]).bool()
+        idx = keep.nonzero().squeeze(-1)                                   # (L,) valid positions of row b
+        types = mm_token_type_ids[b, idx].tolist()
+        row = out[:, b, idx]                                              # (3, L), a copy
+        shift, vision_max, start = 0, None, 0
+        for i in range(1, len(types) + 1):
+            if i < len(types) and types[i] == types[start]:
+                continue
+            run = slice(start, i)                                          # one run of one modality
+            row[:, run] += shift
+            if types[start] != 0:
+                vision_max = int(row[:, run].max())
+            elif vision_max is not None:
+                extra = vision_max + 1 - int(row[0, start])
+                if extra > 0:
+                    row[:, run] += extra
+                    shift += extra
+                vision_max = None
+            start = i
+        out[:, b, idx] = row
+    return out
+
+
+def use_reference_positions(model) -> None:
+    """Make `model`'s own `get_rope_index` (which its forward, `generate` and `rope_positions` all call)
+    return `reference_positions`, with decoding deltas to match. Idempotent; per instance."""
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "get_rope_index") or getattr(inner.get_rope_index, "_lvr_reference", False):
+        return
+    original = inner.get_rope_index
+
+    def get_rope_index(input_ids, *args, **kwargs):
+        positions, deltas = original(input_ids, *args, **kwargs)
+        mm = kwargs.get("mm_token_type_ids", args[0] if args else None)
+        if mm is None:
+            return positions, deltas
+        fixed = reference_positions(positions, mm, kwargs.get("attention_mask"))
+        grown = (fixed.amax(dim=(0, 2)) - positions.amax(dim=(0, 2))).to(deltas.dtype)   # (B,)
+        return fixed, deltas + grown.view_as(deltas)
+
+    get_rope_index._lvr_reference = True
+    inner.get_rope_index = get_rope_index

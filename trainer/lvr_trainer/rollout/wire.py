@@ -17,6 +17,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lvr_trainer.rollout.base import NamedTensors, Rollout, RolloutRequest, SamplingParams
+from lvr_trainer.rollout.weights import unshared_cpu
 
 _TEXT = ("input_ids", "mm_token_type_ids")
 _VIDEO = ("video_embeds", "video_grid_thw")
@@ -113,8 +114,7 @@ def decode_rollouts(reply: dict) -> tuple[list[list[Rollout]], int]:
 
 
 def encode_weights(named_tensors: NamedTensors, version: int) -> bytes:
-    tensors = {name: t.detach().cpu().contiguous() for name, t in named_tensors}
-    return st_save(tensors, metadata={"weight_version": str(version)})
+    return st_save(unshared_cpu(named_tensors), metadata={"weight_version": str(version)})
 
 
 def decode_weights(blob: bytes) -> tuple[dict[str, torch.Tensor], int]:

@@ -56,7 +56,8 @@ def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int, seed: int
             "(images/rollout), `make vllm-venv` on a CPU machine, or rollout.engine: transformers") from None
     import tempfile
 
-    return VllmEngine.from_model(model, tokenizer, tempfile.mkdtemp(prefix="lvr-vllm-"), seed=seed,
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")     # the policy's, not vLLM's "auto"
+    return VllmEngine.from_model(model, tokenizer, tempfile.mkdtemp(prefix="lvr-vllm-"), seed=seed, dtype=dtype,
                                  gpu_memory_utilization=cfg.gpu_memory_utilization,
                                  max_model_len=cfg.max_model_len)
 
