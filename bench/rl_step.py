@@ -52,17 +52,17 @@ def make_config(preset: str, data: Path, frames: int, size: int, group: int, new
     })
 
 
-def reencode_seconds(state: dict, record, group: int, epochs: int) -> dict[str, float]:
+def reencode_seconds(run, record, group: int, epochs: int) -> dict[str, float]:
     """Run the vision tower as often as a cache-less step would, per phase; returns seconds per phase."""
     from lvr_trainer.model.encode import encode_video
     from lvr_trainer.train.features import VideoFeatureSource
 
-    cfg = state["cfg"]
-    raw = VideoFeatureSource(state["model"], state["processor"], cfg.data.sampling, Path(cfg.data.train).parent,
+    cfg = run.cfg
+    raw = VideoFeatureSource(run.model, run.processor, cfg.data.sampling, Path(cfg.data.train).parent,
                              trainable_vision=True)(record)           # decode + patchify (counted once)
-    pixels, grid = raw.pixel_values.to(state["device"]), raw.grid_thw.to(state["device"])
-    runs = {"rollout": (state["model"], group), "old_logprobs": (state["model"], group),
-            "ref_logprobs": (state["reference"], group), "update": (state["model"], group * epochs)}
+    pixels, grid = raw.pixel_values.to(run.device), raw.grid_thw.to(run.device)
+    runs = {"rollout": (run.model, group), "old_logprobs": (run.model, group),
+            "ref_logprobs": (run.reference, group), "update": (run.model, group * epochs)}
     out = {}
     for phase, (model, count) in runs.items():
         t0 = time.perf_counter()
@@ -78,28 +78,28 @@ def measure(preset: str, frames: int, args, root: Path) -> dict:
 
     data = make_data(root, frames, args.size)
     cfg = make_config(preset, data, frames, args.size, args.group, args.new_tokens, root / f"run-{preset}-{frames}")
-    state = _setup(cfg, resume=False)
+    run = _setup(cfg, resume=False)
     cached, extra = {p: [] for p in PHASES}, {p: [] for p in PHASES}
     for step in range(args.reps + 1):
-        state["source"] = make_feature_source(state["model"], state["processor"], cfg, data)  # cold cache
-        m = rl_step(state, step)
-        add = reencode_seconds(state, _step_record(state, step), cfg.rl.group_size, cfg.rl.ppo_epochs)
+        run.source = make_feature_source(run.model, run.processor, cfg, data)  # cold cache
+        m = rl_step(run, step)
+        add = reencode_seconds(run, _step_record(run, step), cfg.rl.group_size, cfg.rl.ppo_epochs)
         if step == 0:
             continue  # warm-up
         for p in PHASES:
             cached[p].append(m[f"time/{p}"])
             extra[p].append(add.get(p, 0.0))
-    tokens = int(state["source"](state["records"][0]).embeds.shape[0])
+    tokens = int(run.source(run.records[0]).embeds.shape[0])
     med = {p: statistics.median(cached[p]) for p in PHASES}
     base = {p: med[p] + statistics.median(extra[p]) for p in PHASES}
     return {"preset": preset, "frames": frames, "video_tokens": tokens, "cached": med, "reencode": base}
 
 
-def _step_record(state: dict, step: int):
-    from lvr_trainer.train.sft import global_indices
+def _step_record(run, step: int):
+    from lvr_trainer.train.batching import global_indices
 
-    (i,) = global_indices(len(state["records"]), state["cfg"].train.seed, step, 1)
-    return state["records"][i]
+    (i,) = global_indices(len(run.records), run.cfg.train.seed, step, 1)
+    return run.records[i]
 
 
 def table(results: list[dict]) -> str:

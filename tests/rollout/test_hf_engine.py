@@ -7,7 +7,7 @@ import torch
 
 from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.schema import read_records
-from lvr_trainer.eval.run import request_for
+from lvr_trainer.train.examples import request_for
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
 from lvr_trainer.rollout.base import SamplingParams

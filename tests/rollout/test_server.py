@@ -18,7 +18,7 @@ import yaml
 
 from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.schema import read_records
-from lvr_trainer.eval.run import request_for
+from lvr_trainer.train.examples import request_for
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
 from lvr_trainer.rollout.base import SamplingParams
@@ -54,6 +54,7 @@ def setup(tmp_path_factory):
     synthesise(out, SynthSpec(videos=2, seconds=8, fps=4, width=56, height=56, seed=11))
     model_cfg = ModelConfig(preset="tiny", tokenizer="tiny", dtype="float32")
     model, tok = load_model(model_cfg)
+    perturb(model, std=0.2, seed=0, redraw=True)    # varied replies (at the preset's init they repeat one token)
     records, _ = read_records(out / "train.jsonl")
     source = VideoFeatureSource(model, VideoProcessor.from_model_config(model.config),
                                 FrameSampling(num_frames=8, max_pixels=3136, min_pixels=784), out)
@@ -63,9 +64,21 @@ def setup(tmp_path_factory):
                                       "data": {"train": str(out / "train.jsonl")}, "output": {"dir": str(out)}}))
     port = free_port()
     proc = start_server(str(config), port)
+    RemoteRolloutEngine(f"http://127.0.0.1:{port}").sync_weights(model)      # the server: version 1
     yield model, tok, reqs, f"http://127.0.0.1:{port}", proc, str(config)
     proc.kill()
     proc.wait()
+
+
+def perturb(model, std: float, seed: int, redraw: bool = False) -> None:
+    """Move (or re-draw) the language model's matrices with a seeded generator: reproducible whatever
+    ran before in this process."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "visual" not in name:
+                noise = torch.randn(p.shape, generator=g) * std
+                p.copy_(noise) if redraw else p.add_(noise)
 
 
 def ids(groups):
@@ -84,14 +97,12 @@ def test_server_replies_equal_the_in_process_engine_before_and_after_a_weight_up
         lp_there = torch.tensor([x for g in there for r in g for x in r.logprobs])
         assert torch.allclose(lp_here, lp_there, atol=1e-5)
     before = ids(local.generate(reqs, GREEDY))
-    with torch.no_grad():           # an "optimizer step": every weight moves
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    perturb(model, std=0.1, seed=1)           # an "optimizer step": the weights move
     v0 = remote.weight_version
     remote.sync_weights(model)
     assert remote.weight_version == v0 + 1
     after_here, after_there = ids(local.generate(reqs, GREEDY)), ids(remote.generate(reqs, GREEDY))
-    assert after_here != before                 # the update changed what the policy says ...
+    assert after_here != before and len({t for g in after_here for r in g for t in r}) > 4   # the update changed it
     assert after_there == after_here            # ... and the server says the same
     assert f"lvr_rollout_weight_version {v0 + 1}" in remote.metrics()
 
@@ -139,9 +150,7 @@ def test_weights_from_a_shared_path(setup, tmp_path):
     from safetensors.torch import save_file
 
     model, tok, reqs, url, _, _ = setup
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    perturb(model, std=0.1, seed=2)
     save_file(unshared_cpu(policy_tensors(model)), tmp_path / "model.safetensors")
     remote = RemoteRolloutEngine(url)
     remote.wait_ready(10)

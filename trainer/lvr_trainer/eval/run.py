@@ -17,18 +17,10 @@ from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.eval.headroom import SampledQuestion
 from lvr_trainer.eval.scoring import ScorerName, ScoredReply, results_table, score_reply, summarize
 from lvr_trainer.model.modes import evaluating
-from lvr_trainer.rollout.base import Rollout, RolloutRequest, SamplingParams
+from lvr_trainer.rollout.base import Rollout, SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
-from lvr_trainer.train.examples import prompt_for
+from lvr_trainer.train.examples import request_for
 from lvr_trainer.train.features import VideoFeatureSource
-
-
-def request_for(model, tokenizer, record: VideoQARecord, source: VideoFeatureSource, think: bool) -> RolloutRequest:
-    """The generation request for one record: prompt ids and the video's (cached) embeddings."""
-    feats = source(record)
-    prompt = prompt_for(record, feats, tokenizer, think, model.config.vision_config.spatial_merge_size)
-    return RolloutRequest(prompt.input_ids[0], prompt.mm_token_type_ids[0], feats.embeds, feats.grid_thw,
-                          feats.second_per_grid_t)
 
 
 @dataclass

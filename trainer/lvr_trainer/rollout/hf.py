@@ -1,13 +1,11 @@
-"""Rollouts with transformers' `generate`, fed cached video embeddings (no vision pass)."""
+"""Rollouts with transformers, fed cached video embeddings (no vision pass), one prefill per prompt."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
-from lvr_trainer.model.encode import cached_video_kwargs
 from lvr_trainer.rollout.base import NamedTensors, Rollout, RolloutRequest, SamplingParams
+from lvr_trainer.rollout.shared_prefix import SampledBatch, sample_shared_prefix
 from lvr_trainer.rollout.weights import load_into
 
 
@@ -18,14 +16,6 @@ def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, width - len(r):] = r
     return out
-
-
-def reply_logprobs(logits: tuple[torch.Tensor, ...], tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, L) log-probs of `tokens` (B, L) under softmax(logits / temperature); logits: L x (B, V)."""
-    stacked = torch.stack(logits, dim=1).float()                         # (B, L, V)
-    if temperature > 0:
-        stacked = stacked / temperature
-    return stacked.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def sharded_across_ranks(model) -> bool:
@@ -40,23 +30,11 @@ def sharded_across_ranks(model) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-@contextmanager
-def neutral_generation_config(model):
-    """Generate with exactly the sampling parameters we pass: a checkpoint's generation_config.json (a
-    repetition penalty, top_k, min_p, ...) would otherwise fill every parameter left unset, and the
-    rollouts would sample from a distribution that the trainer's prefill does not compute (off-policy)."""
-    from transformers import GenerationConfig
-
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
 class TransformersEngine:
-    """Generates from the live policy module; `sync_weights` is therefore a no-op.
+    """Generates from the live policy module (`sync_weights` is therefore a no-op), each prompt prefilled
+    once for its n samples (rollout/shared_prefix.py). Only the sampling parameters passed count: a
+    checkpoint's generation_config.json (penalties, top_k, ...) is never read, so rollouts sample the
+    distribution the trainer's prefill computes.
 
     The vision placeholder tokens (video/image pad, vision start/end) are never sampled: a reply holding
     one could not be fed back as text (the prefill would expect video embeddings for it). Returned
@@ -77,14 +55,20 @@ class TransformersEngine:
         load_into(self.model, named_tensors)
 
     def generate(self, requests: list[RolloutRequest], params: SamplingParams) -> list[list[Rollout]]:
+        """One random stream for the whole call (seeded once from params.seed), however it is chunked."""
         out: list[list[Rollout]] = []
         per_call = max(1, self.batch_size // params.n)
+        device = next(self.model.parameters()).device
+        generator = None
+        if params.seed is not None and params.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
         for start in range(0, len(requests), per_call):
-            out.extend(self._generate(requests[start:start + per_call], params))
+            out.extend(self._generate(requests[start:start + per_call], params, generator))
         return out
 
     @torch.no_grad()
-    def _generate(self, requests: list[RolloutRequest], params: SamplingParams) -> list[list[Rollout]]:
+    def _generate(self, requests: list[RolloutRequest], params: SamplingParams,
+                  generator: torch.Generator | None) -> list[list[Rollout]]:
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
         ids = left_pad([r.input_ids for r in requests], tok.pad_token_id).to(device)
@@ -92,30 +76,27 @@ class TransformersEngine:
         mm = left_pad([r.mm_token_type_ids for r in requests], 0).to(device)
         grid = torch.cat([r.video_grid_thw for r in requests]).to(device)
         embeds = torch.cat([r.video_embeds for r in requests]).to(device)
-        kwargs = dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm, video_grid_thw=grid)
+        spgt = None
         if all(r.second_per_grid_t is not None for r in requests):
-            kwargs["second_per_grid_ts"] = torch.tensor([r.second_per_grid_t for r in requests], device=device)
-        sampling = dict(do_sample=False) if params.temperature == 0 else dict(
-            do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        with neutral_generation_config(model):
-            result = model.generate(synced_gpus=sharded_across_ranks(model),
-                **kwargs, **cached_video_kwargs(embeds, grid), **sampling, num_return_sequences=params.n,
-                max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress, output_logits=True,
-                return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = result.sequences[:, ids.shape[1]:]                               # (B * n, L)
-        lps = reply_logprobs(result.logits, new, params.temperature)
-        return [[self._rollout(new[i * params.n + j], lps[i * params.n + j]) for j in range(params.n)]
-                for i in range(len(requests))]
+            spgt = torch.tensor([r.second_per_grid_t for r in requests], device=device)
+        keep_stepping = _any_rank_unfinished if sharded_across_ranks(model) else None
+        batch = sample_shared_prefix(
+            model, ids, mask, mm, embeds, grid, spgt, n=params.n, max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature, top_p=params.top_p, suppress=self.suppress,
+            eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator, keep_stepping=keep_stepping)
+        return [[self._rollout(batch, i * params.n + j) for j in range(params.n)] for i in range(len(requests))]
 
-    def _rollout(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> Rollout:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ids = tokens.tolist()
-        finished = eos in ids
-        length = ids.index(eos) + 1 if finished else len(ids)
-        if not finished and pad != eos:  # trailing pads after a row that ended early are not replies
-            while length and ids[length - 1] == pad:
-                length -= 1
-        text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
-        return Rollout(ids[:length], logprobs[:length].tolist(), text, finished)
+    def _rollout(self, batch: SampledBatch, row: int) -> Rollout:
+        length = int(batch.lengths[row])
+        ids = batch.tokens[row, :length].tolist()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Rollout(ids, batch.logprobs[row, :length].tolist(), text, bool(batch.finished[row]))
+
+
+def _any_rank_unfinished(mine: bool) -> bool:
+    """Collective OR over all ranks: an FSDP-sharded model must take the same forward steps everywhere."""
+    from lvr_trainer.parallel import collectives
+
+    flag = collectives.group_tensor([int(mine)])
+    collectives.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())

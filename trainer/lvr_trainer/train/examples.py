@@ -12,7 +12,8 @@ import torch
 
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.model.prompt import build_prompt, format_question, rope_positions
-from lvr_trainer.train.features import VideoFeatures
+from lvr_trainer.rollout.base import RolloutRequest
+from lvr_trainer.train.features import VideoFeatures, VideoFeatureSource
 
 IGNORE = -100
 
@@ -100,3 +101,11 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     if all(f.embeds is not None for f in feats):
         return Batch(input_ids, labels, mask, positions, torch.cat([f.embeds for f in feats]), None, grids)
     return Batch(input_ids, labels, mask, positions, None, torch.cat([f.pixel_values for f in feats]), grids)
+
+
+def request_for(model, tokenizer, record: VideoQARecord, source: VideoFeatureSource, think: bool) -> RolloutRequest:
+    """The generation request for one record: prompt ids and the video's (cached) embeddings."""
+    feats = source(record)
+    prompt = prompt_for(record, feats, tokenizer, think, model.config.vision_config.spatial_merge_size)
+    return RolloutRequest(prompt.input_ids[0], prompt.mm_token_type_ids[0], feats.embeds, feats.grid_thw,
+                          feats.second_per_grid_t)

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from lvr_trainer.algo.rewards import WeightedReward
 from lvr_trainer.config import TrainerConfig
+from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.model.loading import vision_tower
+from lvr_trainer.parallel.grid import ProcessGrid
+from lvr_trainer.rollout.base import RolloutEngine
 from lvr_trainer.train.checkpoint import latest_checkpoint
 from lvr_trainer.train.distributed import wrap_model
 from lvr_trainer.train.metrics import Metrics, RunLogger
@@ -33,10 +39,10 @@ from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_exam
                                           sample_for_sp_group, sampling_params, score_groups)
 from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_metrics
 from lvr_trainer.train.validation import validate_on_all_ranks
-from lvr_trainer.train.setup import load_policy, load_split, make_feature_source
+from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
 from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
                                    save_step, start_run)
-from lvr_trainer.train.sft import global_indices, rank_micro_batches
+from lvr_trainer.train.batching import global_indices, rank_micro_batches
 
 
 class VisionCounter:
@@ -68,6 +74,34 @@ class PhaseTimer:
         self.seconds[f"time/{phase}"] = self.seconds.get(f"time/{phase}", 0.0) + time.perf_counter() - t0
 
 
+@dataclass
+class RLRun:
+    """Everything one GRPO run holds, built once by `_setup` and passed down to each step."""
+
+    cfg: TrainerConfig
+    grid: ProcessGrid
+    device: torch.device
+    output: Any                       # train.remote output (local dir + optional S3 mirror)
+    model: torch.nn.Module            # the policy (FSDP-wrapped when sharded)
+    tokenizer: Any
+    processor: Any
+    reference: torch.nn.Module | None  # frozen initial policy; None when rl.kl_coef is 0
+    records: list[VideoQARecord]
+    source: Any                       # VideoFeatureSource: features per record (cache, memory)
+    unreadable: UnreadableVideos
+    engine: RolloutEngine
+    counter: VisionCounter
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    reward: WeightedReward
+    initial_weights: str | None
+    start: int                        # the first step to run (after a resume)
+    val: tuple[list[VideoQARecord], Any] | None = None   # validation records and their feature source
+
+    def autocast(self):
+        return autocast_for(self.cfg, self.device)
+
+
 class RLConfigError(ValueError):
     """A config that `lvr rl` cannot run (the message says which key to change)."""
 
@@ -95,76 +129,75 @@ def load_reference(cfg: TrainerConfig, device: torch.device):
     return ref
 
 
-def rl_step(state: dict, step: int) -> dict[str, float]:
-    """One GRPO step on this rank; returns its metrics. `state` holds the run's objects (`_setup`)."""
-    cfg, grid, model, tokenizer, source = (state[k] for k in ("cfg", "grid", "model", "tokenizer", "source"))
+def rl_step(run: RLRun, step: int) -> dict[str, float]:
+    """One GRPO step on this rank; returns its metrics."""
+    cfg, grid, model, tokenizer, source = run.cfg, run.grid, run.model, run.tokenizer, run.source
     rl, g, timer = cfg.rl, cfg.rl.group_size, PhaseTimer()
     global_batch = cfg.train.batch_size * cfg.train.grad_accum * grid.dp_size
-    indices = global_indices(len(state["records"]), cfg.train.seed, step, global_batch)
+    indices = global_indices(len(run.records), cfg.train.seed, step, global_batch)
     mine = [i for mb in rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size,
                                            grid.dp_rank) for i in mb]
-    passes0, calls0 = source.vision_passes, state["counter"].calls
+    passes0, calls0 = source.vision_passes, run.counter.calls
     with timer("features"):       # every video's features, unreadable ones replaced (see UnreadableVideos)
-        mine = state["unreadable"].substitute(mine, state["records"], source)
-    records = [state["records"][i] for i in mine]
+        mine = run.unreadable.substitute(mine, run.records, source)
+    records = [run.records[i] for i in mine]
     with timer("weight_sync"):    # an engine with its own copy (vLLM, a sidecar) gets the updated policy
-        state["engine"].sync_weights(model)
-    with timer("rollout"), state["autocast"]():     # the same precision as the prefill that scores it
+        run.engine.sync_weights(model)
+    with timer("rollout"), run.autocast():     # the same precision as the prefill that scores it
         params = sampling_params(rl, cfg.train.seed + 7919 * grid.dp_rank, step)
-        rollouts = sample_for_sp_group(state["engine"], model, tokenizer, records, source, params, cfg.sft.think,
+        rollouts = sample_for_sp_group(run.engine, model, tokenizer, records, source, params, cfg.sft.think,
                                        grid)
     with timer("reward"):
-        scored = score_groups(state["reward"], rl, records, rollouts)
+        scored = score_groups(run.reward, rl, records, rollouts)
     with timer("old_logprobs"):
         examples = reply_examples(model, tokenizer, records, rollouts, source, cfg.sft.think, g)
         micros = micro_batches(examples, rollouts, scored.advantages, cfg.train.batch_size * g,
-                               tokenizer.pad_token_id, state["device"])
-        prefill_logprobs(model, micros, grid, rl.temperature, "old_logprobs", state["autocast"])
-    if state["reference"] is not None:
+                               tokenizer.pad_token_id, run.device)
+        prefill_logprobs(model, micros, grid, rl.temperature, "old_logprobs", run.autocast)
+    if run.reference is not None:
         with timer("ref_logprobs"):
-            prefill_logprobs(state["reference"], micros, grid, rl.temperature, "ref_logprobs", state["autocast"])
+            prefill_logprobs(run.reference, micros, grid, rl.temperature, "ref_logprobs", run.autocast)
     with timer("update"):
-        finish = lambda: finish_step(model, state["optimizer"], state["scheduler"], grid, cfg)  # noqa: E731
-        update = ppo_update(model, micros, rl, grid, finish, state["autocast"], state["device"])
+        finish = lambda: finish_step(model, run.optimizer, run.scheduler, grid, cfg)  # noqa: E731
+        update = ppo_update(model, micros, rl, grid, finish, run.autocast, run.device)
     out = {**scored.metrics, **prefill_metrics(micros), **update, **timer.seconds,
            "cache/vision_passes": float(source.vision_passes - passes0),
-           "cache/vision_calls": float(state["counter"].calls - calls0),
+           "cache/vision_calls": float(run.counter.calls - calls0),
            "cache/videos": float(len({r.video for r in records})),
-           "data/unreadable_videos": float(len(state["unreadable"].bad)),
-           "actor/lr": state["scheduler"].get_last_lr()[0]}
+           "data/unreadable_videos": float(len(run.unreadable.bad)),
+           "actor/lr": run.scheduler.get_last_lr()[0]}
     out["time/step"] = sum(timer.seconds.values())
     return out
 
 
-def _setup(cfg: TrainerConfig, resume: bool) -> dict:
+def _setup(cfg: TrainerConfig, resume: bool) -> RLRun:
     """Load policy (or the latest checkpoint's), reference, data, features, engine, optimizer; resume."""
     check_rl_config(cfg)
-    run = start_run(cfg, resume)
-    grid, device, output = run.grid, run.device, run.output
-    model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
+    begun = start_run(cfg, resume)
+    grid, device, model, tokenizer = begun.grid, begun.device, begun.model, begun.tokenizer
     reference = load_reference(cfg, device)
     engine = make_engine(cfg.rollout, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)
     counter = VisionCounter(model, reference)
     model = wrap_model(model, cfg.parallel, grid)
     total_updates = cfg.train.steps * cfg.rl.ppo_epochs * cfg.rl.mini_batches
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
-    start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
-    return dict(cfg=cfg, grid=grid, device=device, output=output, model=model, tokenizer=tokenizer,
-                initial_weights=run.initial_weights, unreadable=run.unreadable,
-                processor=processor, reference=reference, records=records, source=source, engine=engine,
-                counter=counter, optimizer=optimizer, scheduler=scheduler, start=start,
-                reward=reward_from_config(cfg.rl), autocast=lambda: autocast_for(cfg, device))
+    start = resume_from(begun.checkpoint, model, optimizer, scheduler, cfg, grid) if begun.checkpoint else 0
+    return RLRun(cfg=cfg, grid=grid, device=device, output=begun.output, model=model, tokenizer=tokenizer,
+                 processor=begun.processor, reference=reference, records=begun.records, source=begun.source,
+                 unreadable=begun.unreadable, engine=engine, counter=counter, optimizer=optimizer,
+                 scheduler=scheduler, reward=reward_from_config(cfg.rl), initial_weights=begun.initial_weights,
+                 start=start)
 
 
-def validate(state: dict) -> dict[str, float]:
+def validate(run: RLRun) -> dict[str, float]:
     """Greedy strict accuracy and format rate on `data.val`, with `lvr eval`'s scorer, every rank scoring
     its share (train/validation.py: a rank that generated alone would hang the others under FSDP)."""
-    cfg = state["cfg"]
-    if "val" not in state:
+    cfg = run.cfg
+    if run.val is None:
         records, base_dir = load_split(cfg.data.val, cfg.data.max_bad_row_fraction, cfg.data.video_root)
-        state["val"] = (records, make_feature_source(state["model"], state["processor"], cfg, base_dir))
-    records, source = state["val"]
-    return validate_on_all_ranks(state["model"], state["tokenizer"], records, source, cfg.eval, state["device"])
+        run.val = (records, make_feature_source(run.model, run.processor, cfg, base_dir))
+    records, source = run.val
+    return validate_on_all_ranks(run.model, run.tokenizer, records, source, cfg.eval, run.device)
 
 
 def _wants_eval(cfg: TrainerConfig, step: int) -> bool:
@@ -174,47 +207,47 @@ def _wants_eval(cfg: TrainerConfig, step: int) -> bool:
 def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train with GRPO; returns a summary (per-step metrics in `history`). `resume` continues from
     `output.dir`'s latest checkpoint; `stop_after` ends the run after that many steps (tests)."""
-    state = _setup(cfg, resume)
+    run = _setup(cfg, resume)
     try:
-        return _train(state, cfg, stop_after)
+        return _train(run, stop_after)
     finally:
-        if hasattr(state["engine"], "shutdown"):    # a sidecar on a Kubernetes without native sidecars
-            state["engine"].shutdown()              # keeps the pod running until it exits
+        if hasattr(run.engine, "shutdown"):    # a sidecar on a Kubernetes without native sidecars
+            run.engine.shutdown()              # keeps the pod running until it exits
 
 
-def _train(state: dict, cfg: TrainerConfig, stop_after: int | None) -> dict:
-    start, grid, output = state["start"], state["grid"], state["output"]
+def _train(run: RLRun, stop_after: int | None) -> dict:
+    cfg, start, grid, output = run.cfg, run.start, run.grid, run.output
     rank0 = grid.rank == 0
     logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start,
-                       output_uri=cfg.output.dir, initial_weights=state["initial_weights"])
+                       output_uri=cfg.output.dir, initial_weights=run.initial_weights)
     metrics, history, t0, last = Metrics(), [], time.perf_counter(), start
     if start == 0 and _wants_eval(cfg, 0):
-        logger.log(0, validate(state))
+        logger.log(0, validate(run))
     for step in range(start, cfg.train.steps):
         if stop_after is not None and step - start >= stop_after:
             break
-        m = rl_step(state, step)
+        m = rl_step(run, step)
         last = step + 1
         if _wants_eval(cfg, last):
-            m.update(validate(state))
+            m.update(validate(run))
         history.append({"step": last, **m})
         metrics.update(m)
         metrics.update(checkpoint_metrics(output))
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("reward/total", "rollout/format_rate", "rollout/accuracy"))
         if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
-            _save_state(state, last)
+            _save_state(run, last)
     if last == cfg.train.steps:
-        _save_state(state, last)
+        _save_state(run, last)
     finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()
-    state["counter"].close()
+    run.counter.close()
     ckpt = latest_checkpoint(output)
     return {"steps": last, "start_step": start, "seconds": time.perf_counter() - t0, "history": history,
-            "vision_passes": state["source"].vision_passes, "records": len(state["records"]),
+            "vision_passes": run.source.vision_passes, "records": len(run.records),
             "checkpoint": str(ckpt) if ckpt else None}
 
 
-def _save_state(state: dict, step: int) -> None:
-    save_step(state["output"], step, state["model"], state["tokenizer"], state["processor"], state["optimizer"],
-          state["scheduler"], state["cfg"], state["grid"])
+def _save_state(run: RLRun, step: int) -> None:
+    save_step(run.output, step, run.model, run.tokenizer, run.processor, run.optimizer, run.scheduler, run.cfg,
+              run.grid)

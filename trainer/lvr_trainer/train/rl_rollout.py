@@ -17,11 +17,10 @@ from lvr_trainer.algo.grpo import ADVANTAGES
 from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
 from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind, RolloutMode
 from lvr_trainer.data.schema import VideoQARecord
-from lvr_trainer.eval.run import request_for
 from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
-from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate
+from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, request_for
 from lvr_trainer.parallel import collectives
 
 

@@ -21,7 +21,7 @@ from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.train.distributed import all_reduce_sum
 from lvr_trainer.train.metrics import Metrics
 from lvr_trainer.train.rl_rollout import MicroBatch
-from lvr_trainer.train.sft import response_logprobs
+from lvr_trainer.train.batching import response_logprobs
 
 
 @torch.no_grad()

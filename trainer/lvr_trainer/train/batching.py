@@ -1,0 +1,45 @@
+"""What both training loops share below the loop: which records a step reads (a pure function of seed and
+step), this rank's micro-batches of them, and the per-token log-probs of a padded batch (SFT's loss,
+GRPO's old/reference prefills and its update)."""
+
+from __future__ import annotations
+
+import torch
+
+from lvr_trainer.model.encode import embed_inputs, encode_video
+from lvr_trainer.parallel.grid import ProcessGrid
+from lvr_trainer.parallel.sp_forward import sp_forward_logprobs
+from lvr_trainer.train.examples import Batch
+
+
+def global_indices(num_records: int, seed: int, step: int, global_batch: int) -> list[int]:
+    """Record indices of optimizer step `step`: consecutive slices of per-epoch permutations.
+
+    Pure in (seed, step), so a resumed run sees exactly the data the uninterrupted run would.
+    """
+    out = []
+    for pos in range(step * global_batch, (step + 1) * global_batch):
+        epoch, offset = divmod(pos, num_records)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(num_records, generator=g)[offset]))
+    return out
+
+
+def rank_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dp_size: int,
+                       dp_rank: int) -> list[list[int]]:
+    """Split a global batch (grad_accum x dp_size x batch_size) into this DP rank's micro-batches."""
+    per_micro = batch_size * dp_size
+    return [indices[m * per_micro + dp_rank * batch_size: m * per_micro + (dp_rank + 1) * batch_size]
+            for m in range(grad_accum)]
+
+
+def response_logprobs(model, batch: Batch, grid: ProcessGrid | None, temperature: float = 1.0) -> torch.Tensor:
+    """(B, S) log-probs of each position's next token (the loops mask with `batch.target_ids`)."""
+    embeds = batch.video_embeds
+    if embeds is None:  # trainable vision tower: encode each video with gradients, bypassing the cache
+        sizes = batch.video_grid_thw.prod(-1).tolist()
+        embeds = torch.cat([encode_video(model, pixels, grid[None])
+                            for pixels, grid in zip(batch.pixel_values.split(sizes), batch.video_grid_thw)])
+    inputs_embeds = embed_inputs(model, batch.input_ids, embeds)
+    return sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,
+                               batch.attention_mask, grid, temperature=temperature)
