@@ -3,7 +3,10 @@
 P prompts x G replies from cached video embeddings (random, of the shape F frames give: F/2 temporal
 patches x tokens per frame), the same weights everywhere (the in-process model's, pushed to every
 other engine first). Engines:
-  transformers          TransformersEngine in this process (today's default)
+  hf-generate           the baseline: transformers' own `generate(num_return_sequences=G, output_logits=True)`
+                        from the same cached embeddings (G prefills per prompt, every step's logits kept),
+                        what TransformersEngine did before the shared-prefix sampler
+  transformers          TransformersEngine in this process (one prefill per prompt, rollout/shared_prefix.py)
   transformers+server   the same behind `lvr rollout-server` (HTTP + safetensors: the sidecar's overhead)
   vllm                  VllmEngine in this process
   vllm+server           vLLM behind `lvr rollout-server --engine vllm` (the vLLM sidecar)
@@ -56,6 +59,40 @@ def synthetic_request(tok, hidden: int, frames: int, seed: int) -> RolloutReques
                           torch.tensor([[t, 8, 8]]), second_per_grid_t=1.0)
 
 
+class GenerateBaseline:
+    """`model.generate` with num_return_sequences: each prompt's inputs repeated G times before the prefill,
+    log-probs from the stacked per-step logits (as TransformersEngine computed them before)."""
+
+    def __init__(self, model, tok, suppress):
+        self.model, self.tok, self.suppress = model, tok, suppress
+
+    @torch.no_grad()
+    def generate(self, requests, params):
+        from lvr_trainer.model.encode import cached_video_kwargs
+        from lvr_trainer.rollout.base import Rollout
+        from lvr_trainer.rollout.hf import left_pad
+
+        tok = self.tok
+        ids = left_pad([r.input_ids for r in requests], tok.pad_token_id)
+        mask = left_pad([torch.ones_like(r.input_ids) for r in requests], 0)
+        mm = left_pad([r.mm_token_type_ids for r in requests], 0)
+        grid = torch.cat([r.video_grid_thw for r in requests])
+        embeds = torch.cat([r.video_embeds for r in requests])
+        torch.manual_seed(params.seed)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=mm, video_grid_thw=grid,
+            second_per_grid_ts=torch.tensor([r.second_per_grid_t for r in requests]),
+            **cached_video_kwargs(embeds, grid), do_sample=True, temperature=params.temperature, top_p=1.0, top_k=0,
+            num_return_sequences=params.n, max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress,
+            output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id)
+        new = out.sequences[:, ids.shape[1]:]
+        lps = (torch.stack(out.logits, 1).float() / params.temperature).log_softmax(-1).gather(
+            -1, new[..., None])[..., 0]
+        return [[Rollout(new[i * params.n + j].tolist(), lps[i * params.n + j].tolist(), "", False)
+                 for j in range(params.n)] for i in range(len(requests))]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +141,8 @@ def main() -> None:
     mb = sum(t.numel() * t.element_size() for _, t in policy_tensors(model)) / 2**20
 
     work = Path(tempfile.mkdtemp(prefix="lvr-bench-rollout-"))
-    engines: dict[str, object] = {"transformers": TransformersEngine(model, tok, batch_size=64)}
+    local = TransformersEngine(model, tok, batch_size=64)
+    engines: dict[str, object] = {"hf-generate": GenerateBaseline(model, tok, local.suppress), "transformers": local}
     procs = []
     proc, url = start_server("transformers", model_cfg, work, max_len)
     procs.append(proc)
@@ -123,8 +161,8 @@ def main() -> None:
     sync_rows = []
     try:
         for name, engine in engines.items():
-            if name == "transformers":
-                continue                       # generates from the live module: nothing to load
+            if name in ("hf-generate", "transformers"):
+                continue                       # generate from the live module: nothing to load
             seconds = timed(lambda: engine.sync_weights(model), 1)
             sync_rows.append([name, f"{mb:.1f}", f"{seconds:.3f}", f"{seconds * 100 / mb:.3f}"])
         rows = []
@@ -132,13 +170,14 @@ def main() -> None:
             requests = [synthetic_request(tok, hidden, frames, seed=i) for i in range(args.prompts)]
             base = None
             for name, engine in engines.items():
+                torch.set_num_threads(args.threads)   # vLLM's in-process init lowers this process's threads to 1
                 engine.generate(requests[:1], SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=1))
                 out = []
                 seconds = timed(lambda: out.append(engine.generate(requests, params)), args.reps)
                 tokens = sum(len(r.token_ids) for g in out[-1] for r in g)
                 replies = args.prompts * args.group
                 base = base or seconds
-                rows.append([name, frames, len(requests[0].input_ids), f"{replies / seconds:.2f}",
+                rows.append([name, frames, len(requests[0].input_ids), torch.get_num_threads(), f"{replies / seconds:.2f}",
                              f"{tokens / seconds:.1f}", f"{seconds:.2f}", f"{base / seconds:.2f}x"])
     finally:
         for p in procs:
@@ -146,7 +185,8 @@ def main() -> None:
     print(f"\nrollout throughput: preset {args.preset} ({mb:.1f} MB fp32), {args.prompts} prompts x G={args.group}, "
           f"{args.max_new_tokens} new tokens max, temperature 1; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(format_table(["engine", "frames", "prompt tokens", "replies/s", "tokens/s", "s/call", "vs transformers"],
+    print(format_table(["engine", "frames", "prompt tokens", "threads", "replies/s", "tokens/s", "s/call",
+                        "vs hf-generate"],
                        rows))
     print("\nweight sync (whole model into the engine)")
     print(format_table(["engine", "MB", "seconds", "s per 100 MB"], sync_rows))

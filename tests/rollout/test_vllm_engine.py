@@ -39,6 +39,15 @@ def spread_language_model(model, std: float = 0.2, seed: int = 0) -> None:
                 p.normal_(0.0, std, generator=g)
 
 
+def nudge_language_model(model, seed: int, std: float = 0.1) -> None:
+    """An "optimizer step": seeded noise on every language-model weight."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "visual" not in name:
+                p.add_(torch.randn(p.shape, generator=g) * std)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from lvr_trainer.data.synth import SynthSpec, synthesise
@@ -162,12 +171,8 @@ def test_weight_sync_changes_replies_to_the_new_models(setup):
     model, tok, requests, engine = setup
     before = replies(engine.generate(requests, GREEDY))
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(7)
     try:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "visual" not in name:
-                    p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        nudge_language_model(model, seed=7)
         engine.sync_weights(model)
         after = replies(engine.generate(requests, GREEDY))
         assert after != before
@@ -249,11 +254,7 @@ def test_vllm_behind_the_rollout_server_equals_transformers_before_and_after_upd
         local = TransformersEngine(model, tok)
         before = replies(remote.generate(requests, GREEDY))
         assert before == replies(local.generate(requests, GREEDY))
-        g = torch.Generator().manual_seed(11)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "visual" not in name:
-                    p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        nudge_language_model(model, seed=11)
         remote.sync_weights(model)
         after = replies(remote.generate(requests, GREEDY))
         assert after != before and after == replies(local.generate(requests, GREEDY))

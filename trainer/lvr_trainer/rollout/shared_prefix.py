@@ -105,20 +105,26 @@ def sample_shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
     logprobs = torch.zeros(b, max_new_tokens, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
+    step = 0
+    while True:
         tok, lp = next_tokens(logits, temperature, top_p, suppress, generator)
-        live = ~finished
-        tokens[live, step] = tok[live]
-        logprobs[live, step] = lp[live]
-        lengths += live.long()
-        finished |= live & (tok == eos_id)
-        more = not bool(finished.all())
-        if step + 1 == max_new_tokens or not (keep_stepping(more) if keep_stepping else more):
+        if step < max_new_tokens:
+            live = ~finished
+            tokens[live, step] = tok[live]
+            logprobs[live, step] = lp[live]
+            lengths += live.long()
+            finished |= live & (tok == eos_id)
+        more = step + 1 < max_new_tokens and not bool(finished.all())
+        # under FSDP a rank whose replies are done keeps stepping (feeding pads, recording nothing) while
+        # any other rank still decodes: each forward all-gathers, so all ranks must make the same number
+        if not (keep_stepping(more) if keep_stepping else more):
             break
-        feed = torch.where(finished, torch.full_like(tok, pad_id), tok)[:, None]      # (B, 1)
+        done = finished | (step + 1 >= max_new_tokens)
+        feed = torch.where(done, torch.full_like(tok, pad_id), tok)[:, None]          # (B, 1)
         mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], 1)
         pos = (next_pos + step).view(1, b, 1).expand(3, b, 1)
         out = model(input_ids=feed, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                     **{cache_arg: cache})
         cache, logits = out.past_key_values, out.logits[:, -1]
+        step += 1
     return SampledBatch(tokens, logprobs, lengths, finished)
