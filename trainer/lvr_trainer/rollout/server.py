@@ -187,3 +187,6 @@ def serve(engine: ServableEngine, host: str, port: int, weight_version: int = 0,
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
     app.state.server = server
     server.run()
+    stats = app.state.stats
+    print(f"rollout-server: stopped at weight version {stats.weight_version} after {stats.requests} requests, "
+          f"{stats.replies} replies, {stats.generated_tokens} tokens, {stats.weight_loads} weight loads", flush=True)
