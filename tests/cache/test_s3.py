@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -125,3 +126,15 @@ def test_unreachable_store_recomputes_or_fails_fast(kind, blackhole):
     with pytest.raises(StoreUnavailable, match="unreachable.*on_unreachable=recompute"):
         strict.get_or_encode(KEY, make_entry)
     assert time.monotonic() - start < 5
+
+
+def test_mirror_downloads_an_object_rewritten_with_the_same_size(store, tmp_path):
+    """A rerun writes its checkpoint under the same URI with the same sizes: the local mirror must not serve
+    the old bytes (found by `make demo` evaluating a previous run's model from ~/.cache/lvr/models)."""
+    name = f"{store.prefix}/model/model.safetensors"
+    store.client.put_object(store.bucket, name, io.BytesIO(b"A" * 64), 64)
+    dest = tmp_path / "mirror"
+    assert store.download_prefix(dest) == 1 and (dest / "model/model.safetensors").read_bytes() == b"A" * 64
+    assert store.download_prefix(dest) == 0                       # unchanged: nothing fetched again
+    store.client.put_object(store.bucket, name, io.BytesIO(b"B" * 64), 64)
+    assert store.download_prefix(dest) == 1 and (dest / "model/model.safetensors").read_bytes() == b"B" * 64

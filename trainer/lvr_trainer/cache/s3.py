@@ -124,9 +124,14 @@ class S3Store:
 
     def list_objects(self) -> list[tuple[str, int]]:
         """(object name, size) of every object under the prefix, in name order."""
+        return [(name, size) for name, size, _ in self.list_object_versions()]
+
+    def list_object_versions(self) -> list[tuple[str, int, str]]:
+        """(object name, size, ETag) of every object under the prefix, in name order: the ETag changes
+        whenever an object is written again, even with the same size."""
         objects = self._call("LIST", lambda: list(self.client.list_objects(
             self.bucket, prefix=f"{self.prefix}/" if self.prefix else None, recursive=True))) or []
-        return sorted((obj.object_name, int(obj.size)) for obj in objects)
+        return sorted((obj.object_name, int(obj.size), str(obj.etag or "").strip('"')) for obj in objects)
 
     def upload_file(self, name: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
         """PUT the local file `path` as the object `name` (a whole object name: no prefix or suffix added)."""
@@ -134,14 +139,29 @@ class S3Store:
                    content_type=content_type)
 
     def download_prefix(self, dest: str | Path) -> int:
-        """Mirror every object under the prefix into `dest`; skips files of equal size. Returns downloads."""
+        """Mirror every object under the prefix into `dest`; returns downloads. A local file is kept only
+        when its size and the ETag recorded when it was downloaded (`dest/.lvr-etags.json`) both match the
+        object: a run that rewrote its output under the same URI (a checkpoint of the same architecture
+        has the same size) is downloaded again, never served stale."""
+        import json
+
         dest = Path(dest)
+        record = dest / ".lvr-etags.json"
+        try:
+            etags = json.loads(record.read_text()) if record.is_file() else {}
+        except ValueError:
+            etags = {}
         n = 0
-        for name, size in self.list_objects():
-            target = dest / name[len(self.prefix):].lstrip("/")
-            if target.is_file() and target.stat().st_size == size:
+        for name, size, etag in self.list_object_versions():
+            rel = name[len(self.prefix):].lstrip("/")
+            target = dest / rel
+            if target.is_file() and target.stat().st_size == size and etag and etags.get(rel) == etag:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             self._call(f"GET {name}", self.client.fget_object, self.bucket, name, str(target))
+            etags[rel] = etag
             n += 1
+        if n:
+            dest.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(etags, indent=0, sort_keys=True))
         return n
