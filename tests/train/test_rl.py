@@ -75,7 +75,6 @@ def test_config_errors_are_readable(make_config):
         run_rl(make_config())
     with pytest.raises(RLConfigError, match="grad_accum"):
         run_rl(rl_config(make_config, rl={"mini_batches": 3}))
-    pytest.importorskip("lvr_trainer.rollout.vllm_engine")
     if importlib.util.find_spec("vllm") is None:   # the main venv: vLLM lives in .venv-vllm
         with pytest.raises(RolloutUnavailable, match="needs vLLM in the trainer's environment.*make vllm-venv"):
             run_rl(rl_config(make_config, rollout={"engine": "vllm"}))

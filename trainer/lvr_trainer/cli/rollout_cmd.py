@@ -50,21 +50,16 @@ def build_served_engine(cfg, engine_kind: str, batch_size: int):
 
         model, tokenizer, _ = load_policy(cfg.model, device)
         return TransformersEngine(model, tokenizer, batch_size)
+    from lvr_trainer.model.loading import inference_dtype, resolve_model_path
+    from lvr_trainer.rollout.vllm_engine import VllmEngine, import_vllm, rollout_settings
+
     try:
-        import vllm  # noqa: F401
+        import_vllm()
     except ImportError:
         raise CLIError("--engine vllm needs vLLM installed (the rollout image, or `make vllm-venv` and "
                        ".venv-vllm/bin/lvr); or serve --engine transformers") from None
-    import tempfile
-
-    from lvr_trainer.model.loading import inference_dtype, resolve_model_path
-    from lvr_trainer.rollout.vllm_engine import VllmEngine
-
-    # the trainer's dtype, never vLLM's "auto" (which would run a float32 checkpoint in half precision)
-    dtype = str(inference_dtype(cfg.model, device)).removeprefix("torch.")
-    settings = dict(seed=cfg.model.seed, dtype=dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                    max_model_len=cfg.rollout.max_model_len, tensor_parallel_size=cfg.rollout.tensor_parallel)
+    settings = rollout_settings(cfg.rollout, inference_dtype(cfg.model, device), cfg.model.seed)
     if cfg.model.path is not None:              # a checkpoint directory: vLLM reads it as it is
         return VllmEngine(str(resolve_model_path(cfg.model.path)), **settings)
     model, tokenizer, _ = load_policy(cfg.model, torch.device("cpu"))   # a preset: saved once for vLLM
-    return VllmEngine.from_model(model, tokenizer, tempfile.mkdtemp(prefix="lvr-rollout-"), **settings)
+    return VllmEngine.from_model(model, tokenizer, **settings)

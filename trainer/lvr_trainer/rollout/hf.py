@@ -20,7 +20,7 @@ def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
 
 def sharded_across_ranks(model) -> bool:
     """True when the model's layers are FSDP-sharded over several ranks: then every forward all-gathers,
-    and generate must keep stepping (`synced_gpus`) until every rank's replies are done, or the ranks
+    and the sampler must keep stepping (`_any_rank_unfinished`) until every rank's replies are done, or the ranks
     whose replies ended early would leave the others waiting in a collective forever."""
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor

@@ -42,6 +42,15 @@ def import_vllm():
     return vllm
 
 
+def rollout_settings(rollout, dtype: torch.dtype, seed: int) -> dict:
+    """`VllmEngine` keywords from the trainer config's `rollout` section (lvr_trainer.config.RolloutConfig):
+    one mapping for the trainer's in-process engine and the rollout server. `dtype` is the policy's,
+    never vLLM's "auto" (which runs a float32 checkpoint in half precision)."""
+    return dict(dtype=str(dtype).removeprefix("torch."), seed=seed, max_model_len=rollout.max_model_len,
+                gpu_memory_utilization=rollout.gpu_memory_utilization,
+                tensor_parallel_size=rollout.tensor_parallel)
+
+
 def save_for_vllm(model, tokenizer, directory: str | Path) -> Path:
     """Write `model` (a transformers Qwen-VL), `tokenizer` and a transformers-style preprocessor config to
     `directory`: what vLLM reads to build its copy (its multimodal processor needs preprocessor_config.json
@@ -110,8 +119,13 @@ class VllmEngine:
         self.logits_scale = 1.0
 
     @classmethod
-    def from_model(cls, model, tokenizer, workdir: str | Path, **settings) -> VllmEngine:
-        """An engine on a copy of the in-memory transformers `model` (saved to `workdir` for vLLM to read)."""
+    def from_model(cls, model, tokenizer, workdir: str | Path | None = None, **settings) -> VllmEngine:
+        """An engine on a copy of the in-memory transformers `model` (saved to `workdir`, default a new
+        temporary directory, for vLLM to read)."""
+        if workdir is None:
+            import tempfile
+
+            workdir = tempfile.mkdtemp(prefix="lvr-vllm-")
         return cls(save_for_vllm(model, tokenizer, workdir), **settings)
 
     # ---- weights ----

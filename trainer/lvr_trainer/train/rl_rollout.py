@@ -45,20 +45,16 @@ def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int, seed: int
         from lvr_trainer.rollout.hf import TransformersEngine
 
         return TransformersEngine(model, tokenizer, batch_size)
-    from lvr_trainer.rollout.vllm_engine import VllmEngine
+    from lvr_trainer.rollout.vllm_engine import VllmEngine, import_vllm, rollout_settings
 
     try:
-        import vllm  # noqa: F401
+        import_vllm()
     except ImportError:
         raise RolloutUnavailable(
             "rollout.engine vllm (inprocess) needs vLLM in the trainer's environment: use the rollout image "
             "(images/rollout), `make vllm-venv` on a CPU machine, or rollout.engine: transformers") from None
-    import tempfile
-
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")     # the policy's, not vLLM's "auto"
-    return VllmEngine.from_model(model, tokenizer, tempfile.mkdtemp(prefix="lvr-vllm-"), seed=seed, dtype=dtype,
-                                 gpu_memory_utilization=cfg.gpu_memory_utilization,
-                                 max_model_len=cfg.max_model_len)
+    dtype = next(model.parameters()).dtype
+    return VllmEngine.from_model(model, tokenizer, **rollout_settings(cfg, dtype, seed))
 
 
 def _barrier_if_distributed() -> None:
