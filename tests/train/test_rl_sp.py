@@ -27,7 +27,8 @@ rewards = [{{"name": "format", "weight": 1.0}},
 cfg = tiny_config(Path({data!r}), Path({out!r}),
                   train={{"steps": 2, "batch_size": 2, "grad_accum": 1, "torch_threads": 1, "eval_every": 1}},
                   optim={{"lr": 0.01, "warmup_steps": 0, "grad_clip": 1000.0}},
-                  rl={{"group_size": 8, "max_new_tokens": 12, "kl_coef": 0.05, "rewards": rewards}},
+                  rl={{"group_size": 8, "max_new_tokens": 12, "kl_coef": 0.05, "rewards": rewards,
+                      "shared_prefix": {shared}}},
                   eval={{"limit": 2, "max_new_tokens": 4}},
                   parallel={{"strategy": "ddp", "sequence_parallel": {sp}}})
 summary = run_rl(cfg)
@@ -41,10 +42,11 @@ Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps([{{k: h[k] for k i
 KEYS = ("reward/total", "actor/loss", "actor/ref_kl", "rollout/reply_len")
 
 
-def _run(tmp_path: Path, tiny_data: Path, name: str, nproc: int) -> tuple[dict[int, list[dict]], Path]:
+def _run(tmp_path: Path, tiny_data: Path, name: str, nproc: int, shared: bool) -> tuple[dict[int, list[dict]], Path]:
     out = tmp_path / name
     script = tmp_path / f"{name}.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(tiny_data), out=str(out), sp=nproc))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(tiny_data), out=str(out), sp=nproc,
+                                    shared=shared))
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             str(script)] if nproc > 1 else [sys.executable, str(script)])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
@@ -55,7 +57,9 @@ def _run(tmp_path: Path, tiny_data: Path, name: str, nproc: int) -> tuple[dict[i
 
 
 def test_sequence_parallel_rl_equals_single_process(tmp_path, tiny_data, assert_same_update):
-    """SP=2 (one SP group of 2 ranks holding the same 2 prompts x 4 replies) against 1 process.
+    """SP=2 (one SP group of 2 ranks holding the same 2 prompts x 4 replies) against 1 process; the SP run
+    scores with the shared prefix (each prompt once, its replies attending to the gathered prompt through
+    the grouped mask), the single process one sequence per reply, so this also checks SP x shared prefix.
 
     Replies are sampled on the SP group's first rank and broadcast, so both SP ranks report the very
     rewards of the single process (same seed, same prompts). Policy and reference log-probs come from
@@ -66,8 +70,8 @@ def test_sequence_parallel_rl_equals_single_process(tmp_path, tiny_data, assert_
     Rank 1 cannot sample at all (its `sample_groups` raises), so its replies can only be the broadcast ones.
     Validation (eval_every=1) runs on every rank (each scores a share; the counts are summed).
     """
-    one, one_dir = _run(tmp_path, tiny_data, "one", nproc=1)
-    two, two_dir = _run(tmp_path, tiny_data, "two", nproc=2)
+    one, one_dir = _run(tmp_path, tiny_data, "one", nproc=1, shared=False)
+    two, two_dir = _run(tmp_path, tiny_data, "two", nproc=2, shared=True)
     assert len(one[0]) == len(two[0]) == len(two[1]) == 2
     for step, (a, b, c) in enumerate(zip(one[0], two[0], two[1])):
         assert a["reward/total"] == b["reward/total"] == c["reward/total"], step  # same replies everywhere

@@ -286,6 +286,11 @@ class GRPOConfig(StrictModel):
         KLKind.low_var_kl,
         description="KL estimator: k1, abs, mse or low_var_kl (k3, clamped). Default low_var_kl.")
     ppo_epochs: int = Field(1, ge=1, le=16, description="Passes over each rollout batch. Default 1.")
+    shared_prefix: bool = Field(
+        True,
+        description="Score each prompt once per micro-batch in the old/reference prefills and the update, its G "
+        "replies attending to it through a grouped attention mask (same log-probs, loss and gradients as one "
+        "sequence per reply, to float rounding). Needs attn_implementation sdpa or eager. Default true.")
     mini_batches: int = Field(
         1, ge=1,
         description="Optimizer steps per pass: the rollout batch is split into this many mini-batches of whole "

@@ -8,7 +8,7 @@ Per SP rank, for a batch padded to T' = SP * ceil(T / SP):
     inputs_embeds (B, T, H) -> pad -> this rank's shard (B, T'/SP, H)
     position_ids  (3, B, T) -> pad -> shard (3, B, T'/SP)      [mRoPE computed once on the full sequence]
     decoder layers (attention: Ulysses all-to-all, everything else local) -> hidden (B, T'/SP, H)
-    lm_head + log_softmax in chunks -> (B, T'/SP) -> all-gather -> (B, T') -> unpad -> (B, T)
+    lm_head + log_softmax in chunks, scored positions only -> (B, T'/SP) -> all-gather -> (B, T') -> unpad -> (B, T)
 Every rank of an SP group must be given the same sample(s); every rank returns the same log-probs.
 """
 
@@ -21,35 +21,42 @@ from torch.utils.checkpoint import checkpoint
 from . import collectives
 from .comm import gather_sequence
 from .grid import ProcessGrid
-from .sequence import causal_padding_mask, is_right_padded, pad_to_multiple, split_for_rank, unpad
+from .sequence import (causal_padding_mask, is_right_padded, pad_square_mask, pad_to_multiple, split_for_rank,
+                       unpad)
 from .ulysses import enable_ulysses, language_model_parts, ulysses_context
 
 
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
                     temperature: float) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature     # (B, C, V)
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (B, C)
+    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature     # (C, V)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (C,)
 
 
 def token_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Linear, target_ids: torch.Tensor,
                    temperature: float = 1.0, chunk_size: int = 4096) -> torch.Tensor:
     """log p(target_ids[b, t] | position t) from final hidden states, `(B, T, H)` -> `(B, T)` float32.
 
-    The `(B, T, V)` logits are never held whole: they are built `chunk_size` positions at a time and,
-    when gradients are needed, recomputed in backward (checkpoint), so only `(B, T, H)` is saved.
-    Negative targets (ignore index -100) are read as token 0; mask them in the loss.
+    Only positions with a target run the LM head: a negative target (ignore index -100: the prompt, padding)
+    costs nothing and reads 0, so a long video prompt never meets the (V x H) head. The `(K, V)` logits of
+    the K scored positions are never held whole: they are built `chunk_size` positions at a time and, when
+    gradients are needed, recomputed in backward (checkpoint), so only `(K, H)` is saved.
     """
-    targets = target_ids.clamp(min=0)
-    length = hidden.shape[1]
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])                                  # (B*T, H)
+    flat_targets = target_ids.reshape(-1)
+    scored = (flat_targets >= 0).nonzero().squeeze(-1)                                  # (K,)
+    out = torch.zeros(flat_targets.shape[0], dtype=torch.float32, device=hidden.device)
+    if scored.numel() == 0:     # nothing to score: a zero that still reaches the parameters' graph
+        return (out + 0.0 * hidden.sum().float()).view(target_ids.shape)
     parts = []
-    for start in range(0, length, chunk_size):
-        h, t = hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size]
+    for start in range(0, scored.numel(), chunk_size):
+        rows = scored[start:start + chunk_size]
+        h, t = flat_hidden[rows], flat_targets[rows]
         if torch.is_grad_enabled():
             parts.append(checkpoint(_chunk_logprobs, h, lm_head.weight, lm_head.bias, t, temperature,
                                     use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(h, lm_head.weight, lm_head.bias, t, temperature))
-    return torch.cat(parts, dim=1)
+    return out.index_put((scored,), torch.cat(parts)).view(target_ids.shape)
 
 
 def _full_positions(position_ids: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
@@ -77,37 +84,57 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor, pos
             sequence (or `(B, T)` 1-D positions, or None for 0..T-1).
         target_ids: `(B, T)`, the token to score at each position (the inputs shifted left by one).
         attention_mask: `(B, T)`, 1 real / 0 padding; None means all real. Any padding layout works;
-            right padding (or none) keeps attention on the fast causal path.
+            right padding (or none) keeps attention on the fast causal path. Or a boolean `(B, 1, T, T)`
+            mask, True = may attend (shared-prefix rows: `sequence.grouped_causal_mask`).
         grid: the process grid; None or SP=1 runs the plain single-process model.
         temperature: logits are divided by it (rollout sampling temperature).
         chunk_size: positions per lm_head chunk (bounds the `(B, chunk, V)` logits).
     Returns:
-        `(B, T)` float32 log-probs, the same on every SP rank, differentiable. Values at padding and
-        ignored targets are meaningless; mask them. After backward, call `reduce_gradients`.
+        `(B, T)` float32 log-probs, the same on every SP rank, differentiable; 0 where the target is
+        negative (ignored). Values at padding are meaningless; mask them. After backward, call
+        `reduce_gradients`.
     """
     lm, head = language_model_parts(model)
     batch, length, _ = inputs_embeds.shape
     positions = _full_positions(position_ids, batch, length, inputs_embeds.device)
+    square = attention_mask is not None and attention_mask.ndim == 4
     if grid is None or grid.sp_size == 1:
-        hidden = lm(inputs_embeds=inputs_embeds, position_ids=positions, attention_mask=attention_mask,
+        mask = {"full_attention": _as_kernel_mask(lm, attention_mask)} if square else attention_mask
+        hidden = lm(inputs_embeds=inputs_embeds, position_ids=positions, attention_mask=mask,
                     use_cache=False).last_hidden_state                                   # (B, T, H)
         return token_logprobs(hidden, head, target_ids, temperature, chunk_size)
 
     sp, rank = grid.sp_size, grid.sp_rank
     enable_ulysses(model)
-    if attention_mask is None:
-        attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
-    full_mask = pad_to_multiple(attention_mask, sp, dim=1, value=0)                    # (B, T')
-    mask4d = None if is_right_padded(full_mask) else causal_padding_mask(full_mask)    # (B, 1, T', T')
+    if square:
+        mask4d = pad_square_mask(attention_mask, sp)                                    # (B, 1, T', T')
+    else:
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        full_mask = pad_to_multiple(attention_mask, sp, dim=1, value=0)                # (B, T')
+        mask4d = None if is_right_padded(full_mask) else causal_padding_mask(full_mask)  # (B, 1, T', T')
     ctx = ulysses_context(model, grid.sp_group, sp, mask4d)
 
     local_embeds = split_for_rank(pad_to_multiple(inputs_embeds, sp, dim=1), sp, rank, dim=1)    # (B, T'/SP, H)
     local_pos = split_for_rank(pad_to_multiple(positions, sp, dim=2), sp, rank, dim=2)          # (3, B, T'/SP)
-    local_targets = split_for_rank(pad_to_multiple(target_ids, sp, dim=1), sp, rank, dim=1)     # (B, T'/SP)
+    local_targets = split_for_rank(pad_to_multiple(target_ids, sp, dim=1, value=-100), sp, rank, dim=1)
     hidden = lm(inputs_embeds=local_embeds, position_ids=local_pos,
                 attention_mask={"full_attention": ctx}, use_cache=False).last_hidden_state   # (B, T'/SP, H)
     local_lp = token_logprobs(hidden, head, local_targets, temperature, chunk_size)          # (B, T'/SP)
     return unpad(gather_sequence(local_lp, grid.sp_group, dim=1), length, dim=1)            # (B, T)
+
+
+def _as_kernel_mask(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean `(B, 1, T, T)` mask in the form the language model's attention kernel takes: sdpa reads
+    booleans, eager adds a float mask; flash-attention takes no square mask."""
+    kernel = lm.config._attn_implementation or "sdpa"
+    if "flash" in kernel:
+        raise ValueError(f"a shared-prefix (grouped) attention mask needs model.attn_implementation sdpa or "
+                         f"eager, not {kernel}; or set rl.shared_prefix: false")
+    if kernel == "eager":
+        dtype = next(lm.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """What both training loops share below the loop: which records a step reads (a pure function of seed and
-step), this rank's micro-batches of them, and the per-token log-probs of a padded batch (SFT's loss,
-GRPO's old/reference prefills and its update)."""
+step), this rank's micro-batches of them, and the per-token log-probs of a padded or shared-prefix batch
+(SFT's loss, GRPO's old/reference prefills and its update)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from lvr_trainer.model.encode import embed_inputs, encode_video
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import sp_forward_logprobs
 from lvr_trainer.train.examples import Batch
+from lvr_trainer.train.packing import PackedBatch
 
 
 def global_indices(num_records: int, seed: int, step: int, global_batch: int) -> list[int]:
@@ -33,8 +34,15 @@ def rank_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dp_
             for m in range(grad_accum)]
 
 
-def response_logprobs(model, batch: Batch, grid: ProcessGrid | None, temperature: float = 1.0) -> torch.Tensor:
-    """(B, S) log-probs of each position's next token (the loops mask with `batch.target_ids`)."""
+def response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | None,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """(B, S) log-probs of each position's next token (the loops mask with the reply / target mask); 0 where
+    nothing is scored. A `PackedBatch` (shared prefix) gives the same values in the same layout."""
+    if isinstance(batch, PackedBatch):
+        inputs_embeds = embed_inputs(model, batch.input_ids, batch.video_embeds)
+        packed = sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,
+                                     batch.attention_mask(), grid, temperature=temperature)     # (R, T)
+        return batch.unpack(packed)
     embeds = batch.video_embeds
     if embeds is None:  # trainable vision tower: encode each video with gradients, bypassing the cache
         sizes = batch.video_grid_thw.prod(-1).tolist()

@@ -7,7 +7,8 @@ One RL step, top to bottom (DESIGN.md, "Data flow of one RL step"):
        parallelism sampled on each SP group's first rank and broadcast to its peers)
     -> reward: weighted terms of `rl.rewards` -> group-normalised advantages
     -> old log-probs (policy) and reference log-probs (frozen initial policy; skipped when kl_coef = 0)
-       by prefill over prompt + reply tokens, reusing the cached embeddings (no vision pass)
+       by prefill over prompt + reply tokens, reusing the cached embeddings (no vision pass); with
+       rl.shared_prefix each prompt once and its replies attending to it (train/packing.py)
     -> update: rl.ppo_epochs x rl.mini_batches optimizer steps of policy_loss + kl_coef * kl_loss
     -> metrics (reward/*, rollout/*, actor/*, cache/*, time/*), checkpoint, periodic validation.
 
@@ -114,6 +115,9 @@ def check_rl_config(cfg: TrainerConfig) -> None:
     if not cfg.model.freeze_vision:
         raise RLConfigError("`lvr rl` needs model.freeze_vision: true: rollouts and prefills reuse the cached "
                          "video embeddings, which a trained vision tower would invalidate")
+    if cfg.rl.shared_prefix and "flash" in cfg.model.attn_implementation:
+        raise RLConfigError(f"rl.shared_prefix needs a grouped attention mask, which model.attn_implementation="
+                         f"{cfg.model.attn_implementation} cannot take: use sdpa, or set rl.shared_prefix: false")
     if cfg.train.grad_accum % cfg.rl.mini_batches:
         raise RLConfigError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of rl.mini_batches="
                          f"{cfg.rl.mini_batches}: each mini-batch is a whole number of micro-batches")
@@ -152,7 +156,7 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     with timer("old_logprobs"):
         examples = reply_examples(model, tokenizer, records, rollouts, source, cfg.sft.think, g)
         micros = micro_batches(examples, rollouts, scored.advantages, cfg.train.batch_size * g,
-                               tokenizer.pad_token_id, run.device)
+                               tokenizer.pad_token_id, run.device, group_size=g if rl.shared_prefix else None)
         prefill_logprobs(model, micros, grid, rl.temperature, "old_logprobs", run.autocast)
     if run.reference is not None:
         with timer("ref_logprobs"):

@@ -21,6 +21,7 @@ from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, request_for
+from lvr_trainer.train.packing import PackedBatch, pack_groups
 from lvr_trainer.parallel import collectives
 
 
@@ -160,12 +161,14 @@ def reply_examples(model, tokenizer, records: list[VideoQARecord], rollouts: lis
 class MicroBatch:
     """One forward/backward unit of replies.
 
-    batch: padded token batch (B, S); mask: (B, S) float, 1 where `batch.target_ids` is a reply token;
-    advantages: (B,); old_logprobs / ref_logprobs: (B, S) under the sampling policy / the frozen reference
-    (ref None when kl_coef is 0); rollout_logprobs: (B, S) as reported by the engine (diagnostics).
+    batch: the replies' tokens, per sequence (`Batch`, B padded rows of S) or shared-prefix (`PackedBatch`,
+    one row per prompt); either way log-probs come back as (B, S). mask: (B, S) float, 1 at the positions
+    that predict a reply token; advantages: (B,); old_logprobs / ref_logprobs: (B, S) under the sampling
+    policy / the frozen reference (ref None when kl_coef is 0); rollout_logprobs: (B, S) as reported by
+    the engine (diagnostics).
     """
 
-    batch: Batch
+    batch: Batch | PackedBatch
     mask: torch.Tensor
     advantages: torch.Tensor
     rollout_logprobs: torch.Tensor
@@ -182,15 +185,28 @@ def engine_logprobs(examples: list[Example], rollouts: list[Rollout], length: in
     return out
 
 
+def reply_mask(examples: list[Example], length: int) -> torch.Tensor:
+    """(B, S) float: 1 at the positions whose next token carries a label (`Batch.target_ids` != IGNORE)."""
+    out = torch.zeros(len(examples), length)
+    for i, ex in enumerate(examples):
+        out[i, :len(ex.labels) - 1] = (ex.labels[1:] != IGNORE).float()
+    return out
+
+
 def micro_batches(examples: list[Example], rollouts: list[Rollout], advantages: torch.Tensor, per_micro: int,
-                  pad_id: int, device: torch.device) -> list[MicroBatch]:
-    """Split N replies into micro-batches of `per_micro` consecutive replies, collated and on `device`."""
+                  pad_id: int, device: torch.device, group_size: int | None = None) -> list[MicroBatch]:
+    """Split N replies (prompt-major) into micro-batches of `per_micro` consecutive replies on `device`:
+    shared-prefix packed (each prompt once per micro-batch) when `group_size` is given, else collated per
+    sequence."""
     out = []
     for start in range(0, len(examples), per_micro):
         exs, ros = examples[start:start + per_micro], rollouts[start:start + per_micro]
-        batch = collate(exs, pad_id)
-        mask = (batch.target_ids != IGNORE).float()
-        lps = engine_logprobs(exs, ros, batch.input_ids.shape[1])
-        out.append(MicroBatch(batch.to(device), mask.to(device), advantages[start:start + per_micro].to(device),
-                              lps.to(device)))
+        length = max(len(e.input_ids) for e in exs)
+        if group_size:
+            batch = pack_groups(exs, [(start + i) // group_size for i in range(len(exs))], pad_id)
+        else:
+            batch = collate(exs, pad_id)
+        out.append(MicroBatch(batch.to(device), reply_mask(exs, length).to(device),
+                              advantages[start:start + per_micro].to(device),
+                              engine_logprobs(exs, ros, length).to(device)))
     return out
