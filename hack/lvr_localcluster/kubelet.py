@@ -1,7 +1,8 @@
 """The kubelet stand-in: watch pods bound to our nodes, run them as local processes, finish deletions.
 
-It does what a kubelet does for the API (pod status, graceful deletion) and nothing a container runtime
-does (no images, no isolation, no networking): see README.md in this directory for every limit.
+It does what a kubelet does for the API (pod status, graceful deletion), gives each pod an address and
+cluster DNS names of its own (podnet.py), and nothing else a container runtime does (no images, no
+isolation of files or traffic): see README.md in this directory for every limit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from lvr_localcluster.kubeapi import ApiError, KubeApi
+from lvr_localcluster.podnet import PodNetwork
 from lvr_localcluster.podworker import PodWorker
 
 DEFAULT_GRACE = 30.0
@@ -27,6 +29,7 @@ class Kubelet:
         self.log_file = state_dir / "logs" / "kubelet.log"
         self.venv_bin = venv_bin or Path(sys.executable).parent
         self.kubeconfig_for = kubeconfig_for  # (namespace, serviceaccount, pod) -> kubeconfig path, or None
+        self.network = PodNetwork()      # each pod's own address and /etc/hosts (cluster DNS for headless Services)
         self.workers: dict[str, PodWorker] = {}
         self.deleting: dict[str, float] = {}  # uid -> grace, for pods whose deletion we must finish
         self.finished: set[str] = set()  # uids run to the end: never run twice, even on a stale event
@@ -66,7 +69,8 @@ class Kubelet:
         """What every container's environment starts from (a container's own env overrides it)."""
         host, _, port = self.server.removeprefix("https://").partition(":")
         env = {"PATH": f"{self.venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(pod_dir / "home"),
-               "TMPDIR": str(pod_dir / "tmp"), "HOSTNAME": pod["metadata"]["name"], "LANG": "C.UTF-8",
+               "TMPDIR": str(pod_dir / "tmp"), "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
+               "LANG": "C.UTF-8",
                "PYTHONUNBUFFERED": "1", "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port,
                "LVR_POD_DIR": str(pod_dir)}
         spec = pod["spec"]
@@ -146,6 +150,7 @@ class Kubelet:
 
     def worker_done(self, worker: PodWorker) -> None:
         """Called by a worker when its processes are gone; completes a pending graceful deletion."""
+        self.network.detach(worker.uid)
         with self.lock:
             self.workers.pop(worker.uid, None)
             self.finished.add(worker.uid)

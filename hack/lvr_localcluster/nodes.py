@@ -1,7 +1,7 @@
-"""The two fake machines of the local cluster and the heartbeats that keep them Ready.
+"""The three fake machines of the local cluster and the heartbeats that keep them Ready.
 
-`gpu-node-0` is shaped like an 8xA100-80GB node as GPU Feature Discovery and the NVIDIA device plugin
-would label and size it; `cpu-node-0` has no GPU. Their status is real API state: the real scheduler
+`gpu-node-0` and `gpu-node-1` are shaped like 8xA100-80GB nodes as GPU Feature Discovery and the NVIDIA
+device plugin would label and size them; `cpu-node-0` has no GPU. Their status is real API state: the real scheduler
 places pods by it, and the real node-lifecycle controller would taint them unreachable (then evict their
 pods) if `Heartbeat` stopped renewing their Leases and Ready conditions.
 """
@@ -14,6 +14,7 @@ import threading
 from lvr_localcluster.kubeapi import STRATEGIC, ApiError, KubeApi
 
 GPU_NODE = "gpu-node-0"
+GPU_NODE_2 = "gpu-node-1"         # a second 8-GPU node: multi-node gangs, and jobs competing for nodes
 CPU_NODE = "cpu-node-0"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
@@ -75,11 +76,12 @@ def ready_conditions() -> list[dict]:
             cond("Ready", "True", "KubeletReady", "lvr kubelet stand-in is posting ready status")]
 
 
-NODE_SHAPES = {GPU_NODE: dict(gpus=8, cpu="96", memory="1120Gi"), CPU_NODE: dict(gpus=0, cpu="16", memory="64Gi")}
+NODE_SHAPES = {GPU_NODE: dict(gpus=8, cpu="96", memory="1120Gi"), GPU_NODE_2: dict(gpus=8, cpu="96", memory="1120Gi"),
+               CPU_NODE: dict(gpus=0, cpu="16", memory="64Gi")}
 
 
 def register_nodes(api: KubeApi, version: str) -> list[str]:
-    """Create both nodes (idempotent) and post their status; return their names."""
+    """Create the nodes (idempotent) and post their status; return their names."""
     for name, shape in NODE_SHAPES.items():
         api.ensure("/api/v1/nodes", node_manifest(name, shape["gpus"]))
         api.patch(f"/api/v1/nodes/{name}/status", {"status": node_status(name, version=version, **shape)})

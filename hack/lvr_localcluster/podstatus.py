@@ -79,7 +79,8 @@ def _condition(kind: str, ok: bool, now: str, previous: dict, reason: str = "") 
     return cond
 
 
-def pod_status(old_status: dict, init: list[ContainerRecord], main: list[ContainerRecord], start_time: str) -> dict:
+def pod_status(old_status: dict, init: list[ContainerRecord], main: list[ContainerRecord], start_time: str,
+               pod_ip: str = "127.0.0.1") -> dict:
     """The whole `status` to write (lists complete, for a JSON merge patch), keeping PodScheduled as is."""
     now, phase = stamp(), pod_phase(init, main)
     previous = {c["type"]: c for c in old_status.get("conditions") or []}
@@ -90,8 +91,8 @@ def pod_status(old_status: dict, init: list[ContainerRecord], main: list[Contain
                   _condition("ContainersReady", ready, now, previous, "ContainersNotReady")]
     if "PodScheduled" in previous:
         conditions.append(previous["PodScheduled"])
-    status = {"phase": phase, "conditions": conditions, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-              "podIPs": [{"ip": "127.0.0.1"}], "startTime": start_time,
+    status = {"phase": phase, "conditions": conditions, "hostIP": "127.0.0.1", "podIP": pod_ip,
+              "podIPs": [{"ip": pod_ip}], "startTime": start_time,
               "containerStatuses": [r.api_status() for r in main]}
     if init:
         status["initContainerStatuses"] = [r.api_status() for r in init]

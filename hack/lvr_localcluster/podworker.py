@@ -49,6 +49,7 @@ class PodWorker(threading.Thread):
         self.volumes: dict[str, Path] | None = None
         self.stop_event, self.grace = threading.Event(), 30.0
         self.start_time, self.last_status = stamp(), None
+        self.identity = kubelet.network.attach(pod, self.dir)     # its address, hostname and /etc/hosts
 
     def request_stop(self, grace: float) -> None:
         """Pod deleted (or kubelet stopping): end its processes, SIGTERM then SIGKILL after `grace` s."""
@@ -144,6 +145,7 @@ class PodWorker(threading.Thread):
         env = {k: v if base.get(k) == v else rewrite_paths(v, mounts) for k, v in env.items()}
         env["LVR_LOCAL_MOUNTS"] = json.dumps(dict(mounts))
         argv = [rewrite_paths(a, mounts) for a in container_argv(spec, env, self.kubelet.venv_bin)]
+        argv = self.kubelet.network.command(self.identity, argv)
         cwd = rewrite_paths(spec.get("workingDir") or str(self.dir / "work"), mounts)
         if not Path(cwd).is_dir():
             cwd = str(self.dir / "work")
@@ -186,7 +188,7 @@ class PodWorker(threading.Thread):
         self.next_start[record.name] = time.monotonic() + delay
 
     def _report(self) -> None:
-        status = pod_status(self.pod.get("status") or {}, self.init, self.main, self.start_time)
+        status = pod_status(self.pod.get("status") or {}, self.init, self.main, self.start_time, self.identity.ip)
         if status != self.last_status:
             self.kubelet.api.patch(f"{self.path}/status", {"status": status})
             self.last_status = status

@@ -15,7 +15,8 @@ from kubernetes.client.rest import ApiException
 
 from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import kind_by_name
-from lvr_operator.manifests.common import namespace_of, owner_selector
+from lvr_operator.manifests.common import (PODGROUP_API, PODGROUP_PLURAL, PODGROUP_VERSION, namespace_of,
+                                           owner_selector)
 from lvr_operator.reconcile.model import Create, Delete, DeleteOwner, Event, Plan, status_patch
 
 log = logging.getLogger("lvr_operator")
@@ -94,6 +95,16 @@ class Cluster:
                          field_selector="status.phase!=Succeeded,status.phase!=Failed")["items"]
         return nodes, pods
 
+    def has_pod_groups(self) -> bool:
+        """Whether the scheduler-plugins PodGroup API (scheduling.x-k8s.io/v1alpha1) is served."""
+        try:
+            self._count("get")
+            resources = self.api.call_api(f"/apis/{PODGROUP_API}/{PODGROUP_VERSION}", "GET", response_type="object",
+                                          _return_http_data_only=True, auth_settings=["BearerToken"])
+        except ApiException:
+            return False
+        return any(r.get("name") == PODGROUP_PLURAL for r in (resources or {}).get("resources") or [])
+
     def pod_log(self, namespace: str, name: str, container: str, lines: int) -> str:
         try:
             self._count("log")
@@ -123,7 +134,11 @@ class Cluster:
     def _act(self, owner: dict[str, Any], action: Create | Delete | DeleteOwner) -> None:
         ns = namespace_of(owner)
         try:
-            if isinstance(action, Create):
+            if isinstance(action, Create) and action.obj["kind"] == "PodGroup":
+                self._count("create")
+                self.custom.create_namespaced_custom_object(PODGROUP_API, PODGROUP_VERSION, ns, PODGROUP_PLURAL,
+                                                            action.obj)
+            elif isinstance(action, Create):
                 kind = action.obj["kind"]
                 api = self.rbac if kind.startswith("Role") else self.core
                 self._count("create")

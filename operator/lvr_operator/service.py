@@ -16,7 +16,7 @@ from lvr_operator.api.jobs import JobSpecBase
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import is_terminal
 from lvr_operator.cluster import Cluster
-from lvr_operator.reconcile.capacity import free_slots
+from lvr_operator.reconcile.capacity import free_slots, gpu_holders
 from lvr_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
 from lvr_operator.reconcile.job import JobObserved, reconcile_job
 from lvr_operator.reconcile.model import Plan
@@ -24,6 +24,10 @@ from lvr_operator.reconcile.pods import container_state
 from lvr_operator.settings import OperatorSettings
 
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+# Gang admission, one job at a time: the free GPUs are counted and the gang's pods created under this lock,
+# so two jobs never both count the same free GPUs; the created (still unbound) pods then count as used for
+# the next job until they are bound (capacity.free_slots), which is the reservation.
+_admission = threading.Lock()
 latencies: list[float] = []      # seconds per reconcile, read by bench/operator.py
 
 
@@ -40,16 +44,18 @@ def _failed_logs(cluster: Cluster, pods: list[dict[str, Any]], settings: Operato
     return logs
 
 
-def _job_free_slots(cluster: Cluster, job: dict[str, Any], model: type) -> int | None:
+def _job_free_slots(cluster: Cluster, job: dict[str, Any], model: type) -> tuple[int | None, list[str]]:
+    """(workers that fit now, who holds the GPUs); (None, []) when the job is not gated (CPU-only)."""
     try:
         spec: JobSpecBase = model.model_validate(job.get("spec") or {})
     except ValueError:
-        return None
+        return None, []
     if spec.resources.gpus_per_node <= 0:
-        return None
+        return None, []
     nodes, pods = cluster.nodes_and_active_pods()
-    return free_slots(nodes, pods, spec.resources.gpus_per_node, spec.placement.effective_node_selector(),
-                      spec.placement.effective_tolerations())
+    slots = free_slots(nodes, pods, spec.resources.gpus_per_node, spec.placement.effective_node_selector(),
+                       spec.placement.effective_tolerations())
+    return slots, gpu_holders(pods)
 
 
 def _nodes(spec: dict[str, Any]) -> int:
@@ -74,8 +80,12 @@ def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSetting
     if (spec.get("model") or {}).get("fromSFTJob"):
         obs.sft_job = cluster.get_cr("SFTJob", ns, spec["model"]["fromSFTJob"])
     phase = status.get("phase")
-    if not obs.pods and not is_terminal(phase) and not (spec.get("runPolicy") or {}).get("suspend"):
-        obs.free_slots = _job_free_slots(cluster, job, kind_by_name(job["kind"]).spec_model)
+    run_policy = spec.get("runPolicy") or {}
+    if not obs.pods and not is_terminal(phase) and not run_policy.get("suspend"):
+        if not run_policy.get("queueName"):          # with Kueue, Kueue's quota admits the gang
+            obs.free_slots, obs.gpu_holders = _job_free_slots(cluster, job, kind_by_name(job["kind"]).spec_model)
+        if run_policy.get("podGroup") is not None:
+            obs.pod_groups = cluster.has_pod_groups()
     obs.logs = _failed_logs(cluster, obs.pods, settings)
     return obs
 
@@ -90,10 +100,17 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
             return None
         now = now or datetime.now(timezone.utc)
         if kind_by_name(kind).is_job:
-            plan = reconcile_job(obj, observe_job(cluster, obj, settings, now), settings)
+            obs = observe_job(cluster, obj, settings, now)
+            if obs.free_slots is not None:          # this reconcile may admit a gang: count and create atomically
+                with _admission:
+                    plan = reconcile_job(obj, observe_job(cluster, obj, settings, now), settings)
+                    cluster.apply(obj, plan)
+            else:
+                plan = reconcile_job(obj, obs, settings)
+                cluster.apply(obj, plan)
         else:
             pods = cluster.pods(obj)
             plan = reconcile_dataset(obj, DatasetObserved(now, pods, _failed_logs(cluster, pods, settings)), settings)
-        cluster.apply(obj, plan)
+            cluster.apply(obj, plan)
         latencies.append(time.monotonic() - started)
         return plan

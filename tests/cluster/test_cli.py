@@ -39,7 +39,7 @@ def test_up_get_nodes_down_leaves_nothing(tmp_path):
         if shutil.which("kubectl"):
             nodes = subprocess.run(["kubectl", "--kubeconfig", info["kubeconfig"], "get", "nodes", "-o", "name"],
                                    capture_output=True, text=True, timeout=60)
-            assert nodes.stdout.split() == ["node/cpu-node-0", "node/gpu-node-0"], nodes.stderr
+            assert nodes.stdout.split() == ["node/cpu-node-0", "node/gpu-node-0", "node/gpu-node-1"], nodes.stderr
         assert _cli("up", "--dir", str(state)).returncode == 0  # idempotent: reports the running one
     finally:
         down = _cli("down", "--dir", str(state))

@@ -6,7 +6,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from lvr_localcluster.nodes import CPU_NODE, GPU_NODE
+from lvr_localcluster.nodes import CPU_NODE, GPU_NODE, GPU_NODE_2
 from lvr_localcluster.pytest_plugin import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -61,6 +61,8 @@ def test_nodes_shaped_and_heartbeating(k8s_client, kube_cluster):
     assert gpu.status.allocatable["nvidia.com/gpu"] == "8"
     assert gpu.metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
     assert [(t.key, t.value, t.effect) for t in gpu.spec.taints] == [("nvidia.com/gpu", "present", "NoSchedule")]
+    second = core.read_node(GPU_NODE_2)
+    assert second.status.allocatable["nvidia.com/gpu"] == "8" and second.spec.taints == gpu.spec.taints
     cpu = core.read_node(CPU_NODE)
     assert "nvidia.com/gpu" not in cpu.status.allocatable and not cpu.spec.taints
     for node in (gpu, cpu):

@@ -5,7 +5,8 @@ with small step counts -> SFTJob: trainer killed mid-run (the gang restarts and 
 checkpoint), then the operator's pod deleted (its Deployment brings it back, no duplicate workers) ->
 RLJob from the SFTJob (same weights, by digest), its rollouts served by a rollout sidecar (`lvr
 rollout-server` beside the trainer, sent the weights after every step), with the S3 server frozen for
-20 s -> both checkpoints scored. Malformed resources applied beside the good ones are each refused, naming the field.
+20 s, then its worker pod deleted (a preemption: it resumes from the checkpoint its SIGTERM wrote) -> both
+checkpoints scored. Malformed resources applied beside the good ones are each refused, naming the field.
 """
 
 from __future__ import annotations
@@ -234,15 +235,31 @@ def test_main_job_end_to_end_with_faults(kube_cluster, k8s_client, kube_namespac
         time.sleep(20)
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
+
+    # -- the RL worker pod deleted mid-run (a preemption, as a drain or a higher-priority job would): its
+    #    trainer checkpoints on SIGTERM at the next step boundary (the sidecar serves it until then) and
+    #    the gang resumes from that checkpoint, counted in status.preemptions, not as a restart -----------
+    wait_until(lambda: narrator.poll()[("RLJob", "rl-tiny")].get("phase") == "Running", 300, "RL running")
+    restarts_before = narrator.poll()[("RLJob", "rl-tiny")].get("restarts") or 0
+    (victim,) = worker_pods(core, ns, "rl-tiny")
+    core.delete_namespaced_pod(victim.metadata.name, ns)          # the pod's grace period: runPolicy's 60 s
+    wait_until(lambda: narrator.poll()[("RLJob", "rl-tiny")].get("preemptions") == 1, 180, "the preemption",
+               interval=1)
     rl_status = narrator.wait("RLJob", "rl-tiny", {"Succeeded", "Failed"}, 900)
     assert rl_status["phase"] == "Succeeded", rl_status
+    assert rl_status["preemptions"] == 1 and (rl_status.get("restarts") or 0) == restarts_before, rl_status
+    victim_dir = kube_cluster.state_dir / "pods" / ns / f"{victim.metadata.name}.{victim.metadata.uid[:8]}"
+    victim_log = (victim_dir / "logs" / "trainer.log").read_text(errors="replace")
+    stopped = re.search(r"lvr-preempted: stopped on SIGTERM at step (\d+)", victim_log)
+    assert stopped, victim_log[-3000:]
+    final_pod = max(worker_pods(core, ns, "rl-tiny"), key=lambda p: int(p.metadata.labels[f"{G}/attempt"]))
+    final_log = kube_cluster.pod_log(ns, final_pod.metadata.name, "trainer")
+    resumed = re.search(r"rl: steps (\d+)->120", final_log)
+    assert resumed and resumed.group(1) == stopped.group(1), final_log[-2000:]   # from the SIGTERM checkpoint
     assert rl_status["progress"]["initialWeights"] == _digest_of(rl_status["modelUri"], target, tmp_path)
     # the rollouts came from the sidecar, which loaded the SFT model from S3 and was shut down at the end
     sidecar_log = kube_cluster.pod_log(ns, rl_pod.metadata.name, "rollout")
     assert f"transformers engine ready, serving on http://127.0.0.1:{ROLLOUT_PORT}" in sidecar_log, sidecar_log[-2000:]
-    last_pod = max(worker_pods(core, ns, "rl-tiny"), key=lambda p: int(p.metadata.labels[f"{G}/attempt"]),
-                   default=rl_pod)
-    assert re.search(r"rl: steps \d+->120", kube_cluster.pod_log(ns, last_pod.metadata.name, "trainer"))
 
     # -- the good jobs were served throughout; checkpoints are in S3; both models score -------------------
     from minio import Minio

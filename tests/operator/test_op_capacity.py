@@ -40,3 +40,19 @@ def test_unready_unlabelled_or_tainted_nodes_do_not_count():
 
 def test_cpu_jobs_are_not_gated():
     assert free_slots([], [], 0, {}, []) is None
+
+
+def test_gpu_holders_name_our_jobs_and_other_pods_most_gpus_first():
+    from lvr_operator.reconcile.capacity import gpu_holders
+
+    def owned(kind, owner, gpus, name="p", phase="Running"):
+        pod = _pod(gpus, "a", phase)
+        pod["metadata"] = {"name": name, "namespace": "ns",
+                           "labels": {"longvideo.dev/kind": kind, "longvideo.dev/owner": owner}}
+        return pod
+
+    other = _pod(2, "a")
+    other["metadata"] = {"name": "notebook", "namespace": "team"}
+    pods = [owned("sftjob", "big", 8, "w0"), owned("sftjob", "big", 8, "w1"), owned("rljob", "done", 8, phase="Succeeded"),
+            other, _pod(0, "a")]
+    assert gpu_holders(pods) == ["SFTJob ns/big (2 pods, 16 GPUs)", "pod team/notebook (1 pod, 2 GPUs)"]

@@ -242,3 +242,113 @@ def test_a_crashed_rollout_sidecar_is_named_while_running_and_in_the_failure():
     assert plan.status["phase"] == "Restarting"
     assert "exited with code 2" in plan.status["message"] and "its rollout sidecar exited with code 1" \
         in plan.status["message"] and "unknown model preset 'tinny'" in plan.status["message"]
+
+
+def _running(obj, pods):
+    """The job after a reconcile that saw both workers running."""
+    plan = run(obj, observed(*(pod_in(p, "running") for p in pods)))
+    assert plan.status["phase"] == "Running"
+    return with_status(obj, plan.status)
+
+
+def test_a_deleted_worker_is_a_preemption_restarted_at_once_without_charging_backoff():
+    obj, pods = _started()
+    assert pods[0]["spec"]["terminationGracePeriodSeconds"] == 60
+    obj = _running(obj, pods)
+    gone = pod_in(pods[1], "running")
+    gone["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:00Z"       # kubectl delete pod / a drain
+    plan = run(obj, observed(pod_in(pods[0], "running"), gone))
+    assert plan.actions == [Delete("Pod", "r1-worker-0")]                 # the survivor checkpoints on SIGTERM too
+    assert plan.status["phase"] == "Restarting" and plan.status["preemptions"] == 1
+    assert not plan.status.get("restarts") and "nextRestartTime" not in plan.status
+    c = _cond(plan, "Restarting")
+    assert c["reason"] == "Preempted" and "worker 1 (pod r1-worker-1) was deleted" in c["message"]
+    assert "not counted against backoffLimit" in c["message"]
+    obj = with_status(obj, plan.status)
+    # the old attempt's pods are waited out, then the new attempt (1) starts at once: no backoff
+    assert created_pods(run(obj, observed(gone))) == []
+    new = created_pods(run(obj, observed()))
+    assert [p["metadata"]["labels"]["longvideo.dev/attempt"] for p in new] == ["1", "1"]
+
+
+def test_a_trainer_stopped_on_sigterm_or_an_evicted_pod_is_a_preemption_and_failures_still_count():
+    obj, pods = _started()
+    obj = _running(obj, pods)
+    for pod in (pod_in(pods[1], "failed", exit_code=1, message="lvr-preempted: stopped on SIGTERM at step 7; ..."),
+                pod_in(pods[1], "failed", exit_code=83)):
+        plan = run(obj, observed(pod_in(pods[0], "failed", exit_code=1), pod))   # rank 0 lost its peer
+        assert plan.status["preemptions"] == 1 and not plan.status.get("restarts"), pod["status"]
+        assert "stopped on SIGTERM" in plan.status["message"]
+    evicted = pod_in(pods[0], "failed", exit_code=137)
+    evicted["status"].update(reason="Evicted", message="The node was low on resource: memory.")
+    plan = run(obj, observed(evicted, pod_in(pods[1], "running")))
+    assert plan.status["preemptions"] == 1 and "was evicted: The node was low" in plan.status["message"]
+    disrupted = pod_in(pods[0], "running")
+    disrupted["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                          "reason": "PreemptionByScheduler", "message": "preempted by a-job"}]
+    plan = run(obj, observed(disrupted, pod_in(pods[1], "running")))
+    assert plan.status["preemptions"] == 1 and "PreemptionByScheduler: preempted by a-job" in plan.status["message"]
+    # an ordinary crash is still a failure, charged against backoffLimit
+    plan = run(obj, observed(pod_in(pods[0], "running"), pod_in(pods[1], "failed", exit_code=3)))
+    assert plan.status["restarts"] == 1 and not plan.status.get("preemptions")
+
+
+def test_pods_still_terminating_after_a_suspend_are_not_a_preemption():
+    obj, pods = _started()
+    obj = _running(obj, pods)
+    obj["spec"]["runPolicy"] = {"suspend": True}
+    plan = run(obj, observed(*(pod_in(p, "running") for p in pods)))
+    assert plan.status["phase"] == "Suspended"
+    obj = with_status(obj, plan.status)
+    obj["spec"]["runPolicy"] = {"suspend": False}
+    leaving = pod_in(pods[0], "running")
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:00Z"
+    plan = run(obj, observed(leaving))
+    assert not plan.status.get("preemptions")
+
+
+def test_a_queued_gang_is_one_kueue_pod_group_and_waits_at_kueues_gate():
+    """Kueue's plain-pod contract: the queue label, one pod group name and its total count on every worker;
+    the operator's own capacity gate steps aside (Kueue's quota admits); a gated pod's wait is explained."""
+    obj = job(runPolicy={"queueName": "gpu-team", "backoffLimit": 2})
+    plan = run(obj, observed(free_slots=0))            # no free GPUs by our count: Kueue decides, not us
+    pods = created_pods(plan)
+    assert len(pods) == 2
+    for p in pods:
+        labels, annotations = p["metadata"]["labels"], p["metadata"]["annotations"]
+        assert labels["kueue.x-k8s.io/queue-name"] == "gpu-team"
+        assert labels["kueue.x-k8s.io/pod-group-name"] == "r1"
+        assert annotations["kueue.x-k8s.io/pod-group-total-count"] == "2"
+    obj = with_status(obj, plan.status)
+    gated = [pod_in(p, "pending") for p in pods]
+    for p in gated:        # what Kueue's webhook does to each pod it queues
+        p["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    plan = run(obj, observed(*gated))
+    assert plan.status["phase"] == "Created" and plan.actions == []
+    assert "waits for Kueue to admit the gang (queue gpu-team" in plan.status["message"]
+
+
+def test_a_coscheduling_pod_group_is_created_before_the_pods_and_named_on_them():
+    obj = job(placement={"schedulerName": "scheduler-plugins-scheduler"},
+              runPolicy={"podGroup": {"scheduleTimeoutSeconds": 120}})
+    plan = run(obj, observed(pod_groups=True))
+    kinds = [a.obj["kind"] for a in plan.actions if isinstance(a, Create)]
+    assert kinds.index("PodGroup") < kinds.index("Pod")
+    group = next(a.obj for a in plan.actions if isinstance(a, Create) and a.obj["kind"] == "PodGroup")
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["metadata"]["name"] == "r1-gang"
+    assert group["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 120}
+    assert group["metadata"]["ownerReferences"][0]["uid"] == "uid-job"
+    for p in created_pods(plan):
+        assert p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "r1-gang"
+        assert p["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    # without the PodGroup API the job says what to install, and creates nothing
+    plan = run(obj, observed(pod_groups=False))
+    assert plan.actions == [] and "scheduler-plugins" in plan.status["message"]
+    assert _cond(plan, "InvalidSpec")["reason"] == "PodGroupAPIMissing"
+
+
+def test_operator_rbac_may_create_pod_groups():
+    from lvr_operator.manifests.rbac import workload_rules
+
+    assert any(r["apiGroups"] == ["scheduling.x-k8s.io"] and "podgroups" in r["resources"] and "create" in r["verbs"]
+               for r in workload_rules())

@@ -38,9 +38,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(config: str, port: int) -> subprocess.Popen:
+def start_server(config: str, port: int, *extra: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "lvr_trainer.cli", "rollout-server", "--config", config,
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     RemoteRolloutEngine(f"http://127.0.0.1:{port}").wait_ready(120, poll_s=0.3)
     return proc
 
@@ -190,3 +190,27 @@ def test_shutdown_ends_the_server(setup):
     RemoteRolloutEngine(f"http://127.0.0.1:{port}").shutdown()
     assert proc.wait(timeout=30) == 0
     assert "serving on http://127.0.0.1" in proc.stdout.read()
+
+
+def test_a_draining_sidecar_outlives_sigterm_until_the_trainer_shuts_it_down(setup):
+    """A sidecar that is a regular container gets SIGTERM together with the trainer (a deleted pod): with
+    --drain-on-sigterm it keeps serving the trainer's last step, then ends on its /shutdown; without, SIGTERM
+    ends it."""
+    import signal
+    import time
+
+    model, _, reqs, _, _, config = setup
+    port = free_port()
+    proc = start_server(config, port, "--drain-on-sigterm")
+    remote = RemoteRolloutEngine(f"http://127.0.0.1:{port}")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert proc.poll() is None
+    remote.sync_weights(model)
+    assert len(remote.generate(reqs[:1], GREEDY)[0][0].token_ids) > 0      # still serving after SIGTERM
+    remote.shutdown()
+    assert proc.wait(timeout=30) == 0
+    assert "SIGTERM: serving on until the trainer's POST /shutdown" in proc.stdout.read()
+    plain = start_server(config, free_port())
+    plain.send_signal(signal.SIGTERM)
+    assert plain.wait(timeout=30) in (0, -signal.SIGTERM)    # uvicorn shuts down, then re-raises the signal

@@ -93,6 +93,10 @@ class PlacementSpec(CamelModel):
     affinity: dict[str, Any] | None = Field(
         None, description="A core/v1 Affinity, copied verbatim into the pods. Default unset.")
     priority_class_name: str | None = Field(None, description="PriorityClass of the pods. Default unset.")
+    scheduler_name: str | None = Field(
+        None, min_length=1, max_length=253,
+        description="The scheduler of the pods (e.g. scheduler-plugins' coscheduling scheduler, with "
+        "runPolicy.podGroup). Default: the cluster's default scheduler.")
 
     def effective_node_selector(self) -> dict[str, str]:
         return dict(DEFAULT_NODE_SELECTOR) if self.node_selector is None else dict(self.node_selector)
@@ -101,6 +105,15 @@ class PlacementSpec(CamelModel):
         if self.tolerations is None:
             return [dict(t) for t in DEFAULT_TOLERATIONS]
         return [t.wire() for t in self.tolerations]
+
+
+class PodGroupPolicy(CamelModel):
+    """A scheduler-plugins coscheduling PodGroup for the gang."""
+
+    schedule_timeout_seconds: int = Field(
+        600, ge=1, le=86400,
+        description="Seconds the coscheduling plugin waits for the whole gang to fit before it rejects "
+        "the pods it holds (they are retried). Default 600.")
 
 
 class RunPolicy(CamelModel):
@@ -122,6 +135,24 @@ class RunPolicy(CamelModel):
     suspend: bool = Field(
         False, description="true deletes the pods and keeps the job; false again resumes it from the last "
         "checkpoint. Mutable. Default false.")
+    queue_name: str | None = Field(
+        None, min_length=1, max_length=63,
+        description="Kueue LocalQueue to submit the gang to: every worker pod gets kueue.x-k8s.io/queue-name "
+        "and one pod group (kueue.x-k8s.io/pod-group-name, pod-group-total-count = resources.nodes), so Kueue "
+        "admits the gang as one workload (its webhook holds the pods at a scheduling gate until then) and the "
+        "operator's own capacity gate steps aside. Needs Kueue with its `pod` integration. Default: none.")
+    pod_group: PodGroupPolicy | None = Field(
+        None,
+        description="Create a scheduler-plugins coscheduling PodGroup (scheduling.x-k8s.io/v1alpha1) with "
+        "minMember = resources.nodes and label the pods with it, so the coscheduling plugin binds all "
+        "workers or none; set placement.schedulerName to the scheduler that runs the plugin. The PodGroup "
+        "CRD must be installed. Default: none.")
+    termination_grace_period_seconds: int = Field(
+        60, ge=0, le=86400,
+        description="Seconds a worker pod has after SIGTERM (deleted, preempted, evicted) to finish its step "
+        "and save a checkpoint, which the restarted gang resumes from; such a restart is counted in "
+        "status.preemptions, not against backoffLimit. Under torchrun the workers also get at most 30 s. "
+        "Default 60.")
 
 
 class OutputSpec(CamelModel):

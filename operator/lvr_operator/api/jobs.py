@@ -170,7 +170,9 @@ class JobStatus(CamelModel):
     observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
     start_time: str | None = Field(None, description="When the gang was first created (or last resumed).")
     completion_time: str | None = Field(None, description="When the job Succeeded or Failed.")
-    restarts: int = Field(0, ge=0, description="Gang restarts so far.")
+    restarts: int = Field(0, ge=0, description="Gang restarts after a worker failed (counted against backoffLimit).")
+    preemptions: int = Field(0, ge=0, description="Gang restarts after a worker pod was deleted, evicted or "
+                             "preempted (its trainer checkpointed on SIGTERM); not counted against backoffLimit.")
     next_restart_time: str | None = Field(None, description="While Restarting: when the gang is recreated.")
     workers: int | None = Field(None, ge=0, description="Worker pods currently running.")
     model_uri: str | None = Field(None, description="The weights the trainer starts from (resolved).")

@@ -30,6 +30,7 @@ _JOB_COLUMNS = (
     ("Phase", "string", ".status.phase"),
     ("Progress", "string", ".status.progress.summary"),
     ("Restarts", "integer", ".status.restarts"),
+    ("Preempted", "integer", ".status.preemptions"),
 )
 KINDS: tuple[Kind, ...] = (
     Kind("LongVideoDataset", "longvideodatasets", "longvideodataset", ("lvd", "lvds"), LongVideoDatasetSpec,

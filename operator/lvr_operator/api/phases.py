@@ -107,6 +107,9 @@ class Reason:
     WORKER_FAILED = "WorkerFailed"
     BACKOFF = "Backoff"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    POD_GROUP_API_MISSING = "PodGroupAPIMissing"
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"   # pods held at a scheduling gate (Kueue) until admitted
+    PREEMPTED = "Preempted"                 # a worker pod deleted / evicted / preempted: restart, not charged
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "JobSuspended"
     RESUMED = "JobResumed"

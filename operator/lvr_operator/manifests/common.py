@@ -17,6 +17,15 @@ LABEL_GENERATION = f"{GROUP}/generation"
 ANNOTATION_PROGRESS = f"{GROUP}/progress"  # JSON that rank 0 patches onto its own pod
 MAX_NAME = 63 - len("-worker-99")         # pod names double as hostnames (DNS labels)
 
+# Kueue's plain-pod contract (kueue.sigs.k8s.io, "Run Plain Pods": a group admitted together)
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+KUEUE_GATE = "kueue.x-k8s.io/admission"   # the scheduling gate Kueue's webhook puts on the pods it queues
+# scheduler-plugins coscheduling: the PodGroup CRD and the pod label naming the group
+PODGROUP_API, PODGROUP_VERSION, PODGROUP_PLURAL = "scheduling.x-k8s.io", "v1alpha1", "podgroups"
+PODGROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+
 
 def meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
@@ -53,6 +62,10 @@ def child_meta(owner: dict[str, Any], name: str, extra_labels: dict[str, str] | 
     if annotations:
         out["annotations"] = annotations
     return out
+
+
+def pod_group_name(job: str) -> str:
+    return f"{job}-gang"
 
 
 def worker_name(job: str, rank: int) -> str:

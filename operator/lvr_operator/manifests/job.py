@@ -1,4 +1,5 @@
-"""SFTJob / RLJob children: ConfigMap, headless Service, trainer ServiceAccount + Role, worker pods."""
+"""SFTJob / RLJob children: ConfigMap, headless Service, trainer ServiceAccount + Role, worker pods, and a
+coscheduling PodGroup when the spec asks for one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import yaml
 
 from lvr_operator.api.common import GPU_RESOURCE
 from lvr_operator.api.jobs import JobSpecBase
-from lvr_operator.manifests.common import (ANNOTATION_PROGRESS, LABEL_ROLE,
-                                           child_meta, config_name, name_of, namespace_of, owner_labels,
+from lvr_operator.manifests.common import (ANNOTATION_PROGRESS, KUEUE_GROUP, KUEUE_GROUP_COUNT, KUEUE_QUEUE,
+                                           LABEL_ROLE, PODGROUP_API, PODGROUP_LABEL, PODGROUP_VERSION, child_meta,
+                                           config_name, name_of, namespace_of, owner_labels, pod_group_name,
                                            service_name, trainer_account_name, worker_name)
 from lvr_operator.settings import OperatorSettings
 
@@ -34,6 +36,28 @@ def headless_service(job: dict[str, Any], settings: OperatorSettings) -> dict[st
                      "selector": {**owner_labels(job), LABEL_ROLE: "worker"},
                      "ports": [{"name": "rendezvous", "port": settings.master_port,
                                 "targetPort": settings.master_port}]}}
+
+
+def pod_group(job: dict[str, Any], spec: JobSpecBase) -> dict[str, Any]:
+    """The scheduler-plugins coscheduling PodGroup of the gang: all `nodes` workers bound, or none."""
+    return {"apiVersion": f"{PODGROUP_API}/{PODGROUP_VERSION}", "kind": "PodGroup",
+            "metadata": child_meta(job, pod_group_name(name_of(job))),
+            "spec": {"minMember": spec.resources.nodes,
+                     "scheduleTimeoutSeconds": spec.run_policy.pod_group.schedule_timeout_seconds}}
+
+
+def gang_labels(job: dict[str, Any], spec: JobSpecBase) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations) that hand the gang to the batch scheduler the spec names: Kueue's queue and
+    pod group (one workload of `nodes` pods), and the coscheduling PodGroup's label."""
+    labels, annotations = {}, {}
+    rp = spec.run_policy
+    if rp.queue_name:
+        labels[KUEUE_QUEUE] = rp.queue_name
+        labels[KUEUE_GROUP] = name_of(job)
+        annotations[KUEUE_GROUP_COUNT] = str(spec.resources.nodes)
+    if rp.pod_group is not None:
+        labels[PODGROUP_LABEL] = pod_group_name(name_of(job))
+    return labels, annotations
 
 
 def trainer_rbac(job: dict[str, Any], nodes: int) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ from lvr_operator.api.common import GPU_RESOURCE
 from lvr_operator.api.jobs import JobSpecBase, RLJobSpec
 from lvr_operator.manifests.common import (LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, child_meta, config_name,
                                            name_of, service_name, trainer_account_name, worker_name)
-from lvr_operator.manifests.job import (CONFIG_DIR, CONFIG_FILE, TERMINATION_LOG, TRAINER, launch_command,
-                                        rendezvous_env, resources, s3_env)
+from lvr_operator.manifests.job import (CONFIG_DIR, CONFIG_FILE, TERMINATION_LOG, TRAINER, gang_labels,
+                                        launch_command, rendezvous_env, resources, s3_env)
 from lvr_operator.settings import OperatorSettings
 
 
@@ -56,7 +56,9 @@ def rollout_container(spec: RLJobSpec, settings: OperatorSettings, dataset_s3: A
     container: dict[str, Any] = {
         "name": ROLLOUT, "image": image,
         "command": ["python", "-m", "lvr_trainer.cli", "rollout-server", "--config", CONFIG_FILE,
-                    "--engine", r.engine, "--port", str(r.port)],
+                    "--engine", r.engine, "--port", str(r.port)]
+                   # a regular container gets SIGTERM with the trainer, which needs it for its last step
+                   + ([] if settings.native_sidecars else ["--drain-on-sigterm"]),
         "env": [{"name": "LVR_TERMINATION_LOG", "value": TERMINATION_LOG},
                 *s3_env(s3.credentials_secret if s3 else None, s3.endpoint if s3 else None)],
         "ports": [{"name": ROLLOUT, "containerPort": r.port}],
@@ -73,9 +75,11 @@ def rollout_container(spec: RLJobSpec, settings: OperatorSettings, dataset_s3: A
 
 def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, settings: OperatorSettings,
                resume_from: str | None = None, dataset_s3: Any = None) -> dict[str, Any]:
-    """Worker `rank` of the gang (attempt = restarts so far; stale attempts are recognised by label)."""
+    """Worker `rank` of the gang (attempt = restarts + preemptions so far; stale attempts are recognised by
+    label)."""
     name = name_of(job)
-    labels = {LABEL_ROLE: "worker", LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
+    gang, annotations = gang_labels(job, spec)
+    labels = {LABEL_ROLE: "worker", LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt), **gang}
     containers = [trainer_container(job, spec, rank, settings, resume_from, dataset_s3)]
     init: list[dict[str, Any]] = []
     if isinstance(spec, RLJobSpec) and spec.rollout.mode == "sidecar":
@@ -86,7 +90,7 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
             containers.append(sidecar)
     place = spec.placement
     pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never", "hostname": worker_name(name, rank), "subdomain": service_name(name),
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds, "hostname": worker_name(name, rank), "subdomain": service_name(name),
         "serviceAccountName": trainer_account_name(name), "containers": containers,
         "volumes": [{"name": "config", "configMap": {"name": config_name(name)}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}],
@@ -100,5 +104,7 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
         pod_spec["affinity"] = place.affinity
     if place.priority_class_name:
         pod_spec["priorityClassName"] = place.priority_class_name
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": child_meta(job, worker_name(name, rank), labels),
-            "spec": pod_spec}
+    if place.scheduler_name:
+        pod_spec["schedulerName"] = place.scheduler_name
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": child_meta(job, worker_name(name, rank), labels, annotations or None), "spec": pod_spec}

@@ -20,6 +20,7 @@ import yaml
 
 from lvr_operator.api.common import GROUP
 from lvr_operator.api.kinds import KINDS
+from lvr_operator.manifests.common import PODGROUP_API, PODGROUP_PLURAL
 
 Rule = dict[str, Any]
 RULES_FILE = "rbac-rules.yaml"
@@ -47,6 +48,7 @@ def workload_rules() -> list[Rule]:
         _rule([""], ["configmaps", "services", "serviceaccounts"], _CHILD_VERBS),
         _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], _CHILD_VERBS),
         _rule([""], ["events"], ["create"]),                      # our Events and kopf's warnings
+        _rule([PODGROUP_API], [PODGROUP_PLURAL], ["get", "create", "delete"]),   # runPolicy.podGroup
     ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvr_operator.api.common import GPU_RESOURCE
+from lvr_operator.api.common import GPU_RESOURCE, GROUP
 
 
 def _qty(value: Any) -> int:
@@ -51,6 +51,28 @@ def node_fits(node: dict[str, Any], selector: dict[str, str], tolerations: list[
         return False
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     return ready is not None and ready.get("status") == "True"
+
+
+def gpu_holders(pods: list[dict[str, Any]], limit: int = 3) -> list[str]:
+    """Who holds GPUs now, most first: `SFTJob ns/name (2 pods, 16 GPUs)` for our jobs' pods, `pod ns/name`
+    for anyone else's; at most `limit` entries."""
+    held: dict[str, list[int]] = {}
+    for p in pods:
+        gpus = pod_gpus(p)
+        if not gpus or (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        meta = p.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        ns = meta.get("namespace", "")
+        owner = labels.get(f"{GROUP}/owner")
+        key = (f"{_KINDS.get(labels.get(f'{GROUP}/kind', ''), 'job')} {ns}/{owner}" if owner
+               else f"pod {ns}/{meta.get('name', '?')}")
+        held.setdefault(key, []).append(gpus)
+    ranked = sorted(held.items(), key=lambda kv: -sum(kv[1]))[:limit]
+    return [f"{key} ({len(v)} pod{'s' if len(v) > 1 else ''}, {sum(v)} GPUs)" for key, v in ranked]
+
+
+_KINDS = {"sftjob": "SFTJob", "rljob": "RLJob", "longvideodataset": "LongVideoDataset"}
 
 
 def free_slots(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], gpus_per_worker: int,

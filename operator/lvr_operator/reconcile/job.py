@@ -1,7 +1,8 @@
 """SFTJob / RLJob reconciliation: one pure function from (job, observed, now) to a Plan.
 
 Order of checks, each a small step: spec valid -> finished (TTL) -> suspended -> dependencies ->
-deadline -> stale pods of an older attempt -> failed worker (gang restart with backoff, or Failed) ->
+deadline -> stale pods of an older attempt -> a worker pod taken away (deleted, evicted, preempted: restart
+at once, counted in status.preemptions) -> failed worker (gang restart with backoff, or Failed) ->
 all succeeded -> backoff wait -> create the missing gang (only when every worker can be placed) ->
 Created/Running, with progress mirrored from rank 0's pod annotation.
 """
@@ -17,8 +18,8 @@ from lvr_operator.api.phases import JobPhase as P
 from lvr_operator.api.phases import Reason as R
 from lvr_operator.api.phases import is_terminal
 from lvr_operator.manifests.common import meta
-from lvr_operator.reconcile.job_steps import (Ctx, check_dependencies, create_gang, handle_failure,
-                                              mirror_progress, parse_job)
+from lvr_operator.reconcile.job_steps import (Ctx, attempt_of, check_dependencies, create_gang, handle_failure,
+                                              handle_preemption, mirror_progress, parse_job)
 from lvr_operator.reconcile.model import Delete, DeleteOwner, Plan, parse_time, rfc3339
 from lvr_operator.reconcile.pods import worker
 from lvr_operator.settings import OperatorSettings
@@ -35,6 +36,8 @@ class JobObserved:
     dataset: dict[str, Any] | None = None
     sft_job: dict[str, Any] | None = None
     free_slots: int | None = None                                      # None: not gated
+    gpu_holders: list[str] = field(default_factory=list)               # who holds GPUs (when gated)
+    pod_groups: bool | None = None                                     # PodGroup API served; None: not asked
     logs: dict[str, str] = field(default_factory=dict)                 # failed pod -> log tail
 
 
@@ -58,11 +61,15 @@ def reconcile_job(job: dict[str, Any], obs: JobObserved, settings: OperatorSetti
     if _deadline_passed(ctx, spec):
         return ctx.finish()
     workers = [worker(p) for p in obs.pods]
-    attempt = int(ctx.status.get("restarts") or 0)
+    attempt = attempt_of(ctx.status)
     stale = [w for w in workers if w.attempt != attempt]
     current = [w for w in workers if w.attempt == attempt]
     ctx.plan.actions += [Delete("Pod", w.name) for w in stale if not w.deleting]
     mirror_progress(ctx, current)
+    # before failures (a peer of a deleted pod fails because of it); only a live gang's pods count: after a
+    # suspend, its own deletions are still finishing
+    if any(w.preempted for w in current) and ctx.old_phase in (P.created.value, P.running.value):
+        return handle_preemption(ctx, spec, current)
     if any(w.state == "failed" for w in current):
         return handle_failure(ctx, spec, current)
     if len(current) == spec.resources.nodes and all(w.state == "succeeded" for w in current):
@@ -158,6 +165,9 @@ def _running(ctx: Ctx, spec: Any, current: list) -> Plan:
     elif crashed:
         ctx.phase(P.created, R.POD_NOT_STARTING, f"{running}/{spec.resources.nodes} worker(s) running; pod "
                   f"{crashed.name}: {crashed.sidecar}")
+    elif gated := [w for w in current if w.gated]:
+        ctx.phase(P.created, R.WAITING_FOR_ADMISSION, f"{running}/{spec.resources.nodes} worker(s) running; "
+                  f"{gated[0].gated}")
     elif stuck := [w for w in current if w.stuck]:
         # never "stuck without a reason": the scheduler's or kubelet's own words, e.g. "Insufficient
         # nvidia.com/gpu" or "CreateContainerConfigError: secret ... not found"

@@ -15,7 +15,7 @@ from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
 from lvr_operator.api.phases import Reason as R
 from lvr_operator.manifests.common import ANNOTATION_PROGRESS, MAX_NAME
-from lvr_operator.manifests.job import config_map, headless_service, trainer_rbac
+from lvr_operator.manifests.job import config_map, headless_service, pod_group, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.trainer_config import build_trainer_config
 from lvr_operator.reconcile.context import Ctx, explain_validation
@@ -23,7 +23,13 @@ from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, 
 from lvr_trainer.config import ConfigError
 from lvr_trainer.layout import checkpoint_model_uri
 
-__all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "mirror_progress"]
+__all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "handle_preemption",
+           "mirror_progress", "attempt_of"]
+
+
+def attempt_of(status: dict[str, Any]) -> int:
+    """The gang's attempt number: every restart, after a failure or a preemption, starts a new one."""
+    return int(status.get("restarts") or 0) + int(status.get("preemptions") or 0)
 
 
 @dataclass(frozen=True)
@@ -141,11 +147,13 @@ def check_dependencies(ctx: Ctx, spec: Any) -> Deps | None:
 
 def _gang_fits(ctx: Ctx, spec: Any) -> bool:
     free, need = ctx.obs.free_slots, spec.resources.nodes
-    if free is None or free >= need:
+    if free is None or free >= need or spec.run_policy.queue_name:     # with Kueue, Kueue's quota admits
         return True
     sel = spec.placement.effective_node_selector()
     msg = (f"gang of {need} pod(s) x {spec.resources.gpus_per_node} nvidia.com/gpu does not fit: {free} "
            f"can be placed now on Ready nodes matching nodeSelector {sel}; no pod is created until all fit")
+    if ctx.obs.gpu_holders:
+        msg += "; GPUs held by " + ", ".join(ctx.obs.gpu_holders)
     ctx.set(C.created, False, R.INSUFFICIENT_RESOURCES, msg)
     ctx.phase(P.pending, R.INSUFFICIENT_RESOURCES, msg)
     ctx.plan.waiting = msg
@@ -153,17 +161,29 @@ def _gang_fits(ctx: Ctx, spec: Any) -> bool:
     return False
 
 
+def _pod_groups_served(ctx: Ctx, spec: Any) -> bool:
+    if spec.run_policy.pod_group is None or ctx.obs.pod_groups is not False:
+        return True
+    msg = ("spec.runPolicy.podGroup needs scheduler-plugins' PodGroup API (podgroups.scheduling.x-k8s.io/v1alpha1), "
+           "which this cluster does not serve: install scheduler-plugins (with its coscheduling plugin), or remove "
+           "spec.runPolicy.podGroup")
+    ctx.wait(R.POD_GROUP_API_MISSING, msg, invalid=True)
+    return False
+
+
 def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> Any:
     """Create every missing child (check-then-create by name); the whole gang in one pass."""
-    if not existing_ranks and not _gang_fits(ctx, spec):
+    if not existing_ranks and not (_pod_groups_served(ctx, spec) and _gang_fits(ctx, spec)):
         return ctx.finish()
     job, s = ctx.job, ctx.settings
     cfg = build_trainer_config(spec, deps.dataset, deps.model_uri, "spec.trainer")
-    attempt = int(ctx.status.get("restarts") or 0)
+    attempt = attempt_of(ctx.status)
     resume = (ctx.status.get("progress") or {}).get("lastCheckpoint")
     objs = [config_map(job, cfg), headless_service(job, s), *trainer_rbac(job, spec.resources.nodes)]
     seen = ctx.obs.children or set()       # not listed: create them all (AlreadyExists is success)
     objs = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in seen]
+    if spec.run_policy.pod_group is not None:           # before the pods; AlreadyExists is success
+        objs.append(pod_group(job, spec))
     objs += [worker_pod(job, spec, r, attempt, s, resume, deps.dataset_s3)
              for r in range(spec.resources.nodes) if r not in existing_ranks]
     ctx.plan.actions += [Create(o) for o in objs]
@@ -174,6 +194,25 @@ def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> An
     if ctx.old_phase not in (P.created.value, P.running.value):
         ctx.phase(P.created, R.GANG_CREATED, f"created {n} worker pod(s) (attempt {attempt})")
     ctx.plan.requeue(ctx.settings.resync_seconds)
+    return ctx.finish()
+
+
+def handle_preemption(ctx: Ctx, spec: Any, current: list) -> Any:
+    """A worker pod taken away (deleted, evicted, preempted) is not a failure: the rest of the gang is
+    deleted too (every trainer checkpoints on SIGTERM at its next step boundary), and a new attempt
+    resumes from that checkpoint at once, counted in status.preemptions, never against backoffLimit."""
+    gone = min((w for w in current if w.preempted), key=lambda w: w.rank)
+    count = int(ctx.status.get("preemptions") or 0) + 1
+    ctx.plan.actions += [Delete("Pod", w.name) for w in current if not w.deleting]
+    ctx.status["preemptions"] = count
+    ctx.status["workers"] = 0
+    ctx.status.pop("nextRestartTime", None)
+    msg = (f"worker {gone.rank} (pod {gone.name}) {gone.preempted}; restarting the gang from the checkpoint saved "
+           f"on SIGTERM (preemption {count}, not counted against backoffLimit {spec.run_policy.backoff_limit})")
+    ctx.set(C.restarting, True, R.PREEMPTED, msg)
+    ctx.set(C.running, False, R.PREEMPTED, f"worker {gone.rank} (pod {gone.name}) {gone.preempted}")
+    ctx.phase(P.restarting, R.PREEMPTED, msg, force_event=True)
+    ctx.plan.requeue(2)
     return ctx.finish()
 
 

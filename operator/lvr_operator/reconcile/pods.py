@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_RANK
+from lvr_operator.manifests.common import KUEUE_GATE, KUEUE_QUEUE, LABEL_ATTEMPT, LABEL_RANK
+from lvr_trainer.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARK
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Worker:
     pod_active: bool = True         # pod phase not Succeeded/Failed (a sidecar may still run)
     stuck: str | None = None        # why the pod cannot start or keeps failing (see `stuck_reason`)
     sidecar: str | None = None      # the rollout sidecar's crash, if it crashed (see `sidecar_failure`)
+    preempted: str | None = None    # how the pod was taken away, not failed (see `preemption`)
+    gated: str | None = None        # held at a scheduling gate, e.g. until Kueue admits the gang
 
 
 def _label_int(pod: dict[str, Any], key: str) -> int:
@@ -76,7 +79,37 @@ def worker(pod: dict[str, Any], container: str = "trainer") -> Worker:
     return Worker(meta["name"], _label_int(pod, LABEL_RANK), _label_int(pod, LABEL_ATTEMPT), state, end,
                   bool(meta.get("deletionTimestamp")), meta.get("annotations") or {},
                   (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"),
-                  stuck_reason(pod), sidecar_failure(pod))
+                  stuck_reason(pod), sidecar_failure(pod), preemption(pod, end), scheduling_gate(pod))
+
+
+def scheduling_gate(pod: dict[str, Any]) -> str | None:
+    """Why a pod waits at a scheduling gate (Kueue's until it admits the gang), or None."""
+    gates = [g.get("name", "") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+    if not gates:
+        return None
+    name = pod["metadata"]["name"]
+    if KUEUE_GATE in gates:
+        queue = (pod["metadata"].get("labels") or {}).get(KUEUE_QUEUE, "?")
+        return f"pod {name} waits for Kueue to admit the gang (queue {queue}; `kubectl get workloads` shows why)"
+    return f"pod {name} is held at scheduling gate(s) {', '.join(gates)}"
+
+
+def preemption(pod: dict[str, Any], end: ContainerEnd | None) -> str | None:
+    """How the pod was taken away rather than failed, or None: deleted (by a user, a drain, a controller),
+    evicted or preempted (the kubelet's or scheduler's words), or its trainer stopped on SIGTERM with a
+    checkpoint (EXIT_PREEMPTED, or its termination message says so, as under torchrun)."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            reason, message = c.get("reason") or "DisruptionTarget", c.get("message") or ""
+            return f"was disrupted ({reason}" + (f": {message})" if message else ")")
+    if status.get("reason") in ("Evicted", "Preempting", "Terminated", "Shutdown", "NodeShutdown"):
+        return f"was {status['reason'].lower()}" + (f": {status.get('message')}" if status.get("message") else "")
+    if end is not None and (end.exit_code == EXIT_PREEMPTED or end.message.lstrip().startswith(PREEMPTED_MARK)):
+        return "stopped on SIGTERM after saving a checkpoint"
+    if meta.get("deletionTimestamp"):
+        return "was deleted"
+    return None
 
 
 def sidecar_failure(pod: dict[str, Any], name: str = "rollout") -> str | None:

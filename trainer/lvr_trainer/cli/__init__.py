@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from lvr_trainer.train.preemption import EXIT_PREEMPTED, Preempted
+
 COMMAND_MODULES = (
     "lvr_trainer.cli.data_cmd",
     "lvr_trainer.cli.config_cmd",
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvr: error: {err}", file=sys.stderr)
         _termination_message(str(err))
         return 2
+    except Preempted as err:
+        print(f"lvr: {err}", file=sys.stderr)
+        _termination_message(str(err))          # what the operator reads: a preemption, not a failure
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("lvr: interrupted", file=sys.stderr)
         return 130

@@ -16,11 +16,14 @@ def _run(args) -> int:
     from lvr_trainer.cli.common import load_trainer_config, run_reporting, run_summary_tail
 
     cfg = load_trainer_config(args.config, STAGE)
+    from lvr_trainer.train.preemption import StopOnSigterm
     from lvr_trainer.train.rl import RLConfigError, run_rl
     from lvr_trainer.train.rl_rollout import RolloutUnavailable
     from lvr_trainer.train.setup import DataError
 
-    summary = run_reporting(lambda: run_rl(cfg, resume=args.resume), DataError, RLConfigError, RolloutUnavailable)
+    with StopOnSigterm() as stop:      # a deleted / preempted pod: checkpoint, then exit EXIT_PREEMPTED
+        summary = run_reporting(lambda: run_rl(cfg, resume=args.resume, stop=stop), DataError, RLConfigError,
+                                RolloutUnavailable)
     history = summary["history"]
     if history:
         first, last = history[0], history[-1]

@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="transformers engine: sequences per generate "
                    "call (default 16)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    p.add_argument("--drain-on-sigterm", action="store_true",
+                   help="on SIGTERM keep serving until the trainer's POST /shutdown (a sidecar that is a regular "
+                   "container gets SIGTERM with the trainer, which still needs it for its last step and checkpoint; "
+                   "the pod's grace period bounds the wait)")
     p.set_defaults(func=_run)
 
 
@@ -31,7 +35,7 @@ def _run(args) -> int:
     engine_kind = args.engine or cfg.rollout.engine.value
     engine = build_served_engine(cfg, engine_kind, args.batch_size)
     print(f"rollout-server: {engine_kind} engine ready, serving on http://{args.host}:{args.port}", flush=True)
-    serve(engine, args.host, args.port, log_level=args.log_level)
+    serve(engine, args.host, args.port, log_level=args.log_level, drain_on_sigterm=args.drain_on_sigterm)
     return 0
 
 

@@ -16,11 +16,13 @@ def _run(args) -> int:
     from lvr_trainer.cli.common import load_trainer_config, run_reporting, run_summary_tail
 
     cfg = load_trainer_config(args.config, STAGE)
+    from lvr_trainer.train.preemption import StopOnSigterm
     from lvr_trainer.config import ConfigError
     from lvr_trainer.train.setup import DataError
     from lvr_trainer.train.sft import run_sft
 
-    summary = run_reporting(lambda: run_sft(cfg, resume=args.resume), DataError, ConfigError)
+    with StopOnSigterm() as stop:      # a deleted / preempted pod: checkpoint, then exit EXIT_PREEMPTED
+        summary = run_reporting(lambda: run_sft(cfg, resume=args.resume, stop=stop), DataError, ConfigError)
     losses = summary["losses"]
     if losses:
         print(f"sft: steps {summary['start_step']}->{summary['steps']}, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "

@@ -179,12 +179,22 @@ def create_app(engine: ServableEngine, weight_version: int = 0):
     return app
 
 
-def serve(engine: ServableEngine, host: str, port: int, weight_version: int = 0, log_level: str = "warning") -> None:
-    """Serve until POST /shutdown or a signal."""
+def serve(engine: ServableEngine, host: str, port: int, weight_version: int = 0, log_level: str = "warning",
+          drain_on_sigterm: bool = False) -> None:
+    """Serve until POST /shutdown or a signal (with `drain_on_sigterm`, SIGTERM waits for /shutdown)."""
+    import signal
+
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if drain_on_sigterm and sig == signal.SIGTERM:
+                print("rollout-server: SIGTERM: serving on until the trainer's POST /shutdown", flush=True)
+                return
+            super().handle_exit(sig, frame)
+
     app = create_app(engine, weight_version)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
     app.state.server = server
     server.run()
     stats = app.state.stats

@@ -17,6 +17,7 @@ from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy, Pr
 from lvr_trainer.runnable import parallel_problems, raise_problems
 from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
 from lvr_trainer.parallel import collectives
+from lvr_trainer.train import heartbeat
 
 # parallel.timeout_s of this process's groups (set by setup_grid), quoted when a collective times out.
 _timeout_s: float | None = None
@@ -75,6 +76,17 @@ _TIMEOUT_TEXT = re.compile(r"timed out|timing out|timeout", re.IGNORECASE)
 _BACKEND_TEXT = ("gloo", "NCCL", "c10d", "ProcessGroup")
 
 
+_PEER_LOST_TEXT = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
+                             r"connection refused", re.IGNORECASE)
+
+
+def _is_peer_lost(err: BaseException) -> bool:
+    """A collective that failed because another rank's process is gone (gloo's socket errors)."""
+    text = str(err)
+    from_torch = isinstance(err, dist.DistError) or any(s in text for s in _BACKEND_TEXT)
+    return from_torch and bool(_PEER_LOST_TEXT.search(text))
+
+
 def _is_collective_timeout(err: BaseException) -> bool:
     """A timeout raised by torch.distributed (gloo's `Timed out waiting ...ms`, NCCL's watchdog, the
     store), not any error that mentions a timeout (an S3 request's, say)."""
@@ -92,13 +104,21 @@ def explain_timeout(what: str):
     try:
         yield
     except RuntimeError as err:
-        if isinstance(err, CollectiveTimeout) or not _is_collective_timeout(err):
+        if isinstance(err, CollectiveTimeout):
             raise
         rank = dist.get_rank() if dist.is_initialized() else 0
+        where = heartbeat.report()
+        where = f" Where the ranks are: {where}." if where else ""
+        if _is_peer_lost(err):
+            raise CollectiveTimeout(
+                f"{what}: rank {rank} lost another rank mid-collective (its process or pod is gone).{where} The "
+                f"gang restarts from its last checkpoint. ({type(err).__name__}: {str(err)[:300]})") from err
+        if not _is_collective_timeout(err):
+            raise
         limit = f"{_timeout_s:g} s" if _timeout_s is not None else "its default"
         raise CollectiveTimeout(
-            f"{what}: rank {rank} waited longer than parallel.timeout_s ({limit}) for the other ranks. One of "
-            "them is stuck or slower than that: look for the first error in the other ranks' logs (a crash, an "
+            f"{what}: rank {rank} waited longer than parallel.timeout_s ({limit}) for the other ranks.{where} "
+            "Look for the first error in the behind rank's log (a crash, a video that takes minutes to decode, an "
             "S3 or disk stall); if the wait is expected (a long checkpoint write or download), raise "
             f"parallel.timeout_s in the config. ({type(err).__name__}: {str(err)[:300]})") from err
 

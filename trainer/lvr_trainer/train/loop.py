@@ -21,6 +21,7 @@ from lvr_trainer.train.distributed import (barrier, clip_grad_norm, distribute_w
 from lvr_trainer.train.features import VideoFeatureSource
 from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, is_remote, local_output_dir,
                                       pull_latest)
+from lvr_trainer.train.preemption import Preempted, StopOnSigterm
 from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
 from lvr_trainer.parallel import collectives
 
@@ -195,6 +196,18 @@ def _forget_uploader(output: Path) -> None:
             uploader.wait()
         except CheckpointUploadError:
             pass
+
+
+def stop_if_preempted(stop: StopOnSigterm, grid: ProcessGrid, output: Path, step: int, save, saved: bool) -> None:
+    """At a step boundary, when any rank got SIGTERM: checkpoint `step` with `save()` (unless this step was
+    just saved), wait for its upload, and raise `Preempted` (the CLI exits with EXIT_PREEMPTED)."""
+    if not stop.requested(grid):
+        return
+    if not saved:
+        save()
+    finish_uploads(output)
+    ckpt = latest_checkpoint(output)
+    raise Preempted(step, str(ckpt) if ckpt else None)
 
 
 def checkpoint_metrics(output: Path) -> dict[str, float]:

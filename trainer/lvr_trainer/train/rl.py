@@ -33,7 +33,8 @@ from lvr_trainer.model.loading import vision_tower
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import RolloutEngine
 from lvr_trainer.train.checkpoint import latest_checkpoint
-from lvr_trainer.train.distributed import wrap_model
+from lvr_trainer.train import heartbeat
+from lvr_trainer.train.distributed import explain_timeout, wrap_model
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_examples, reward_from_config,
@@ -42,7 +43,8 @@ from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_me
 from lvr_trainer.train.validation import validate_on_all_ranks
 from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
 from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
-                                   save_step, start_run)
+                                   save_step, start_run, stop_if_preempted)
+from lvr_trainer.train.preemption import StopOnSigterm
 from lvr_trainer.train.batching import global_indices, rank_micro_batches
 
 
@@ -63,13 +65,16 @@ class VisionCounter:
 
 
 class PhaseTimer:
-    """`with timer("rollout"):` adds the seconds to `time/rollout`."""
+    """`with timer("rollout"):` adds the seconds to `time/rollout`, and tells the other ranks (heartbeat)
+    that this rank entered that phase of `step`."""
 
-    def __init__(self):
+    def __init__(self, step: int = 0):
         self.seconds: dict[str, float] = {}
+        self.step = step
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
+        heartbeat.publish(phase, self.step)
         t0 = time.perf_counter()
         yield
         self.seconds[f"time/{phase}"] = self.seconds.get(f"time/{phase}", 0.0) + time.perf_counter() - t0
@@ -136,7 +141,7 @@ def load_reference(cfg: TrainerConfig, device: torch.device):
 def rl_step(run: RLRun, step: int) -> dict[str, float]:
     """One GRPO step on this rank; returns its metrics."""
     cfg, grid, model, tokenizer, source = run.cfg, run.grid, run.model, run.tokenizer, run.source
-    rl, g, timer = cfg.rl, cfg.rl.group_size, PhaseTimer()
+    rl, g, timer = cfg.rl, cfg.rl.group_size, PhaseTimer(step + 1)
     global_batch = cfg.train.batch_size * cfg.train.grad_accum * grid.dp_size
     indices = global_indices(len(run.records), cfg.train.seed, step, global_batch)
     mine = [i for mb in rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size,
@@ -208,18 +213,20 @@ def _wants_eval(cfg: TrainerConfig, step: int) -> bool:
     return bool(cfg.data.val and cfg.train.eval_every and step % cfg.train.eval_every == 0)
 
 
-def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
+def run_rl(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None,
+           stop: StopOnSigterm | None = None) -> dict:
     """Train with GRPO; returns a summary (per-step metrics in `history`). `resume` continues from
-    `output.dir`'s latest checkpoint; `stop_after` ends the run after that many steps (tests)."""
+    `output.dir`'s latest checkpoint; `stop_after` ends the run after that many steps (tests); `stop`:
+    SIGTERM ends the run at the next step boundary with a checkpoint (raises `Preempted`)."""
     run = _setup(cfg, resume)
     try:
-        return _train(run, stop_after)
+        return _train(run, stop_after, stop or StopOnSigterm())
     finally:
         if hasattr(run.engine, "shutdown"):    # a sidecar on a Kubernetes without native sidecars
             run.engine.shutdown()              # keeps the pod running until it exits
 
 
-def _train(run: RLRun, stop_after: int | None) -> dict:
+def _train(run: RLRun, stop_after: int | None, stop: StopOnSigterm) -> dict:
     cfg, start, grid, output = run.cfg, run.start, run.grid, run.output
     rank0 = grid.rank == 0
     logger = RunLogger(output, cfg.train.steps, "rl", cfg.output.tensorboard, rank0, start,
@@ -230,7 +237,8 @@ def _train(run: RLRun, stop_after: int | None) -> dict:
     for step in range(start, cfg.train.steps):
         if stop_after is not None and step - start >= stop_after:
             break
-        m = rl_step(run, step)
+        with explain_timeout(f"RL step {step + 1}"):
+            m = rl_step(run, step)
         last = step + 1
         if _wants_eval(cfg, last):
             m.update(validate(run))
@@ -239,8 +247,11 @@ def _train(run: RLRun, stop_after: int | None) -> dict:
         metrics.update(checkpoint_metrics(output))
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("reward/total", "rollout/format_rate", "rollout/accuracy"))
-        if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
+        periodic = bool(cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps)
+        if periodic:
             _save_state(run, last)
+        if last < cfg.train.steps:
+            stop_if_preempted(stop, grid, output, last, lambda: _save_state(run, last), saved=periodic)  # noqa: B023
     if last == cfg.train.steps:
         _save_state(run, last)
     finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading

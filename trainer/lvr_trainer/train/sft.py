@@ -19,12 +19,14 @@ from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.train.batching import global_indices, rank_micro_batches, response_logprobs
 from lvr_trainer.train.checkpoint import latest_checkpoint
-from lvr_trainer.train.distributed import all_reduce_sum, wrap_model
+from lvr_trainer.train import heartbeat
+from lvr_trainer.train.distributed import all_reduce_sum, explain_timeout, wrap_model
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, sft_target
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
-                                   save_step, start_run)
+                                   save_step, start_run, stop_if_preempted)
+from lvr_trainer.train.preemption import StopOnSigterm
 
 
 @dataclass
@@ -68,9 +70,12 @@ def sft_step(model, bank: ExampleBank, micro: list[list[int]], grid: ProcessGrid
     return {"train/loss": loss_sum / total_tokens, "train/tokens": total_tokens}
 
 
-def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None) -> dict:
+def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = None,
+            stop: StopOnSigterm | None = None) -> dict:
     """Train; returns a summary. `resume` continues from `output.dir`'s latest checkpoint.
-    `stop_after` ends the run early after that many steps (as a crash would), for tests."""
+    `stop_after` ends the run early after that many steps (as a crash would), for tests. `stop`: SIGTERM
+    ends the run at the next step boundary with a checkpoint (raises `Preempted`)."""
+    stop = stop or StopOnSigterm()
     run = start_run(cfg, resume)
     grid, device, output = run.grid, run.device, run.output
     model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
@@ -91,10 +96,14 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         t_step = time.perf_counter()
         indices = global_indices(len(records), cfg.train.seed, step, global_batch)
         micro = rank_micro_batches(indices, cfg.train.batch_size, cfg.train.grad_accum, grid.dp_size, grid.dp_rank)
-        micro = [run.unreadable.substitute(mb, records, source) for mb in micro]
-        m = sft_step(model, bank, micro, grid, cfg, device)
+        with explain_timeout(f"SFT step {step + 1}"):
+            heartbeat.publish("features", step + 1)
+            micro = [run.unreadable.substitute(mb, records, source) for mb in micro]
+            heartbeat.publish("forward_backward")
+            m = sft_step(model, bank, micro, grid, cfg, device)
+            heartbeat.publish("optimizer_step")
+            grad_norm = finish_step(model, optimizer, scheduler, grid, cfg)
         loss, tokens = m["train/loss"], m["train/tokens"]
-        grad_norm = finish_step(model, optimizer, scheduler, grid, cfg)
         losses.append(loss)
         last = step + 1
         elapsed = time.perf_counter() - t_step
@@ -103,8 +112,12 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
                         "perf/target_tokens_per_s": tokens / elapsed, "time/step_s": elapsed})
         if last % cfg.train.log_every == 0 or last == cfg.train.steps:
             logger.log(last, metrics.pop(), show=("train/loss", "perf/target_tokens_per_s"))
-        if cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps:
-            save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+        save = lambda: save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)  # noqa: E731,B023
+        periodic = bool(cfg.train.save_every and last % cfg.train.save_every == 0 and last < cfg.train.steps)
+        if periodic:
+            save()
+        if last < cfg.train.steps:
+            stop_if_preempted(stop, grid, output, last, save, saved=periodic)
     if last == cfg.train.steps:
         save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
     finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading
