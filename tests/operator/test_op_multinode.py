@@ -95,9 +95,9 @@ def test_two_node_job_runs_across_two_nodes_and_equals_one_node_two_processes(
     _single_node_run(config, single, tmp_path, stage)
     one_node_s = time.monotonic() - t0
     two_node_s = _seconds(done)
-    print(f"\n{kind}: 2 nodes x 1 process {two_node_s:.1f} s (job start to completion), per step "
+    sys.__stdout__.write(f"\n{kind}: 2 nodes x 1 process {two_node_s:.1f} s (job start to completion), per step "
           f"{_step_seconds(out):.2f} s; 1 node x 2 processes {one_node_s:.1f} s (process wall), per step "
-          f"{_step_seconds(single):.2f} s")
+          f"{_step_seconds(single):.2f} s\n")      # the operator fixture captures sys.stdout
     two, one = _weights(out, steps), _weights(single, steps)
     assert two.keys() == one.keys()
     worst = max(float((two[k].float() - one[k].float()).abs().max()) for k in two)
@@ -140,3 +140,59 @@ def _initial_weights(config_text: str) -> dict[str, torch.Tensor]:
 
     model, _ = load_model(parse_config(yaml.safe_load(config_text), "trainer.yaml").model)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_worker_killed_mid_step_fails_the_gang_fast_naming_it_and_it_resumes_from_its_checkpoint(
+        op, crds, kube_cluster, kube_namespace, k8s_client, synth_data, tmp_path):
+    """No hung jobs: SIGKILL one worker pod's trainer of a 2-node SFTJob mid-run. The other rank's collective
+    fails at once (not after parallel.timeout_s) with a message naming the lost rank by its pod, the gang
+    restarts from its latest checkpoint (a charged restart: the pod crashed, nobody asked it to stop), and the
+    job succeeds."""
+    import json
+    import re
+    import signal as sig
+
+    from lvr_localcluster.procs import process_tree
+    from lvr_localcluster.pytest_plugin import wait_until
+
+    ns, api, core = kube_namespace, crds, client.CoreV1Api(k8s_client)
+    ready_dataset(api, ns, tmp_path)
+    api.patch_namespaced_custom_object(G, V, ns, "longvideodatasets", "ds",
+                                       {"spec": {"source": {"jsonl": str(synth_data / "train.jsonl")}}})
+    api.patch_namespaced_custom_object_status(G, V, ns, "longvideodatasets", "ds",
+                                              {"status": {"phase": "Ready", "observedGeneration": 2}})
+    out = tmp_path / "run"
+    trainer = {"train": {"steps": 160, "batch_size": 1, "save_every": 20, "log_every": 1, "torch_threads": 1},
+               "parallel": {"strategy": "ddp", "timeout_s": 300}}
+    spec = _job("SFTJob", "killed", out, trainer)
+    spec["runPolicy"] = {"backoffLimit": 2, "backoffSeconds": 1}
+    create(api, ns, "sftjobs", "SFTJob", "killed", spec)
+
+    def logged_step() -> int:
+        log = out / "metrics.jsonl"
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return json.loads(lines[-1])["step"] if lines else 0
+    wait_until(lambda: logged_step() >= 30, 300, "the run past step 30", interval=0.5)
+    pods = {p.metadata.labels.get("longvideo.dev/node-rank"): p for p in core.list_namespaced_pod(ns).items}
+    victim, survivor = pods["1"], pods["0"]
+    status = next(c for c in victim.status.container_statuses if c.name == "trainer")
+    t0 = time.monotonic()
+    for pid in process_tree(int(status.container_id.removeprefix("local://"))):
+        os.kill(pid, sig.SIGKILL)
+    restarted = wait_until(lambda: (s := api.get_namespaced_custom_object(G, V, ns, "sftjobs", "killed")
+                                    .get("status") or {}).get("restarts") == 1 and s, 120, "the gang restart",
+                           interval=0.5)
+    noticed = time.monotonic() - t0
+    assert noticed < 60, f"the failure took {noticed:.0f} s to reach the job (parallel.timeout_s is 300)"
+    # the surviving rank's own words (its pod of attempt 0): the lost peer named, not a 300 s timeout
+    pod_dir = kube_cluster.state_dir / "pods" / ns / f"{survivor.metadata.name}.{survivor.metadata.uid[:8]}"
+    survivor_log = wait_until(lambda: "lost another rank" in (t := (pod_dir / "logs" / "trainer.log").read_text(
+        errors="replace")) and t, 60, "the surviving rank's error")
+    assert "the lost peer is rank 1 (on killed-worker-1)" in survivor_log, survivor_log[-3000:]
+    done = wait_phase(api, ns, "sftjobs", "killed", "Succeeded", 400)
+    assert done["restarts"] == 1 and not done.get("preemptions"), done
+    latest = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    assert latest == 160
+    rank0 = next(p for p in core.list_namespaced_pod(ns).items if p.metadata.labels.get("longvideo.dev/node-rank") == "0")
+    resumed = re.search(r"sft: steps (\d+)->160", kube_cluster.pod_log(ns, rank0.metadata.name, "trainer"))
+    assert resumed and int(resumed.group(1)) % 20 == 0 and int(resumed.group(1)) >= 20, restarted

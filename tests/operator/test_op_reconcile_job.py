@@ -319,12 +319,13 @@ def test_a_queued_gang_is_one_kueue_pod_group_and_waits_at_kueues_gate():
         assert labels["kueue.x-k8s.io/queue-name"] == "gpu-team"
         assert labels["kueue.x-k8s.io/pod-group-name"] == "r1"
         assert annotations["kueue.x-k8s.io/pod-group-total-count"] == "2"
+        assert p["spec"]["schedulingGates"] == [{"name": "kueue.x-k8s.io/admission"}]   # suspended until admitted
     obj = with_status(obj, plan.status)
     gated = [pod_in(p, "pending") for p in pods]
-    for p in gated:        # what Kueue's webhook does to each pod it queues
-        p["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
     plan = run(obj, observed(*gated))
     assert plan.status["phase"] == "Created" and plan.actions == []
+    plain = created_pods(run(job(), observed()))[0]
+    assert "schedulingGates" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
     assert "waits for Kueue to admit the gang (queue gpu-team" in plan.status["message"]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvr_trainer.train.heartbeat import Beat, describe
+from lvr_trainer.train.heartbeat import Beat, describe, lost_peer
 
 
 def test_describe_names_the_rank_that_is_behind():
@@ -26,6 +26,11 @@ def test_describe_names_the_rank_that_is_behind():
     assert "every rank that reported is in 'update' of step 3" in same
     assert "rank(s) 1 never reported" in describe([Beat(0, 1, 1, "features", 1.0), None], 0, 2.0)
     assert describe([], 0, 1.0) == ""
+    pods = [Beat(0, 3, 2, "update", 1.0, "job-worker-0", "127.11.0.1"), Beat(1, 3, 2, "update", 1.0, "job-worker-1",
+                                                                           "127.22.0.2")]
+    error = "[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.22.0.2]:35141"
+    assert lost_peer(pods, error) == "rank 1 (on job-worker-1)"
+    assert lost_peer(pods, "no address here") == ""
 
 
 WORKER = r"""

@@ -138,9 +138,10 @@ class RunPolicy(CamelModel):
     queue_name: str | None = Field(
         None, min_length=1, max_length=63,
         description="Kueue LocalQueue to submit the gang to: every worker pod gets kueue.x-k8s.io/queue-name "
-        "and one pod group (kueue.x-k8s.io/pod-group-name, pod-group-total-count = resources.nodes), so Kueue "
-        "admits the gang as one workload (its webhook holds the pods at a scheduling gate until then) and the "
-        "operator's own capacity gate steps aside. Needs Kueue with its `pod` integration. Default: none.")
+        "and one pod group (kueue.x-k8s.io/pod-group-name, pod-group-total-count = resources.nodes), and is "
+        "created behind Kueue's scheduling gate (kueue.x-k8s.io/admission), so Kueue admits the gang as one "
+        "workload; the operator's own capacity gate steps aside. Needs Kueue with its `pod` integration and "
+        "Kubernetes >= 1.27 (scheduling gates). Default: none.")
     pod_group: PodGroupPolicy | None = Field(
         None,
         description="Create a scheduler-plugins coscheduling PodGroup (scheduling.x-k8s.io/v1alpha1) with "

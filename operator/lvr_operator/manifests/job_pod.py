@@ -6,7 +6,7 @@ from typing import Any
 
 from lvr_operator.api.common import GPU_RESOURCE
 from lvr_operator.api.jobs import JobSpecBase, RLJobSpec
-from lvr_operator.manifests.common import (LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, child_meta, config_name,
+from lvr_operator.manifests.common import (KUEUE_GATE, LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, child_meta, config_name,
                                            name_of, service_name, trainer_account_name, worker_name)
 from lvr_operator.manifests.job import (CONFIG_DIR, CONFIG_FILE, TERMINATION_LOG, TRAINER, gang_labels,
                                         launch_command, rendezvous_env, resources, s3_env)
@@ -106,5 +106,7 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
         pod_spec["priorityClassName"] = place.priority_class_name
     if place.scheduler_name:
         pod_spec["schedulerName"] = place.scheduler_name
+    if spec.run_policy.queue_name:      # created suspended: Kueue lifts its gate when it admits the whole group
+        pod_spec["schedulingGates"] = [{"name": KUEUE_GATE}]
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": child_meta(job, worker_name(name, rank), labels, annotations or None), "spec": pod_spec}

@@ -107,7 +107,7 @@ def explain_timeout(what: str):
         if isinstance(err, CollectiveTimeout):
             raise
         rank = dist.get_rank() if dist.is_initialized() else 0
-        where = heartbeat.report()
+        where = heartbeat.report(str(err))
         where = f" Where the ranks are: {where}." if where else ""
         if _is_peer_lost(err):
             raise CollectiveTimeout(

@@ -9,11 +9,23 @@ write per phase, nothing per token. Without torch.distributed (one process) ever
 from __future__ import annotations
 
 import json
+import re
+import socket
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 _KEY = "lvr/heartbeat/{}"
 _last_step, _seq = 0, 0
+
+
+@lru_cache(maxsize=1)
+def _me() -> tuple[str, str]:
+    host = socket.gethostname()
+    try:
+        return host, socket.gethostbyname(host)
+    except OSError:
+        return host, ""
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,8 @@ class Beat:
     seq: int
     phase: str
     at: float
+    host: str = ""          # hostname (the pod's) and its address, to name a rank that vanished
+    ip: str = ""
 
 
 def _store_and_world():
@@ -52,7 +66,7 @@ def publish(phase: str, step: int | None = None) -> None:
     if store is None:
         return
     try:
-        store.set(_KEY.format(rank), json.dumps([_last_step, _seq, phase, time.time()]))
+        store.set(_KEY.format(rank), json.dumps([_last_step, _seq, phase, time.time(), *_me()]))
     except RuntimeError:        # the store itself is gone (rank 0's node died): the timeout says enough
         pass
 
@@ -80,7 +94,8 @@ def describe(beats: list[Beat | None], me: int, now: float) -> str:
     mine = beats[me] if me < len(beats) else None
     silent = [b_rank for b_rank, b in enumerate(beats) if b is None]
     known = [b for b in beats if b is not None]
-    where = lambda b: f"'{b.phase}' of step {b.step} (entered {now - b.at:.0f} s ago)"  # noqa: E731
+    where = lambda b: (f"'{b.phase}' of step {b.step} (entered {now - b.at:.0f} s ago"  # noqa: E731
+                       + (f", on {b.host}" if b.host else "") + ")")
     if mine is not None:
         behind = [b for b in known if (b.step, b.seq) < (mine.step, mine.seq)]
     else:
@@ -100,7 +115,17 @@ def describe(beats: list[Beat | None], me: int, now: float) -> str:
     return "; ".join(parts)
 
 
-def report() -> str:
-    """`describe` for this process's group, now ('' without torch.distributed)."""
+def lost_peer(beats: list[Beat | None], error: str) -> str:
+    """The rank a socket error names by address (gloo: `... [127.0.0.5]:41234`), as 'rank 1 (on host)', or ''."""
+    addresses = set(re.findall(r"\[([0-9a-fA-F.:]+)\]:\d+", error))
+    named = [b for b in beats if b is not None and b.ip and b.ip in addresses]
+    return ", ".join(f"rank {b.rank}" + (f" (on {b.host})" if b.host else "") for b in named)
+
+
+def report(error: str = "") -> str:
+    """`describe` for this process's group, now ('' without torch.distributed); with a socket `error`,
+    first the rank it names."""
     beats, me = read_all()
-    return describe(beats, me, time.time())
+    text = describe(beats, me, time.time())
+    peer = lost_peer(beats, error) if error else ""
+    return f"the lost peer is {peer}; {text}" if peer else text
