@@ -14,9 +14,10 @@ log-probs, one PPO update), each in a process of its own so that memory figures 
 
 The rollout is the same in all three (our one-prefill-per-prompt sampler, like an engine's prefix cache), so
 the modes differ only in what the scoring phases compute. `features` starts from a cold cache each step.
-Peak memory: the largest RSS seen (sampled every 5 ms) during a phase, minus the RSS when the step began
-(freed heap returned to the OS first, `malloc_trim`), so model and framework memory, the same in all modes,
-do not hide the phase's own footprint.
+Peak memory: the largest RSS seen (sampled every 5 ms) during a phase, minus the RSS when the step began, in
+one extra step after the timed ones with freed heap returned to the OS (`malloc_trim`) before each phase, so
+model and framework memory, the same in all modes, do not hide the phase's own footprint (the trim is kept
+out of the timed steps: faulting the pages back in slows every phase).
 
     .venv/bin/python bench/rl_step.py [--presets tiny small] [--frames 64 256 1024] [--modes a b c]
                                       [--group 8] [--reps 1] [--warmup 1] [--threads 2]
@@ -170,7 +171,8 @@ def measure_one(args) -> dict:
     class Timed(rl_mod.PhaseTimer):
         @contextlib.contextmanager
         def __call__(self, phase):
-            trim()
+            if measuring_memory or not args.memory_step:
+                trim()
             sampler.reset()
             with super().__call__(phase):
                 yield
@@ -181,17 +183,24 @@ def measure_one(args) -> dict:
     fresh = per_forward_vision(run) if args.mode == "a" else (lambda: make_feature_source(run.model, run.processor,
                                                                                         cfg, data))
     step_out = {}
-    for step in range(args.warmup + args.reps):
+    measuring_memory = False
+    # warm-up steps, timed steps, then (unless --memory-step 0) one step for memory only: handing freed heap back
+    # to the OS before each phase (trim) makes the phase fault its pages in again, which would slow the timing
+    for step in range(args.warmup + args.reps + (1 if args.memory_step else 0)):
+        measuring_memory = args.memory_step and step >= args.warmup + args.reps
         run.source = fresh()                                                          # cold cache
         current.clear()
-        trim()
+        if measuring_memory or not args.memory_step:
+            trim()
         base = rss_bytes()
         m = rl_mod.rl_step(run, step)
         if step < args.warmup:
             continue
         for p in PHASES:
-            seconds[p].append(m[f"time/{p}"])
-            peaks[p].append(max(current.get(p, base) - base, 0))
+            if measuring_memory or not args.memory_step:
+                peaks[p].append(max(current.get(p, base) - base, 0))
+            if not measuring_memory:
+                seconds[p].append(m[f"time/{p}"])
         step_out = {"vision_calls": m["cache/vision_calls"], "reply_len": m["rollout/reply_len"]}
     sampler.close()
     tokens = int(run.source(run.records[0]).embeds.shape[0])
@@ -230,6 +239,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-step", type=int, default=1, choices=(0, 1),
+                    help="1: peaks from one extra step with freed heap trimmed before each phase, seconds from the "
+                    "others; 0: both from the same steps (trimmed)")
     ap.add_argument("--json", help="append each result as a JSON line to this file")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)     # the per-mode child process
     ap.add_argument("--preset", help=argparse.SUPPRESS)
@@ -266,7 +278,7 @@ def main() -> None:
 def _shared(args) -> list[str]:
     return ["--size", str(args.size), "--group", str(args.group), "--prompts", str(args.prompts),
             "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads), "--memory-step", str(args.memory_step)]
 
 
 if __name__ == "__main__":

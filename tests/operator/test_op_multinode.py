@@ -31,6 +31,15 @@ def synth_data(tmp_path_factory) -> Path:
     return out
 
 
+def _ready_synth_dataset(api, ns: str, data: Path, tmp_path: Path) -> None:
+    """LongVideoDataset `ds` over the synthetic videos, marked Ready by hand (no cache to build)."""
+    ready_dataset(api, ns, tmp_path)
+    api.patch_namespaced_custom_object(G, V, ns, "longvideodatasets", "ds",
+                                       {"spec": {"source": {"jsonl": str(data / "train.jsonl")}}})
+    api.patch_namespaced_custom_object_status(G, V, ns, "longvideodatasets", "ds",
+                                              {"status": {"phase": "Ready", "observedGeneration": 2}})
+
+
 def _job(kind: str, name: str, out: Path, trainer: dict) -> dict:
     spec = {"datasetRef": {"name": "ds"}, "model": {"preset": "tiny"}, "output": {"uri": str(out)},
             "resources": {"nodes": 2, "gpusPerNode": 0},
@@ -66,11 +75,7 @@ def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 def test_two_node_job_runs_across_two_nodes_and_equals_one_node_two_processes(
         kind, op, crds, kube_cluster, kube_namespace, k8s_client, synth_data, tmp_path):
     ns, api, core = kube_namespace, crds, client.CoreV1Api(k8s_client)
-    ready_dataset(api, ns, tmp_path)
-    api.patch_namespaced_custom_object(G, V, ns, "longvideodatasets", "ds",
-                                       {"spec": {"source": {"jsonl": str(synth_data / "train.jsonl")}}})
-    api.patch_namespaced_custom_object_status(G, V, ns, "longvideodatasets", "ds",
-                                              {"status": {"phase": "Ready", "observedGeneration": 2}})
+    _ready_synth_dataset(api, ns, synth_data, tmp_path)
     steps = 2
     trainer = {"train": {"steps": steps, "batch_size": 1, "save_every": 0, "torch_threads": 1, "seed": 3},
                "optim": {"lr": 1e-3, "warmup_steps": 0}, "parallel": {"strategy": "ddp", "timeout_s": 120}}
@@ -156,11 +161,7 @@ def test_a_worker_killed_mid_step_fails_the_gang_fast_naming_it_and_it_resumes_f
     from lvr_localcluster.pytest_plugin import wait_until
 
     ns, api, core = kube_namespace, crds, client.CoreV1Api(k8s_client)
-    ready_dataset(api, ns, tmp_path)
-    api.patch_namespaced_custom_object(G, V, ns, "longvideodatasets", "ds",
-                                       {"spec": {"source": {"jsonl": str(synth_data / "train.jsonl")}}})
-    api.patch_namespaced_custom_object_status(G, V, ns, "longvideodatasets", "ds",
-                                              {"status": {"phase": "Ready", "observedGeneration": 2}})
+    _ready_synth_dataset(api, ns, synth_data, tmp_path)
     out = tmp_path / "run"
     trainer = {"train": {"steps": 160, "batch_size": 1, "save_every": 20, "log_every": 1, "torch_threads": 1},
                "parallel": {"strategy": "ddp", "timeout_s": 300}}
