@@ -44,14 +44,17 @@ def _failed_logs(cluster: Cluster, pods: list[dict[str, Any]], settings: Operato
     return logs
 
 
-def _job_free_slots(cluster: Cluster, job: dict[str, Any], model: type) -> tuple[int | None, list[str]]:
-    """(workers that fit now, who holds the GPUs); (None, []) when the job is not gated (CPU-only)."""
+def _gpu_spec(job: dict[str, Any], model: type) -> JobSpecBase | None:
+    """The typed spec of a job that asks for GPUs; None for a CPU-only (never gated) or invalid one."""
     try:
         spec: JobSpecBase = model.model_validate(job.get("spec") or {})
     except ValueError:
-        return None, []
-    if spec.resources.gpus_per_node <= 0:
-        return None, []
+        return None
+    return spec if spec.resources.gpus_per_node > 0 else None
+
+
+def _count_slots(cluster: Cluster, spec: JobSpecBase) -> tuple[int, list[str]]:
+    """(workers of this spec that fit now, who holds the GPUs)."""
     nodes, pods = cluster.nodes_and_active_pods()
     slots = free_slots(nodes, pods, spec.resources.gpus_per_node, spec.placement.effective_node_selector(),
                        spec.placement.effective_tolerations())
@@ -67,7 +70,8 @@ def _nodes(spec: dict[str, Any]) -> int:
 
 def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSettings, now: datetime) -> JobObserved:
     """Read what `reconcile_job` needs, and no more: other children are listed only while the gang is
-    incomplete (5 list calls), dependencies only while the job can still start pods."""
+    incomplete (5 list calls), dependencies only while the job can still start pods. The free GPU slots
+    are not counted here: `_count_slots` does it under the admission lock (reconcile_object)."""
     ns, spec, status = job["metadata"]["namespace"], job.get("spec") or {}, job.get("status") or {}
     obs = JobObserved(now=now, pods=cluster.pods(job))
     settled = is_terminal(status.get("phase")) and status.get("observedGeneration") == job["metadata"].get("generation")
@@ -81,13 +85,19 @@ def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSetting
         obs.sft_job = cluster.get_cr("SFTJob", ns, spec["model"]["fromSFTJob"])
     phase = status.get("phase")
     run_policy = spec.get("runPolicy") or {}
-    if not obs.pods and not is_terminal(phase) and not run_policy.get("suspend"):
-        if not run_policy.get("queueName"):          # with Kueue, Kueue's quota admits the gang
-            obs.free_slots, obs.gpu_holders = _job_free_slots(cluster, job, kind_by_name(job["kind"]).spec_model)
-        if run_policy.get("podGroup") is not None:
-            obs.pod_groups = cluster.has_pod_groups()
+    if not obs.pods and not is_terminal(phase) and not run_policy.get("suspend") \
+            and run_policy.get("podGroup") is not None:
+        obs.pod_groups = cluster.has_pod_groups()
     obs.logs = _failed_logs(cluster, obs.pods, settings)
     return obs
+
+
+def _gated(job: dict[str, Any], obs: JobObserved) -> bool:
+    """Whether this reconcile may admit a gang through our own capacity count: no pods yet, not finished or
+    suspended, not queued in Kueue (Kueue's quota admits it then)."""
+    run_policy = (job.get("spec") or {}).get("runPolicy") or {}
+    return (not obs.pods and not is_terminal((job.get("status") or {}).get("phase"))
+            and not run_policy.get("suspend") and not run_policy.get("queueName"))
 
 
 def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,
@@ -101,9 +111,11 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
         now = now or datetime.now(timezone.utc)
         if kind_by_name(kind).is_job:
             obs = observe_job(cluster, obj, settings, now)
-            if obs.free_slots is not None:          # this reconcile may admit a gang: count and create atomically
+            gpu_spec = _gpu_spec(obj, kind_by_name(kind).spec_model) if _gated(obj, obs) else None
+            if gpu_spec is not None:                # this reconcile may admit a gang: count and create atomically
                 with _admission:
-                    plan = reconcile_job(obj, observe_job(cluster, obj, settings, now), settings)
+                    obs.free_slots, obs.gpu_holders = _count_slots(cluster, gpu_spec)
+                    plan = reconcile_job(obj, obs, settings)
                     cluster.apply(obj, plan)
             else:
                 plan = reconcile_job(obj, obs, settings)

@@ -80,19 +80,19 @@ _PEER_LOST_TEXT = re.compile(r"connection closed by peer|connection reset by pee
                              r"connection refused", re.IGNORECASE)
 
 
+def _from_torch_distributed(err: BaseException) -> bool:
+    return isinstance(err, dist.DistError) or any(s in str(err) for s in _BACKEND_TEXT)
+
+
 def _is_peer_lost(err: BaseException) -> bool:
     """A collective that failed because another rank's process is gone (gloo's socket errors)."""
-    text = str(err)
-    from_torch = isinstance(err, dist.DistError) or any(s in text for s in _BACKEND_TEXT)
-    return from_torch and bool(_PEER_LOST_TEXT.search(text))
+    return _from_torch_distributed(err) and bool(_PEER_LOST_TEXT.search(str(err)))
 
 
 def _is_collective_timeout(err: BaseException) -> bool:
     """A timeout raised by torch.distributed (gloo's `Timed out waiting ...ms`, NCCL's watchdog, the
     store), not any error that mentions a timeout (an S3 request's, say)."""
-    text = str(err)
-    from_torch = isinstance(err, dist.DistError) or any(s in text for s in _BACKEND_TEXT)
-    return from_torch and bool(_TIMEOUT_TEXT.search(text))
+    return _from_torch_distributed(err) and bool(_TIMEOUT_TEXT.search(str(err)))
 
 
 @contextlib.contextmanager
@@ -104,17 +104,16 @@ def explain_timeout(what: str):
     try:
         yield
     except RuntimeError as err:
-        if isinstance(err, CollectiveTimeout):
+        peer_lost = _is_peer_lost(err)
+        if isinstance(err, CollectiveTimeout) or not (peer_lost or _is_collective_timeout(err)):
             raise
         rank = dist.get_rank() if dist.is_initialized() else 0
-        where = heartbeat.report(str(err))
+        where = heartbeat.report(str(err))      # read from the store only for a collective's failure
         where = f" Where the ranks are: {where}." if where else ""
-        if _is_peer_lost(err):
+        if peer_lost:
             raise CollectiveTimeout(
                 f"{what}: rank {rank} lost another rank mid-collective (its process or pod is gone).{where} The "
                 f"gang restarts from its last checkpoint. ({type(err).__name__}: {str(err)[:300]})") from err
-        if not _is_collective_timeout(err):
-            raise
         limit = f"{_timeout_s:g} s" if _timeout_s is not None else "its default"
         raise CollectiveTimeout(
             f"{what}: rank {rank} waited longer than parallel.timeout_s ({limit}) for the other ranks.{where} "
