@@ -70,3 +70,33 @@ def test_a_stalled_rank_fails_the_others_within_the_timeout_naming_it(make_confi
     message = (tmp_path / "term-0").read_text()
     assert "parallel.timeout_s (10 s)" in message, message
     assert "rank 1 is behind: still in 'features' of step 3" in message, message
+
+
+LIVENESS_WORKER = r"""
+import os, sys
+import torch.distributed as dist
+from lvr_trainer.train import heartbeat
+dist.init_process_group("gloo")
+heartbeat.publish("forward_backward", 33)
+dist.barrier()
+if dist.get_rank() == 1:
+    os._exit(9)                           # gone without a word, like a SIGKILLed pod
+print("REPORT", heartbeat.report("Read error: no address in this text", peer_lost=True), flush=True)
+"""
+
+
+@pytest.mark.distributed
+def test_a_lost_peer_is_named_by_liveness_when_the_error_has_no_address(tmp_path):
+    """The socket error does not always name the peer's address (or names one no beat published): the rank
+    whose liveness counter stopped is the lost one."""
+    script = tmp_path / "worker.py"
+    script.write_text(LIVENESS_WORKER)
+    port = 20000 + os.getpid() % 20000
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    out = procs[0].communicate(timeout=120)[0]
+    procs[1].wait(timeout=60)
+    assert "REPORT the lost peer is rank 1 (on " in out, out[-3000:]
+    assert "every rank that reported is in 'forward_backward' of step 33" in out, out[-3000:]

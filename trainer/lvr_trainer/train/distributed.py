@@ -108,7 +108,7 @@ def explain_timeout(what: str):
         if isinstance(err, CollectiveTimeout) or not (peer_lost or _is_collective_timeout(err)):
             raise
         rank = dist.get_rank() if dist.is_initialized() else 0
-        where = heartbeat.report(str(err))      # read from the store only for a collective's failure
+        where = heartbeat.report(str(err), peer_lost)      # read from the store only for a collective's failure
         where = f" Where the ranks are: {where}." if where else ""
         if peer_lost:
             raise CollectiveTimeout(

@@ -18,6 +18,7 @@ from lvr_trainer.train.checkpoint import (latest_checkpoint, load_trainer_state,
                                           set_rng_state)
 from lvr_trainer.train.distributed import (barrier, clip_grad_norm, distribute_weights, explain_timeout, full_states,
                                            load_full_states, setup_grid)
+from lvr_trainer.train import heartbeat
 from lvr_trainer.train.features import VideoFeatureSource
 from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, is_remote, local_output_dir,
                                       pull_latest)
@@ -201,7 +202,10 @@ def _forget_uploader(output: Path) -> None:
 def stop_if_preempted(stop: StopOnSigterm, grid: ProcessGrid, output: Path, step: int, save, saved: bool) -> None:
     """At a step boundary, when any rank got SIGTERM: checkpoint `step` with `save()` (unless this step was
     just saved), wait for its upload, and raise `Preempted` (the CLI exits with EXIT_PREEMPTED)."""
-    if not stop.requested(grid):
+    with explain_timeout(f"the end of step {step} (asking every rank whether it got SIGTERM)"):
+        heartbeat.publish("step_end")
+        requested = stop.requested(grid)
+    if not requested:
         return
     if not saved:
         save()
