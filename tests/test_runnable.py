@@ -25,10 +25,9 @@ def test_a_plain_config_runs_on_documented_defaults():
     assert c.train.steps == 1000 and keys(c, stage="sft", world_size=8, heads=attention_heads(c.model)) == []
 
 
-def test_fsdp_with_sequence_parallelism_is_refused_with_the_fix():
+def test_fsdp_with_sequence_parallelism_runs():
     c = cfg(parallel={"strategy": "fsdp", "sequence_parallel": 2})
-    (p,) = runnable_problems(c, stage="sft", world_size=2)
-    assert p.key == "parallel.strategy" and "use strategy: ddp" in p.message
+    assert keys(c, stage="sft", world_size=8, heads=attention_heads(c.model)) == []
 
 
 def test_sequence_parallel_must_divide_processes_and_heads():
@@ -51,9 +50,9 @@ def test_rl_needs_an_rl_section_and_either_engine_runs():
 
 
 def test_check_names_the_source_and_every_key():
-    with pytest.raises(ConfigError, match=r"job.yaml: key 'parallel.strategy'.*\njob.yaml: key 'output.dir'"):
-        check_runnable(cfg(parallel={"strategy": "fsdp", "sequence_parallel": 2}, output={"dir": "ftp://x"}),
-                       stage="sft", source="job.yaml")
+    with pytest.raises(ConfigError, match=r"job.yaml: key 'parallel.sequence_parallel'.*\njob.yaml: key 'output.dir'"):
+        check_runnable(cfg(parallel={"strategy": "fsdp", "sequence_parallel": 3}, output={"dir": "ftp://x"}),
+                       stage="sft", source="job.yaml", world_size=2)
 
 
 def test_attention_heads_from_a_local_model_config(tmp_path):

@@ -87,8 +87,6 @@ def _malformed(endpoint: str) -> list[tuple[dict, str]]:
         (job("SFTJob", "bad-key", trainer={"optim": {"lrr": 0.1}}), "spec.trainer.optim.lrr"),
         (job("SFTJob", "bad-sp", trainer={"parallel": {"sequence_parallel": 3}}), "spec.trainer.parallel.sequence_parallel"),
         (job("SFTJob", "bad-uri", output={"uri": "ftp://host/out"}), "spec.output.uri"),
-        (job("SFTJob", "fsdp-sp", resources={"gpusPerNode": 2},
-             trainer={"parallel": {"strategy": "fsdp", "sequence_parallel": 2}}), "spec.trainer.parallel.strategy"),
         (job("RLJob", "no-gpu-left", rollout={"engine": "vllm", "mode": "sidecar"}), "rollout.gpus"),
         (job("SFTJob", "no-dataset", datasetRef={"name": "nope"}), "spec.datasetRef.name"),
         (job("RLJob", "no-sft", model={"fromSFTJob": "nope"}), "spec.model.fromSFTJob"),

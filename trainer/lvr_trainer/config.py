@@ -134,7 +134,10 @@ class ParallelConfig(StrictModel):
     """How ranks are arranged: world = data_parallel x sequence_parallel."""
 
     strategy: ParallelStrategy = Field(
-        ParallelStrategy.ddp, description="Data-parallel wrapper: ddp, or fsdp for models that do not fit.")
+        ParallelStrategy.ddp,
+        description="ddp: every rank holds the whole model; fsdp: the language model, its gradients and optimizer "
+        "state are sharded over every rank of the job, sequence-parallel peers included (what a 7B model on "
+        "long videos needs).")
     # Consumed by lvr_trainer.parallel: init_process_grid(sequence_parallel) builds the DP x SP grid
     # (SP ranks consecutive), sp_forward_logprobs runs the prefill/backward sharded, reduce_gradients
     # sums over SP and averages over DP. SP must also divide the attention heads (KV heads are

@@ -1,6 +1,6 @@
 """What the trainer can run: one check, shared by the trainer at start-up and the operator at admission.
 
-A config can be schema-valid and still not runnable: FSDP with sequence parallelism, an output URI
+A config can be schema-valid and still not runnable: an output URI
 the trainer cannot write, a sequence-parallel size that does not divide the GPUs or the model's
 attention heads. The trainer refuses these when it starts;
 the operator calls the same function before creating any pod, so such a job becomes `InvalidSpec`
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lvr_trainer.config import (ConfigError, ModelConfig, ParallelConfig, ParallelStrategy,
+from lvr_trainer.config import (ConfigError, ModelConfig, ParallelConfig,
                                 TrainerConfig)
 
 Stage = Literal["sft", "rl"]
@@ -80,9 +80,6 @@ def parallel_problems(par: ParallelConfig, world_size: int | None = None, heads:
     """The parallel layout's problems (part of `runnable_problems`; also checked by the trainer's grid set-up)."""
     out: list[Problem] = []
     sp = par.sequence_parallel
-    if par.strategy == ParallelStrategy.fsdp and sp > 1:
-        out.append(Problem("parallel.strategy", "fsdp with parallel.sequence_parallel > 1 is not supported yet; "
-                           "use strategy: ddp with sequence parallelism, or sequence_parallel: 1 with fsdp"))
     if world_size is not None and world_size % sp:
         fits = [d for d in range(1, world_size + 1) if world_size % d == 0]
         out.append(Problem("parallel.sequence_parallel", f"{sp} does not divide the {world_size} processes of "

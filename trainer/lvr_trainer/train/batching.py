@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from lvr_trainer.model.encode import embed_inputs, encode_video
+from lvr_trainer.parallel.fsdp import gathered_root
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import sp_forward_logprobs
 from lvr_trainer.train.examples import Batch
@@ -37,7 +38,13 @@ def rank_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dp_
 def response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | None,
                       temperature: float = 1.0) -> torch.Tensor:
     """(B, S) log-probs of each position's next token (the loops mask with the reply / target mask); 0 where
-    nothing is scored. A `PackedBatch` (shared prefix) gives the same values in the same layout."""
+    nothing is scored. A `PackedBatch` (shared prefix) gives the same values in the same layout. Under FSDP the
+    root unit (embeddings, norm, LM head) is gathered around the calls (`parallel.fsdp.gathered_root`)."""
+    with gathered_root(model):
+        return _response_logprobs(model, batch, grid, temperature)
+
+
+def _response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | None, temperature: float) -> torch.Tensor:
     if isinstance(batch, PackedBatch):
         inputs_embeds = embed_inputs(model, batch.input_ids, batch.video_embeds)
         packed = sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,

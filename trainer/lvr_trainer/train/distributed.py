@@ -16,7 +16,9 @@ import torch.distributed as dist
 from lvr_trainer.config import ConfigError, ParallelConfig, ParallelStrategy, Precision
 from lvr_trainer.runnable import parallel_problems, raise_problems
 from lvr_trainer.parallel.grid import ProcessGrid, init_process_grid, single_process_grid
+from lvr_trainer.model.loading import vision_tower
 from lvr_trainer.parallel import collectives
+from lvr_trainer.parallel.fsdp import shard_language_model
 from lvr_trainer.train import heartbeat
 
 # parallel.timeout_s of this process's groups (set by setup_grid), quoted when a collective times out.
@@ -130,32 +132,22 @@ def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
     `lvr_trainer.parallel.sp_forward.reduce_gradients` averages gradients over the DP group and sums
     them over the SP group: DDP's semantics, one all-reduce per step. (torch's DDP wrapper is not used
     because the loops call the language model's parts directly, never the wrapper's forward.)
-    `fsdp`: each decoder layer's parameters sharded over the data-parallel ranks with FSDP2
-    (`fully_shard`): gathered for its forward and backward, gradients reduce-scattered. The rest
-    (embeddings, final norm, lm_head, the frozen vision tower) stays replicated; its gradients are
-    averaged by `reduce_gradients`, which skips the sharded (DTensor) ones.
+    `fsdp`: the whole language model sharded over every rank, SP peers included, with FSDP2
+    (`lvr_trainer.parallel.fsdp`): parameters, gradients and AdamW state are 1/world per rank. The frozen
+    vision tower stays whole on every rank.
 
     Precision: the parameters are float32 (master weights; AdamW's state follows them) under both
-    strategies. `bf16-mixed` under `fsdp` gives each layer FSDP2's MixedPrecisionPolicy: bf16 copies
-    gathered for compute (half the all-gather bytes), gradients reduce-scattered in float32 onto the
-    float32 shards. The replicated parts, and every part under `ddp`, compute in bf16 by autocast
-    (`lvr_trainer.train.loop.autocast_for`) over their float32 weights. Why autocast and not a bf16
-    model with a separate float32 copy for DDP: one copy of the weights instead of two (4 bytes per
-    parameter instead of 2 + 4), float32 gradients (so the all-reduce sums in float32 with no extra
-    cast), nothing to copy back after each step, and the same numerics as the FSDP path; its cost, a
-    bf16 cast of each weight per forward, is small next to the matmuls it feeds.
+    strategies. `bf16-mixed` under `fsdp` gives FSDP2's MixedPrecisionPolicy: bf16 copies gathered for
+    compute (half the all-gather bytes), gradients reduce-scattered in float32 onto the float32 shards.
+    Under `ddp` the model computes in bf16 by autocast (`lvr_trainer.train.loop.autocast_for`) over its
+    float32 weights: one copy of the weights instead of two, float32 gradients for the all-reduce, nothing
+    to copy back after each step, and the same numerics as the FSDP path.
     """
     if not is_fsdp(cfg, grid):
         return model
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if precision == Precision.bf16_mixed else MixedPrecisionPolicy())
-    mesh = _dp_mesh(grid)
-    for layer in model.model.language_model.layers:
-        if not isinstance(layer, FSDPModule):
-            fully_shard(layer, mesh=mesh, mp_policy=mp)
-    return model
+    frozen = list(vision_tower(model).parameters())     # whole on every rank; reduce_gradients if trained
+    param_dtype = torch.bfloat16 if precision == Precision.bf16_mixed else None
+    return shard_language_model(model, grid, param_dtype, frozen)
 
 
 def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
@@ -194,14 +186,8 @@ def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: Proces
     return model
 
 
-def _dp_mesh(grid: ProcessGrid):
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh(grid.device, (grid.dp_size,))
-
-
 def is_fsdp(cfg: ParallelConfig, grid: ProcessGrid) -> bool:
-    return cfg.strategy == ParallelStrategy.fsdp and grid.layout.world_size > 1 and grid.sp_size == 1
+    return cfg.strategy == ParallelStrategy.fsdp and grid.layout.world_size > 1
 
 
 def full_states(model, optimizer, cfg: ParallelConfig, grid: ProcessGrid) -> tuple[dict | None, dict | None]:
@@ -246,22 +232,23 @@ def barrier(what: str) -> None:
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, grid: ProcessGrid) -> float:
     """Clip all gradients to a global L2 norm (after they are reduced); returns the norm before clipping.
 
-    Sharded (FSDP DTensor) gradients contribute their local shard's squares, summed over the DP group.
-    """
+    Whole gradients (DDP) are the same on every rank; sharded ones (FSDP DTensors) give their norm as a
+    partial result that DTensor reduces over the mesh. Foreach kernels, one host sync for the whole model."""
     local, sharded = [], []
     for p in model.parameters():
         if p.grad is not None:
             (sharded if hasattr(p.grad, "placements") else local).append(p.grad)
-    total = sum(float(g.detach().float().pow(2).sum()) for g in local)
+    squares = torch.zeros((), dtype=torch.float64, device=grid.device)
+    if local:
+        squares = squares + torch.nn.utils.get_total_norm(local).double().pow(2)
     if sharded:
-        # on the GPU under NCCL (a device-less tensor is a CPU one: gloo takes it, NCCL raises)
-        shard_sq = collectives.group_tensor([sum(float(g.to_local().float().pow(2).sum()) for g in sharded)],
-                                            grid.dp_group, dtype=torch.float64)
-        collectives.all_reduce(shard_sq, group=grid.dp_group)
-        total += float(shard_sq.item())
-    norm = total ** 0.5
+        total = torch.nn.utils.get_total_norm(sharded)
+        squares = squares + (total.full_tensor() if hasattr(total, "full_tensor") else total).double().pow(2)
+    norm = float(squares.sqrt())
     if max_norm is not None and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        for g in local + sharded:
+        if local:
+            torch._foreach_mul_(local, scale)
+        for g in sharded:
             g.mul_(scale)
     return norm

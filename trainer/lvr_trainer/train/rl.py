@@ -34,7 +34,7 @@ from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import RolloutEngine
 from lvr_trainer.train.checkpoint import latest_checkpoint
 from lvr_trainer.train import heartbeat
-from lvr_trainer.train.distributed import explain_timeout, wrap_model
+from lvr_trainer.train.distributed import distribute_weights, explain_timeout, is_fsdp, wrap_model
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_examples, reward_from_config,
@@ -128,13 +128,17 @@ def check_rl_config(cfg: TrainerConfig) -> None:
                          f"{cfg.rl.mini_batches}: each mini-batch is a whole number of micro-batches")
 
 
-def load_reference(cfg: TrainerConfig, device: torch.device):
+def load_reference(cfg: TrainerConfig, grid: ProcessGrid, device: torch.device):
     """The frozen reference policy: the run's initial model (cfg.model, also after a resume), or None
-    when rl.kl_coef is 0."""
+    when rl.kl_coef is 0. Under FSDP it is sharded like the policy (rank 0 reads the weights, every rank
+    keeps 1/world of them), with no gradients and no optimizer state."""
     if cfg.rl.kl_coef == 0:
         return None
-    ref, _, _ = load_policy(cfg.model, device)
+    sharded = is_fsdp(cfg.parallel, grid)
+    ref, _, _ = load_policy(cfg.model, device if grid.rank == 0 or not sharded else torch.device("meta"))
     ref.eval().requires_grad_(False)
+    if sharded:
+        ref = distribute_weights(ref, cfg.parallel, grid, cfg.train.precision)
     return ref
 
 
@@ -184,7 +188,7 @@ def _setup(cfg: TrainerConfig, resume: bool) -> RLRun:
     check_rl_config(cfg)
     begun = start_run(cfg, resume)
     grid, device, model, tokenizer = begun.grid, begun.device, begun.model, begun.tokenizer
-    reference = load_reference(cfg, device)
+    reference = load_reference(cfg, grid, device)
     engine = make_engine(cfg.rollout, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)
     counter = VisionCounter(model, reference)
     model = wrap_model(model, cfg.parallel, grid)

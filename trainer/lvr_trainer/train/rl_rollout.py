@@ -18,6 +18,7 @@ from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
 from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind, RolloutMode
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.model.modes import evaluating
+from lvr_trainer.parallel.fsdp import is_sharded
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
 from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, request_for
@@ -92,10 +93,16 @@ def sample_for_sp_group(engine: RolloutEngine, model, tokenizer, records: list[V
     score the very same replies; broadcasting them (token ids, log-probs, texts, finished flags) makes
     that hold by construction rather than by identical sampling seeds and kernels. Rewards are then
     computed from the same texts on every rank. SP = 1: every rank samples its own prompts.
+
+    An engine that generates with the policy itself while it is FSDP-sharded over every rank needs every rank
+    in each forward (each all-gathers a layer): then the SP peers generate the same replies in step, and the
+    first rank's are still the ones kept.
     """
     if grid.sp_size == 1:
         return sample_groups(engine, model, tokenizer, records, source, params, think)
-    box = [sample_groups(engine, model, tokenizer, records, source, params, think) if grid.sp_rank == 0 else None]
+    lockstep = getattr(engine, "model", None) is model and is_sharded(model)
+    box = [sample_groups(engine, model, tokenizer, records, source, params, think)
+           if grid.sp_rank == 0 or lockstep else None]
     collectives.broadcast_object_list(box, group=grid.sp_group, group_src=0)
     return box[0]
 

@@ -1,0 +1,91 @@
+"""FSDP x sequence parallelism on one mesh: the whole language model sharded over every rank, SP peers
+included, with Ulysses inside each SP group. 4 gloo processes = DP 2 x SP 2 equal the reference layouts —
+losses to 1e-5 and weights after two AdamW steps to float order — for SFT and for RL with the shared prefix
+and a sharded reference model; and a checkpoint of that layout resumes on a different number of ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from pathlib import Path
+import torch.distributed as dist
+from lvr_trainer.train.rl import run_rl
+from lvr_trainer.train.sft import run_sft
+cfg = tiny_config(Path({data!r}), Path({out!r}),
+                  train={{"steps": {steps}, "batch_size": {batch}, "grad_accum": 1, "torch_threads": 1,
+                         "precision": "fp32", "save_every": 1, "keep_last": 5, "eval_every": 0}},
+                  optim={{"lr": 0.01, "warmup_steps": 0, "grad_clip": 1000.0}},
+                  rl={{"group_size": 4, "max_new_tokens": 8, "kl_coef": 0.05, "shared_prefix": True,
+                      "rewards": [{{"name": "format", "weight": 1.0}},
+                      {{"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}}]}},
+                  parallel={{"strategy": {strategy!r}, "sequence_parallel": {sp}}})
+summary = (run_rl if {stage!r} == "rl" else run_sft)(cfg, resume={resume})
+rank = dist.get_rank() if dist.is_initialized() else 0
+if {stage!r} == "rl":
+    keys = ("reward/total", "actor/loss", "actor/ref_kl", "actor/grad_norm")
+    rows = [{{k: h[k] for k in keys if k in h}} for h in summary["history"]]
+else:
+    rows = [{{"loss": x}} for x in summary["losses"]]
+Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps({{"rows": rows, "start": summary.get("start_step", 0)}}))
+"""
+
+
+def _run(tmp_path: Path, data: Path, name: str, stage: str, nproc: int, *, strategy: str = "ddp", sp: int = 1,
+         batch: int = 2, steps: int = 2, out: Path | None = None, resume: bool = False) -> tuple[dict, Path]:
+    out = out or tmp_path / name
+    script = tmp_path / f"{name}.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(data), out=str(out), stage=stage,
+                                    strategy=strategy, sp=sp, batch=batch, steps=steps, resume=resume))
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+           if nproc > 1 else [sys.executable, str(script)])
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads((out / "history-0.json").read_text()), out / "run" / "checkpoints"
+
+
+def test_sft_fsdp_over_dp2_x_sp2_equals_one_process_and_resumes_on_two_ranks(tmp_path, tiny_data, assert_same_update):
+    one, one_ckpt = _run(tmp_path, tiny_data, "one", "sft", 1, batch=2)
+    four, four_ckpt = _run(tmp_path, tiny_data, "four", "sft", 4, strategy="fsdp", sp=2, batch=1)
+    assert len(one["rows"]) == len(four["rows"]) == 2
+    for a, b in zip(one["rows"], four["rows"]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert_same_update(one_ckpt / "step-000002" / "model", four_ckpt / "step-000002" / "model")
+    # the 4-rank run's step-1 checkpoint, resumed on 2 ranks (FSDP over SP 2): step 2 equals the 1-process run
+    resumed = tmp_path / "resumed"
+    (resumed / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(four_ckpt / "step-000001", resumed / "run" / "checkpoints" / "step-000001")
+    (resumed / "run" / "checkpoints" / "latest").write_text("step-000001")
+    again, again_ckpt = _run(tmp_path, tiny_data, "again", "sft", 2, strategy="fsdp", sp=2, batch=2, out=resumed,
+                             resume=True)
+    assert again["start"] == 1 and len(again["rows"]) == 1
+    assert again["rows"][0]["loss"] == pytest.approx(one["rows"][1]["loss"], abs=1e-5)
+    assert_same_update(one_ckpt / "step-000002" / "model", again_ckpt / "step-000002" / "model")
+
+
+def test_rl_fsdp_over_dp2_x_sp2_with_shared_prefix_equals_ddp_over_dp2(tmp_path, tiny_data, assert_same_update):
+    """Same DP ranks (so the same sampling seeds, hence the same replies), the same micro-batches: only the
+    layout differs — DDP keeps the whole model per rank, FSDP x SP holds a quarter of it (and of the
+    reference) per rank and splits each packed row over 2 ranks."""
+    ddp, ddp_ckpt = _run(tmp_path, tiny_data, "ddp", "rl", 2, strategy="ddp", sp=1, batch=1)
+    fsdp, fsdp_ckpt = _run(tmp_path, tiny_data, "fsdp", "rl", 4, strategy="fsdp", sp=2, batch=1)
+    assert len(ddp["rows"]) == len(fsdp["rows"]) == 2
+    for step, (a, b) in enumerate(zip(ddp["rows"], fsdp["rows"])):
+        assert a["reward/total"] == b["reward/total"], step
+        for key in ("actor/loss", "actor/ref_kl", "actor/grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (step, key)
+    assert fsdp["rows"][1]["actor/ref_kl"] > 0
+    assert_same_update(ddp_ckpt / "step-000002" / "model", fsdp_ckpt / "step-000002" / "model")
