@@ -131,7 +131,8 @@ def _s3_text(s3: S3Target, key: str, bucket: str = "lvr") -> str:
 def _digest_of(model_uri: str, s3: S3Target, tmp: Path) -> str:
     env = {**os.environ, **s3.env(), "HOME": str(tmp / "home")}
     code = ("import sys; from lvr_trainer.config import ModelConfig; from lvr_trainer.model.loading import "
-            "load_model, weights_digest; print(weights_digest(load_model(ModelConfig(path=sys.argv[1]))[0]))")
+            "files_digest, load_model, local_model_dir; load_model(ModelConfig(path=sys.argv[1])); "
+            "print(files_digest(local_model_dir(sys.argv[1])))")
     out = subprocess.run([sys.executable, "-c", code, model_uri], env=env, check=True, text=True,
                          stdout=subprocess.PIPE).stdout
     return out.strip().splitlines()[-1]

@@ -145,3 +145,22 @@ def test_text_after_a_long_video_starts_past_the_videos_last_position(inputs):
                                torch.cat([pad, prompt.mm_token_type_ids], 1), grid, spgt,
                                attention_mask=torch.cat([pad, torch.ones_like(prompt.input_ids)], 1))
     assert torch.equal(padded[:, :, 3:], positions)
+
+
+def test_a_slice_embeds_like_the_whole_sequence_cut(tiny):
+    """An SP rank embeds only its slice: any [lo, hi) equals the whole row's embedding cut there, video
+    positions included, with rows holding different numbers of video tokens."""
+    import torch
+
+    from lvr_trainer.model.encode import embed_inputs, slice_embedder
+
+    model, _ = tiny
+    video = model.config.video_token_id
+    t = [i for i in range(1, 40) if i not in (video, model.config.image_token_id)]       # text tokens
+    ids = torch.tensor([[t[0], t[1], video, video, video, t[2], t[3], video, t[4], t[5]],
+                        [video, video, *t[6:14]]])
+    embeds = torch.randn(6, model.config.text_config.hidden_size)
+    whole = embed_inputs(model, ids, embeds)
+    embed = slice_embedder(model, ids, embeds)
+    for lo, hi in [(0, 10), (0, 3), (3, 8), (4, 5), (8, 10), (5, 5)]:
+        assert torch.equal(embed(lo, hi), whole[:, lo:hi]), (lo, hi)

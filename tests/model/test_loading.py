@@ -71,3 +71,20 @@ def test_from_s3_prefix(saved_tiny, tiny, s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # the mirror goes under ~/.cache/lvr/models
     loaded, _ = load_model(ModelConfig(path=f"s3://{s3_server.bucket}/models/tiny"))
     assert _same_weights(loaded, tiny[0])
+
+
+def test_files_digest_names_the_weight_files_and_their_bytes(saved_tiny, tmp_path):
+    import shutil
+
+    from lvr_trainer.model.loading import files_digest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(saved_tiny, copy)
+    assert files_digest(copy) == files_digest(saved_tiny)
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert files_digest(copy) != files_digest(saved_tiny)
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        files_digest(tmp_path)

@@ -77,3 +77,14 @@ def test_bad_position_ids_shape_is_refused(model_and_batch):
     with pytest.raises(ValueError, match="position_ids must be \\(3, B, T\\)"):
         sp_forward_logprobs(model, batch["inputs_embeds"], batch["position_ids"][:, :, :-1],
                             batch["target_ids"], batch["attention_mask"])
+
+
+def test_gradients_are_reduced_in_bounded_buckets_in_order():
+    import torch
+
+    from lvr_trainer.parallel.sp_forward import _buckets
+
+    grads = [torch.zeros(n) for n in (10, 20, 5, 40, 3)] + [torch.zeros(4, dtype=torch.float64)]
+    buckets = _buckets(grads, max_bytes=30 * 4)
+    assert [[t.numel() for t in b] for b in buckets] == [[10, 20], [5], [40], [3], [4]]
+    assert [t for b in buckets for t in b] == grads                       # every gradient once, in order

@@ -205,11 +205,18 @@ def test_fsdp_bf16_mixed_from_an_s3_model_downloads_once_per_node_and_reads_on_r
     staged = tmp_path / "node0-staging" / s3.bucket / prefix / "checkpoints"
     assert sorted(p.name for p in staged.iterdir()) == ["latest", "step-000002"]
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    final = load_file(str(staged / "step-000002/model/model.safetensors"))
+    exported = load_file(str(staged / "step-000002/model/model.safetensors"))     # for users: bf16
+    assert exported["model.layers.0.mlp.down_proj.weight"].dtype == torch.bfloat16
+    assert {"step-000002/state/.metadata", "step-000002/state/__0_0.distcp", "step-000002/state/__1_0.distcp"} <= {
+        n.removeprefix("checkpoints/") for n in _names(s3, prefix)}                  # both ranks' shards in S3
+    dcp_to_torch_save(str(staged / "step-000002/state"), str(tmp_path / "masters.pt"))
+    masters = torch.load(str(tmp_path / "masters.pt"), weights_only=False)["model"]  # fp32 master weights
     initial = load_file(str(tmp_path / "tiny-model/model.safetensors"))
-    layer = "model.layers.0.mlp.down_proj.weight"
-    assert final[layer].dtype == torch.float32 and (final[layer] != initial[layer]).float().mean() > 0.5
+    final = masters["model.language_model.layers.0.mlp.down_proj.weight"]
+    assert final.dtype == torch.float32
+    assert (final != initial["model.layers.0.mlp.down_proj.weight"]).float().mean() > 0.5
 
 
 @pytest.mark.distributed
@@ -247,3 +254,39 @@ def test_a_collective_timeout_comes_from_the_config_and_names_it(tmp_path):
         assert rank0[group]["error"] is not None, rank0
         assert "parallel.timeout_s (2 s)" in rank0[group]["error"]
         assert rank0[group]["seconds"] < 10          # not torch's 30-minute gloo default
+
+
+def test_sharded_checkpoint_of_two_nodes_is_marked_latest_only_after_both_uploaded(tmp_path, s3, monkeypatch):
+    """FSDP on 2 nodes with node-local staging: node 1 uploads its ranks' shards and says so; node 0 uploads
+    the rest and puts `latest` only after that (a marker before would name a checkpoint missing shards)."""
+    import time
+
+    monkeypatch.setattr(remote, "NODE_POLL_S", 0.05)
+    uri = f"s3://{s3.bucket}/runs/two-nodes-{uuid.uuid4().hex[:6]}"
+    stages = []
+    for node in range(2):
+        ckpt = tmp_path / f"node{node}" / "checkpoints" / "step-000004"
+        (ckpt / "state").mkdir(parents=True)
+        for rank in (2 * node, 2 * node + 1):
+            (ckpt / "state" / f"__{rank}_0.distcp").write_bytes(bytes([rank]) * 100)
+        if node == 0:
+            (ckpt / "state" / ".metadata").write_bytes(b"meta")
+            (ckpt / "trainer_state.pt").write_bytes(b"state")
+            (ckpt.parent / "latest").write_text("step-000004")
+        stages.append(tmp_path / f"node{node}")
+    seen_before_node1: list[bool] = []
+
+    def node1() -> None:
+        time.sleep(0.5)
+        seen_before_node1.append("checkpoints/latest" in _names(s3, uri.split("/", 3)[3]))
+        remote.push_checkpoint(uri, stages[1], 4, node=remote.NodeShare(1, 2))
+    thread = threading.Thread(target=node1)
+    thread.start()
+    sent = remote.push_checkpoint(uri, stages[0], 4, node=remote.NodeShare(0, 2))
+    thread.join()
+    names = _names(s3, uri.split("/", 3)[3])
+    assert seen_before_node1 == [False]                      # node 0 waited for node 1
+    assert {f"checkpoints/step-000004/state/__{r}_0.distcp" for r in range(4)} <= names
+    assert "checkpoints/latest" in names and sent == 5       # 2 shards, metadata, trainer state, marker
+    with pytest.raises(remote.StoreError, match="node 1 did not upload its shards of step-000004"):
+        remote.push_checkpoint(f"{uri}-alone", stages[0], 4, node=remote.NodeShare(0, 2), wait_s=0.2)

@@ -26,7 +26,8 @@ from lvr_trainer.train.rl import run_rl
 from lvr_trainer.train.sft import run_sft
 cfg = tiny_config(Path({data!r}), Path({out!r}),
                   train={{"steps": {steps}, "batch_size": {batch}, "grad_accum": 1, "torch_threads": 1,
-                         "precision": "fp32", "save_every": 1, "keep_last": 5, "eval_every": 0}},
+                         "precision": "fp32", "save_every": 1, "keep_last": 5, "eval_every": 0,
+                         "gradient_checkpointing": {ac}}},
                   optim={{"lr": 0.01, "warmup_steps": 0, "grad_clip": 1000.0}},
                   rl={{"group_size": 4, "max_new_tokens": 8, "kl_coef": 0.05, "shared_prefix": True,
                       "rewards": [{{"name": "format", "weight": 1.0}},
@@ -44,11 +45,12 @@ Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps({{"rows": rows, "s
 
 
 def _run(tmp_path: Path, data: Path, name: str, stage: str, nproc: int, *, strategy: str = "ddp", sp: int = 1,
-         batch: int = 2, steps: int = 2, out: Path | None = None, resume: bool = False) -> tuple[dict, Path]:
+         batch: int = 2, steps: int = 2, out: Path | None = None, resume: bool = False,
+         ac: bool = False) -> tuple[dict, Path]:
     out = out or tmp_path / name
     script = tmp_path / f"{name}.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(data), out=str(out), stage=stage,
-                                    strategy=strategy, sp=sp, batch=batch, steps=steps, resume=resume))
+                                    strategy=strategy, sp=sp, batch=batch, steps=steps, resume=resume, ac=ac))
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
            if nproc > 1 else [sys.executable, str(script)])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
@@ -79,9 +81,9 @@ def test_sft_fsdp_over_dp2_x_sp2_equals_one_process_and_resumes_on_two_ranks(tmp
 def test_rl_fsdp_over_dp2_x_sp2_with_shared_prefix_equals_ddp_over_dp2(tmp_path, tiny_data, assert_same_update):
     """Same DP ranks (so the same sampling seeds, hence the same replies), the same micro-batches: only the
     layout differs — DDP keeps the whole model per rank, FSDP x SP holds a quarter of it (and of the
-    reference) per rank and splits each packed row over 2 ranks."""
+    reference) per rank, splits each packed row over 2 ranks and recomputes each layer in backward."""
     ddp, ddp_ckpt = _run(tmp_path, tiny_data, "ddp", "rl", 2, strategy="ddp", sp=1, batch=1)
-    fsdp, fsdp_ckpt = _run(tmp_path, tiny_data, "fsdp", "rl", 4, strategy="fsdp", sp=2, batch=1)
+    fsdp, fsdp_ckpt = _run(tmp_path, tiny_data, "fsdp", "rl", 4, strategy="fsdp", sp=2, batch=1, ac=True)
     assert len(ddp["rows"]) == len(fsdp["rows"]) == 2
     for step, (a, b) in enumerate(zip(ddp["rows"], fsdp["rows"])):
         assert a["reward/total"] == b["reward/total"], step

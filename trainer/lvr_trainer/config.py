@@ -169,7 +169,10 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(1, ge=1, description="Prompts per rank per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     seed: int = Field(0, description="Seed for data order, init and sampling.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute each decoder layer's activations in backward instead of keeping them (about a "
+        "third more compute, activations bounded by one layer's). Default (null): on for models larger than the "
+        "`small` preset, off for `tiny` and `small`.")
     precision: Precision = Field(
         Precision.bf16_mixed,
         description="Training numerics. Both keep float32 master weights and float32 AdamW state. bf16-mixed "

@@ -3,6 +3,8 @@ that hands an SFTJob's result to an RLJob (torch-free).
 
     <output>/checkpoints/step-000123/model/       a Hugging Face model directory (`from_pretrained`)
     <output>/checkpoints/step-000123/trainer_state.pt
+    <output>/checkpoints/step-000123/state/       FSDP jobs: every rank's shards of the master weights and
+                                                  optimizer state (torch.distributed.checkpoint)
     <output>/checkpoints/latest                   the newest complete checkpoint's name
 """
 
@@ -12,6 +14,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.pt"
+SHARDED_STATE = "state"
 
 
 def step_name(step: int) -> str:

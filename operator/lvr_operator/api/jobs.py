@@ -156,8 +156,9 @@ class JobProgress(CamelModel):
     accuracy: float | None = Field(None, description="Last evaluation or rollout accuracy, 0-1.")
     loss: float | None = Field(None, description="Last logged training loss.")
     last_checkpoint: str | None = Field(None, description="URI of the newest complete checkpoint.")
-    initial_weights: str | None = Field(None, description="sha256 of the weights the run started from "
-                                        "(lvr_trainer.model.loading.weights_digest).")
+    initial_weights: str | None = Field(None, description="sha256 of the weights the run started from: of "
+                                        "its weight files (lvr_trainer.model.loading.files_digest), or of a "
+                                        "preset's random-init weights (weights_digest).")
     updated_at: str | None = Field(None, description="When rank 0 last reported (RFC 3339).")
 
 

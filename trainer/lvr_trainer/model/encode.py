@@ -102,6 +102,27 @@ def embed_inputs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor) -> 
     return embeds.masked_scatter(mask.unsqueeze(-1), video_embeds.to(embeds.device, embeds.dtype))
 
 
+def slice_embedder(model, input_ids: torch.Tensor, video_embeds: torch.Tensor):
+    """`embed(lo, hi)`: `embed_inputs` of positions [lo, hi) of every row only, `(B, hi - lo, hidden)`.
+
+    What a sequence-parallel rank calls for its own slice, so no rank builds the whole `(B, T, hidden)`
+    sequence (nor its gradient in backward). The video embeddings of the slice are the ones whose pad
+    positions fall inside it, in the same row-major order `embed_inputs` fills them in.
+    """
+    video = input_ids == model.config.video_token_id                                    # (B, T)
+    if int(video.sum()) != video_embeds.shape[0]:
+        raise ValueError(f"the prompt has {int(video.sum())} video tokens but {video_embeds.shape[0]} video "
+                         "embeddings were given; build the prompt with the same video_grid_thw the embeddings "
+                         "came from")
+    order = (video.flatten().cumsum(0) - 1).view(video.shape)                            # (B, T): embedding row
+
+    def embed(lo: int, hi: int) -> torch.Tensor:
+        ids = input_ids[:, lo:hi]
+        rows = order[:, lo:hi][video[:, lo:hi]]
+        return embed_inputs(model, ids, video_embeds[rows])
+    return embed
+
+
 def cached_video_kwargs(video_embeds: torch.Tensor, video_grid_thw: torch.Tensor, merge_size: int = 2) -> dict:
     """Model kwargs that hand pre-computed video embeddings to `forward` / `generate` (transformers >= 5.2x).
 

@@ -24,15 +24,38 @@ def resolve_model_path(path: str, cache_dir: str | Path | None = None, timeout_s
     mirror is made by the first local rank of each node while the node's other ranks wait (not by
     every rank into the same directory at once), so every rank must call this together.
     """
+    local = local_model_dir(path, cache_dir)
     if not path.startswith("s3://"):
-        local = Path(path).expanduser()
         if not local.is_dir():
             raise FileNotFoundError(f"model.path {path}: no such directory; give a Hugging Face model "
                                     "directory (config.json, *.safetensors, tokenizer files) or s3://bucket/prefix")
         return local
-    dest = Path(cache_dir or os.path.expanduser("~/.cache/lvr/models")) / path.removeprefix("s3://")
-    once_per_node(lambda: _mirror(path, dest, timeout_s), f"downloading model.path {path}")
-    return dest
+    once_per_node(lambda: _mirror(path, local, timeout_s), f"downloading model.path {path}")
+    return local
+
+
+def local_model_dir(path: str, cache_dir: str | Path | None = None) -> Path:
+    """Where `model.path`'s files are on this machine: the directory itself, or an s3:// model's mirror (pure)."""
+    if not path.startswith("s3://"):
+        return Path(path).expanduser()
+    return Path(cache_dir or os.path.expanduser("~/.cache/lvr/models")) / path.removeprefix("s3://")
+
+
+def files_digest(directory: str | Path) -> str:
+    """sha256 over a model directory's weight files (each file's name, size and bytes, in name order, read in
+    16 MiB pieces): what a job started from, proven without holding the weights (the SFT -> RL hand-off)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.safetensors weight files")
+    for path in files:
+        digest.update(f"{path.name}|{path.stat().st_size}|".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(16 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _mirror(uri: str, dest: Path, timeout_s: float) -> int:

@@ -5,7 +5,7 @@ to Long Videos", arXiv:2507.07966). The vision tower is not run here: the loops 
 embeddings into the text embeddings first and pass the result as `inputs_embeds`.
 
 Per SP rank, for a batch padded to T' = SP * ceil(T / SP):
-    inputs_embeds (B, T, H) -> pad -> this rank's shard (B, T'/SP, H)
+    inputs_embeds (B, T, H) -> pad -> this rank's shard (B, T'/SP, H)   [or embed(lo, hi): this shard only]
     position_ids  (3, B, T) -> pad -> shard (3, B, T'/SP)      [mRoPE computed once on the full sequence]
     decoder layers (attention: Ulysses all-to-all, everything else local) -> hidden (B, T'/SP, H)
     lm_head + log_softmax in chunks, scored positions only -> (B, T'/SP) -> all-gather -> (B, T') -> unpad -> (B, T)
@@ -13,6 +13,8 @@ Every rank of an SP group must be given the same sample(s); every rank returns t
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -70,7 +72,8 @@ def _full_positions(position_ids: torch.Tensor | None, batch: int, length: int, 
     return position_ids
 
 
-def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None,
+def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor | Callable[[int, int], torch.Tensor],
+                        position_ids: torch.Tensor | None,
                         target_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         grid: ProcessGrid | None = None, *, temperature: float = 1.0,
                         chunk_size: int = 4096) -> torch.Tensor:
@@ -79,7 +82,8 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor, pos
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` / `Qwen2VLForConditionalGeneration`.
         inputs_embeds: `(B, T, H)`, the full sequence (text embeddings with video embeddings spliced
-            in), identical on every rank of the SP group.
+            in), identical on every rank of the SP group; or `embed(lo, hi)` giving positions [lo, hi) of
+            it (`model.encode.slice_embedder`), so that each rank builds only its own shard.
         position_ids: `(3, B, T)` mRoPE positions from `model.model.get_rope_index` on the full
             sequence (or `(B, T)` 1-D positions, or None for 0..T-1).
         target_ids: `(B, T)`, the token to score at each position (the inputs shifted left by one).
@@ -95,10 +99,12 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor, pos
         `reduce_gradients`.
     """
     lm, head = language_model_parts(model)
-    batch, length, _ = inputs_embeds.shape
-    positions = _full_positions(position_ids, batch, length, inputs_embeds.device)
+    batch, length = target_ids.shape
+    embed = inputs_embeds if callable(inputs_embeds) else (lambda lo, hi: inputs_embeds[:, lo:hi])
+    positions = _full_positions(position_ids, batch, length, target_ids.device)
     square = attention_mask is not None and attention_mask.ndim == 4
     if grid is None or grid.sp_size == 1:
+        inputs_embeds = embed(0, length)
         mask = {"full_attention": _as_kernel_mask(lm, attention_mask)} if square else attention_mask
         hidden = lm(inputs_embeds=inputs_embeds, position_ids=positions, attention_mask=mask,
                     use_cache=False).last_hidden_state                                   # (B, T, H)
@@ -110,18 +116,27 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor, pos
         mask4d = pad_square_mask(attention_mask, sp)                                    # (B, 1, T', T')
     else:
         if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=target_ids.device)
         full_mask = pad_to_multiple(attention_mask, sp, dim=1, value=0)                # (B, T')
         mask4d = None if is_right_padded(full_mask) else causal_padding_mask(full_mask)  # (B, 1, T', T')
     ctx = ulysses_context(model, grid.sp_group, sp, mask4d)
 
-    local_embeds = split_for_rank(pad_to_multiple(inputs_embeds, sp, dim=1), sp, rank, dim=1)    # (B, T'/SP, H)
+    local_embeds = _local_embeds(embed, length, sp, rank)                                    # (B, T'/SP, H)
     local_pos = split_for_rank(pad_to_multiple(positions, sp, dim=2), sp, rank, dim=2)          # (3, B, T'/SP)
     local_targets = split_for_rank(pad_to_multiple(target_ids, sp, dim=1, value=-100), sp, rank, dim=1)
     hidden = lm(inputs_embeds=local_embeds, position_ids=local_pos,
                 attention_mask={"full_attention": ctx}, use_cache=False).last_hidden_state   # (B, T'/SP, H)
     local_lp = token_logprobs(hidden, head, local_targets, temperature, chunk_size)          # (B, T'/SP)
     return unpad(gather_sequence(local_lp, grid.sp_group, dim=1), length, dim=1)            # (B, T)
+
+
+def _local_embeds(embed: Callable[[int, int], torch.Tensor], length: int, sp: int, rank: int) -> torch.Tensor:
+    """This rank's shard of the sequence padded to a multiple of `sp`, embedding nothing beyond it."""
+    shard = -(-length // sp)
+    lo, hi = rank * shard, (rank + 1) * shard
+    local = embed(min(lo, length), min(hi, length))                                    # (B, <= shard, H)
+    missing = shard - local.shape[1]
+    return torch.nn.functional.pad(local, (0, 0, 0, missing)) if missing else local
 
 
 def _as_kernel_mask(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
@@ -137,6 +152,9 @@ def _as_kernel_mask(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+REDUCE_BUCKET_BYTES = 256 * 1024 ** 2
+
+
 @torch.no_grad()
 def reduce_gradients(model: torch.nn.Module, grid: ProcessGrid | None) -> None:
     """Make every rank's `.grad` the gradient of the DP-averaged loss.
@@ -144,18 +162,32 @@ def reduce_gradients(model: torch.nn.Module, grid: ProcessGrid | None) -> None:
     Each SP rank holds the part of the gradient that flowed through its shard, so the SP group
     *sums*; the DP group then *averages* (each DP rank's loss is a mean over its own samples). Use
     this instead of DDP's all-reduce (or wrap with DDP over the DP group only and scale nothing).
+    Gradients travel in buckets of about `REDUCE_BUCKET_BYTES`, so no copy of all of them exists at once.
     """
     if grid is None or grid.layout.world_size == 1:
         return
     # FSDP-sharded parameters (DTensor grads) are reduce-scattered by FSDP itself.
     grads = [p.grad for p in model.parameters() if p.grad is not None and not hasattr(p.grad, "placements")]
-    if not grads:
-        return
-    flat = torch._utils._flatten_dense_tensors(grads)
-    if grid.sp_size > 1:
-        collectives.all_reduce(flat, group=grid.sp_group)
-    if grid.dp_size > 1:
-        collectives.all_reduce(flat, group=grid.dp_group)
-        flat /= grid.dp_size
-    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        grad.copy_(synced)
+    for bucket in _buckets(grads, REDUCE_BUCKET_BYTES):
+        flat = torch._utils._flatten_dense_tensors(bucket)
+        if grid.sp_size > 1:
+            collectives.all_reduce(flat, group=grid.sp_group)
+        if grid.dp_size > 1:
+            collectives.all_reduce(flat, group=grid.dp_group)
+            flat /= grid.dp_size
+        for grad, synced in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+            grad.copy_(synced)
+
+
+def _buckets(tensors: list[torch.Tensor], max_bytes: int) -> list[list[torch.Tensor]]:
+    """Consecutive groups of one dtype and device of at most `max_bytes` (a larger tensor alone)."""
+    out: list[list[torch.Tensor]] = []
+    size = 0
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if not out or size + nbytes > max_bytes or (t.dtype, t.device) != (out[-1][0].dtype, out[-1][0].device):
+            out.append([])
+            size = 0
+        out[-1].append(t)
+        size += nbytes
+    return out

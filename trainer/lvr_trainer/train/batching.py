@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lvr_trainer.model.encode import embed_inputs, encode_video
+from lvr_trainer.model.encode import encode_video, slice_embedder
 from lvr_trainer.parallel.fsdp import gathered_root
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import sp_forward_logprobs
@@ -46,8 +46,8 @@ def response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | Non
 
 def _response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | None, temperature: float) -> torch.Tensor:
     if isinstance(batch, PackedBatch):
-        inputs_embeds = embed_inputs(model, batch.input_ids, batch.video_embeds)
-        packed = sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,
+        embed = slice_embedder(model, batch.input_ids, batch.video_embeds)      # each SP rank: its own slice
+        packed = sp_forward_logprobs(model, embed, batch.position_ids, batch.target_ids,
                                      batch.attention_mask(), grid, temperature=temperature)     # (R, T)
         return batch.unpack(packed)
     embeds = batch.video_embeds
@@ -55,6 +55,5 @@ def _response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | No
         sizes = batch.video_grid_thw.prod(-1).tolist()
         embeds = torch.cat([encode_video(model, pixels, grid[None])
                             for pixels, grid in zip(batch.pixel_values.split(sizes), batch.video_grid_thw)])
-    inputs_embeds = embed_inputs(model, batch.input_ids, embeds)
-    return sp_forward_logprobs(model, inputs_embeds, batch.position_ids, batch.target_ids,
-                               batch.attention_mask, grid, temperature=temperature)
+    return sp_forward_logprobs(model, slice_embedder(model, batch.input_ids, embeds), batch.position_ids,
+                               batch.target_ids, batch.attention_mask, grid, temperature=temperature)

@@ -69,10 +69,15 @@ def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, 
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}, tmp / TRAINER_STATE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    marker = final.parent / LATEST
-    marker.with_suffix(".tmp").write_text(final.name)
-    marker.with_suffix(".tmp").replace(marker)
+    mark_latest(final)
     return final
+
+
+def mark_latest(checkpoint: Path) -> None:
+    """Point `latest` at `checkpoint` (atomically: written aside, then renamed over the marker)."""
+    marker = checkpoint.parent / LATEST
+    marker.with_suffix(".tmp").write_text(checkpoint.name)
+    marker.with_suffix(".tmp").replace(marker)
 
 
 def load_trainer_state(checkpoint: Path) -> dict:

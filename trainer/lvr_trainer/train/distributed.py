@@ -190,20 +190,9 @@ def is_fsdp(cfg: ParallelConfig, grid: ProcessGrid) -> bool:
     return cfg.strategy == ParallelStrategy.fsdp and grid.layout.world_size > 1
 
 
-def full_states(model, optimizer, cfg: ParallelConfig, grid: ProcessGrid) -> tuple[dict | None, dict | None]:
-    """(model state, optimizer state), whole, on CPU, for saving from rank 0. Collective under FSDP:
-    every rank must call it. (None, None) means: use the plain module's own state dicts."""
-    if not is_fsdp(cfg, grid):
-        return None, None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=opts)
-
-
 def load_full_states(model, optimizer, model_state: dict | None, optim_state: dict, cfg: ParallelConfig,
                      grid: ProcessGrid) -> None:
-    """Load a full optimizer state saved by `full_states` (and, under FSDP, the model state too)."""
+    """Load a full optimizer state from a checkpoint's trainer_state.pt (and, under FSDP, the model state too)."""
     if not is_fsdp(cfg, grid):
         optimizer.load_state_dict(optim_state)
         return

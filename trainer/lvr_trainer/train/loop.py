@@ -3,6 +3,8 @@ from), the optimizer step, autocast, resume and save."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,24 +12,28 @@ import torch
 
 from lvr_trainer.config import ConfigError, Precision, TrainerConfig
 from lvr_trainer.data.schema import VideoQARecord
-from lvr_trainer.layout import MODEL_DIR
-from lvr_trainer.model.loading import inference_dtype, once_per_node, vision_tower, weights_digest
+from lvr_trainer.layout import MODEL_DIR, SHARDED_STATE, TRAINER_STATE
+from lvr_trainer.model.loading import (files_digest, inference_dtype, local_model_dir, once_per_node, vision_tower,
+                                       weights_digest)
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import reduce_gradients
-from lvr_trainer.train.checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, save_checkpoint,
-                                          set_rng_state)
-from lvr_trainer.train.distributed import (barrier, clip_grad_norm, distribute_weights, explain_timeout, full_states,
-                                           load_full_states, setup_grid)
+from lvr_trainer.train.checkpoint import (latest_checkpoint, load_trainer_state, mark_latest, prune_checkpoints,
+                                          rng_state, save_checkpoint, set_rng_state, step_dir)
+from lvr_trainer.train.distributed import (barrier, clip_grad_norm, distribute_weights, explain_timeout,
+                                           is_fsdp, load_full_states, setup_grid)
+from lvr_trainer.train.sharded_checkpoint import PendingSave, export_model_dir, load_sharded, save_sharded
 from lvr_trainer.train import heartbeat
 from lvr_trainer.train.features import VideoFeatureSource
-from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, is_remote, local_output_dir,
-                                      pull_latest)
+from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, NodeShare, is_remote,
+                                      local_output_dir, pull_latest)
 from lvr_trainer.train.preemption import Preempted, StopOnSigterm
 from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
 from lvr_trainer.parallel import collectives
 
 # Rank 0's background uploader per local output directory (one run at a time writes there).
 _UPLOADERS: dict[Path, CheckpointUploader] = {}
+# Every rank's sharded save in flight per local output directory (FSDP).
+_PENDING: dict[Path, PendingSave] = {}
 
 
 @dataclass
@@ -44,7 +50,7 @@ class RunStart:
     records: list[VideoQARecord]
     source: VideoFeatureSource
     unreadable: UnreadableVideos
-    initial_weights: str | None = None   # weights_digest of a fresh start's model (rank 0); None on resume
+    initial_weights: str | None = None   # initial_digest of a fresh start's model (rank 0); None on resume
 
 
 def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
@@ -62,15 +68,32 @@ def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
     ckpt = resume_point(cfg, output) if resume else None
     model, tokenizer, processor = load_trained_policy(cfg, grid, ckpt)
     model.train()
-    if cfg.train.gradient_checkpointing:
+    if wants_activation_checkpointing(cfg, model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    initial = weights_digest(model) if ckpt is None and grid.rank == 0 else None
+    initial = initial_digest(cfg, model) if ckpt is None and grid.rank == 0 else None
     model = distribute_weights(model, cfg.parallel, grid, cfg.train.precision)
     records, base_dir = load_split(cfg.data.train, cfg.data.max_bad_row_fraction, cfg.data.video_root)
     # MR-SP stage 1: ranks of one SP group hold the same samples, so they encode each video together.
     source = make_feature_source(model, processor, cfg, base_dir, grid.sp_group if grid.sp_size > 1 else None)
     unreadable = UnreadableVideos(len(records), cfg.data.max_bad_row_fraction)
     return RunStart(grid, device, output, ckpt, model, tokenizer, processor, records, source, unreadable, initial)
+
+
+def initial_digest(cfg: TrainerConfig, model) -> str:
+    """What the run starts from: the digest of model.path's weight files, or for a preset (random init, no
+    files) of the weights in memory."""
+    return files_digest(local_model_dir(cfg.model.path)) if cfg.model.path else weights_digest(model)
+
+
+def wants_activation_checkpointing(cfg: TrainerConfig, model) -> bool:
+    """`train.gradient_checkpointing`, or when unset: on for a language model larger than the `small` preset's."""
+    if cfg.train.gradient_checkpointing is not None:
+        return cfg.train.gradient_checkpointing
+    from lvr_trainer.model.presets import PRESETS
+
+    text = getattr(model.config, "text_config", model.config)
+    small = PRESETS["small"]
+    return text.hidden_size * text.num_hidden_layers > small.hidden * small.layers
 
 
 def resume_point(cfg: TrainerConfig, output: Path) -> Path | None:
@@ -124,9 +147,17 @@ def finish_step(model, optimizer, scheduler, grid: ProcessGrid, cfg: TrainerConf
 
 
 def resume_from(checkpoint: Path, model, optimizer, scheduler, cfg: TrainerConfig, grid: ProcessGrid) -> int:
-    """Load optimizer, schedule and RNG state of `checkpoint` (its weights are already loaded); its step."""
+    """Load optimizer, schedule and RNG state of `checkpoint` (its weights are already loaded: exported ones;
+    a sharded checkpoint's float32 master weights replace them here, resharded to this job's ranks); its step."""
     state = load_trainer_state(checkpoint)
-    load_full_states(model, optimizer, None, state["optimizer"], cfg.parallel, grid)
+    if (checkpoint / SHARDED_STATE).is_dir():
+        with explain_timeout("loading the sharded checkpoint"):
+            load_sharded(checkpoint / SHARDED_STATE, model, optimizer)
+    elif "optimizer" in state:
+        load_full_states(model, optimizer, None, state["optimizer"], cfg.parallel, grid)
+    else:
+        raise ConfigError(f"{checkpoint} holds no optimizer state (neither in {TRAINER_STATE} nor as "
+                          f"{SHARDED_STATE}/ shards): it is incomplete; resume from an earlier checkpoint")
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return int(state["step"])
@@ -137,14 +168,15 @@ def save_step(output: Path, step: int, model, tokenizer, processor, optimizer, s
     """Checkpoint `step`: full states gathered (collective under FSDP), written by rank 0, checkpoints
     beyond `train.keep_last` deleted. An s3:// output is uploaded in the background while training goes
     on (`CheckpointUploader`); the next save, and the last step's save, wait for it, and a checkpoint that
-    could not be uploaded stops the run on every rank with the reason."""
+    could not be uploaded stops the run on every rank with the reason. Under FSDP: `_save_sharded_step`."""
+    if is_fsdp(cfg.parallel, grid):
+        _save_sharded_step(output, step, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
+        return
     remote = is_remote(cfg.output.dir)
     if remote:
         _raise_upload_failure(output, grid)
-    with explain_timeout("gathering the checkpoint"):
-        model_state, optim_state = full_states(model, optimizer, cfg.parallel, grid)
     if grid.rank == 0:
-        save_checkpoint(output, step, model, tokenizer, processor, optimizer, scheduler, {}, model_state, optim_state)
+        save_checkpoint(output, step, model, tokenizer, processor, optimizer, scheduler, {})
         prune_checkpoints(output, cfg.train.keep_last)
         if remote:
             _uploader(output, cfg).start(step)
@@ -154,35 +186,95 @@ def save_step(output: Path, step: int, model, tokenizer, processor, optimizer, s
         barrier("saving a checkpoint (rank 0 writes it while the others wait)")
 
 
+def _save_sharded_step(output: Path, step: int, model, tokenizer, processor, optimizer, scheduler,
+                       cfg: TrainerConfig, grid: ProcessGrid) -> None:
+    """Checkpoint `step` of an FSDP job: the model exported in the training dtype (rank 0 writes, one tensor
+    gathered at a time), every rank's shards of the master weights and optimizer state written in the
+    background (`sharded_checkpoint`). The previous save is finished first; the last step's save is finished
+    before this returns."""
+    finish_pending_save(output, cfg, grid)
+    remote = is_remote(cfg.output.dir)
+    if remote:
+        _raise_upload_failure(output, grid)
+    ckpt = step_dir(output, step)
+    if grid.rank == 0 or (remote and _local_rank() == 0):     # s3://: every node stages its own shards
+        shutil.rmtree(ckpt, ignore_errors=True)      # this step saved before the run was resumed behind it
+    barrier("clearing the checkpoint directory")
+    dtype = torch.bfloat16 if cfg.train.precision == Precision.bf16_mixed else torch.float32
+    with explain_timeout("exporting the model (one tensor gathered at a time)"):
+        export_model_dir(model, tokenizer, processor, ckpt / MODEL_DIR, dtype, write=grid.rank == 0)
+    if grid.rank == 0:
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state()}, ckpt / TRAINER_STATE)
+    with explain_timeout("starting the sharded checkpoint"):
+        _PENDING[output] = save_sharded(ckpt / SHARDED_STATE, step, model, optimizer)
+    if step >= cfg.train.steps:
+        finish_pending_save(output, cfg, grid)
+
+
+def finish_pending_save(output: Path, cfg: TrainerConfig, grid: ProcessGrid) -> None:
+    """Wait for the sharded save in flight (every rank), then mark it `latest`, prune, and start its upload
+    (rank 0). A no-op when none is in flight. Collective."""
+    pending = _PENDING.pop(output, None)
+    if pending is None:
+        return
+    with explain_timeout(f"writing the sharded checkpoint of step {pending.step}"):
+        pending.wait()
+    barrier("finishing the sharded checkpoint")
+    remote = is_remote(cfg.output.dir)
+    if grid.rank == 0:
+        mark_latest(step_dir(output, pending.step))
+        prune_checkpoints(output, cfg.train.keep_last)
+        if remote:
+            _uploader(output, cfg).start(pending.step)
+    elif remote and _local_rank() == 0 and node_share().rank > 0:    # this node's shards, from its staging
+        prune_checkpoints(output, cfg.train.keep_last)
+        _uploader(output, cfg).start(pending.step)
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def node_share() -> NodeShare:
+    """This process's node and the job's node count, from torchrun's environment (one node without it)."""
+    world, per_node = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    rank = int(os.environ.get("GROUP_RANK", int(os.environ.get("RANK", "0")) // max(per_node, 1)))
+    return NodeShare(rank=rank, count=max(1, world // max(per_node, 1)))
+
+
 def _uploader(output: Path, cfg: TrainerConfig) -> CheckpointUploader:
     if output not in _UPLOADERS:
-        _UPLOADERS[output] = CheckpointUploader(cfg.output.dir, output, cfg.train.keep_last)
+        _UPLOADERS[output] = CheckpointUploader(cfg.output.dir, output, cfg.train.keep_last, node=node_share())
     return _UPLOADERS[output]
 
 
 def _raise_upload_failure(output: Path, grid: ProcessGrid) -> None:
-    """Rank 0 waits for its upload in flight; if it was given up on, every rank raises (rank 0 the
-    reason, the others a pointer to it), so none is left waiting in a collective."""
+    """The ranks that upload (rank 0; under FSDP on several nodes, each node's first rank) wait for their
+    upload in flight; if one was given up on, every rank raises (the uploader the reason, the others a pointer
+    to it), so none is left waiting in a collective."""
     error = None
-    if grid.rank == 0 and output in _UPLOADERS:
+    if output in _UPLOADERS:
         try:
             _UPLOADERS[output].wait()
         except CheckpointUploadError as err:
             error = err
     if grid.layout.world_size > 1:
         flag = collectives.group_tensor([0 if error is None else 1])
-        with explain_timeout("waiting for rank 0's checkpoint upload"):
-            collectives.broadcast(flag, src=0)
+        with explain_timeout("waiting for the checkpoint uploads"):
+            collectives.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if error is None and int(flag.item()):
-            raise CheckpointUploadError("rank 0 could not upload a checkpoint to output.dir; its log has the reason")
+            raise CheckpointUploadError("a rank could not upload a checkpoint to output.dir (rank 0, or a node's "
+                                        "first rank for its shards); its log has the reason")
     if error is not None:
         raise error
 
 
-def finish_uploads(output: Path) -> None:
-    """Wait for this output's checkpoint upload in flight (rank 0; a no-op elsewhere and for local
-    outputs); raises CheckpointUploadError if it was given up on. The loops call it before returning, so
-    a run that stops early (`stop_after`, tests) has its last checkpoint in S3 too."""
+def finish_uploads(output: Path, cfg: TrainerConfig, grid: ProcessGrid) -> None:
+    """Finish a sharded save in flight (collective), then wait for this output's checkpoint upload (rank 0;
+    a no-op elsewhere and for local outputs); raises CheckpointUploadError if it was given up on. The loops
+    call it before returning, so a run that stops early (`stop_after`, tests) has its last checkpoint
+    complete, and in S3 too."""
+    finish_pending_save(output, cfg, grid)
     uploader = _UPLOADERS.get(output)
     if uploader is not None:
         uploader.wait()
@@ -199,7 +291,8 @@ def _forget_uploader(output: Path) -> None:
             pass
 
 
-def stop_if_preempted(stop: StopOnSigterm, grid: ProcessGrid, output: Path, step: int, save, saved: bool) -> None:
+def stop_if_preempted(stop: StopOnSigterm, cfg: TrainerConfig, grid: ProcessGrid, output: Path, step: int, save,
+                      saved: bool) -> None:
     """At a step boundary, when any rank got SIGTERM: checkpoint `step` with `save()` (unless this step was
     just saved), wait for its upload, and raise `Preempted` (the CLI exits with EXIT_PREEMPTED)."""
     with explain_timeout(f"the end of step {step} (asking every rank whether it got SIGTERM)"):
@@ -209,7 +302,7 @@ def stop_if_preempted(stop: StopOnSigterm, grid: ProcessGrid, output: Path, step
         return
     if not saved:
         save()
-    finish_uploads(output)
+    finish_uploads(output, cfg, grid)
     ckpt = latest_checkpoint(output)
     raise Preempted(step, str(ckpt) if ckpt else None)
 

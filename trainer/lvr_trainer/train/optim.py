@@ -20,13 +20,19 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
-    """(AdamW over trainable parameters, LambdaLR schedule). Norms and biases get no weight decay."""
+    """(AdamW over trainable parameters, LambdaLR schedule). Norms and biases get no weight decay.
+
+    The step never builds whole-model temporaries: fused kernels on GPUs (one launch per group, no
+    intermediates), one parameter at a time elsewhere (torch's default `foreach` would materialise
+    intermediates the size of every parameter of a group at once)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    on_gpu = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"] for g in groups)
+    kernel = {"fused": True} if on_gpu else {"foreach": False}
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kernel)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
     return optimizer, schedule

@@ -5,6 +5,10 @@ marker pointing at a half-uploaded checkpoint.
 The upload runs in a background thread of rank 0 (`CheckpointUploader`) while training continues: each
 object is retried with exponential backoff and jitter, each retry logged and counted, and a checkpoint
 that still cannot be uploaded is a `CheckpointUploadError` at the next save or at the end of the run.
+
+A sharded (FSDP) checkpoint of a job on several nodes lies in pieces in each node's staging directory: the
+first rank of every other node uploads its node's shards, then an object `.uploaded-node-K` in the
+checkpoint; rank 0 uploads the rest and puts `latest` only once every node has said it is done.
 """
 
 from __future__ import annotations
@@ -19,13 +23,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvr_trainer.cache.store import StoreError
-from lvr_trainer.layout import CHECKPOINTS, step_name
+from lvr_trainer.layout import CHECKPOINTS, SHARDED_STATE, step_name
 from lvr_trainer.train.checkpoint import LATEST, stale_checkpoints, step_dir
 
 # Retry policy of checkpoint uploads: attempts per object, first delay (doubling, +-50% jitter), cap.
 UPLOAD_ATTEMPTS = 5
 UPLOAD_BACKOFF_S = 2.0
 UPLOAD_BACKOFF_CAP_S = 60.0
+# How long node 0 waits for the other nodes' shards of a sharded checkpoint before giving the upload up.
+NODE_WAIT_S = 1800.0
+NODE_POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """Which node of how many uploads: node 0 uploads the checkpoint and its marker, the others their shards."""
+
+    rank: int = 0
+    count: int = 1
+
+
+def node_done_name(node: int) -> str:
+    return f".uploaded-node-{node}"
 
 
 class CheckpointUploadError(RuntimeError):
@@ -60,16 +79,44 @@ def _put_once(uri: str, rel: str, path: Path) -> None:
 
 
 def push_checkpoint(uri: str, local: Path, step: int,
-                    put: Callable[[str, str, Path], None] = _put_once) -> int:
+                    put: Callable[[str, str, Path], None] = _put_once, node: NodeShare = NodeShare(),
+                    landed: Callable[[str, str], bool] | None = None, sleep: Callable[[float], None] = time.sleep,
+                    wait_s: float = NODE_WAIT_S) -> int:
     """Upload checkpoint `step` (and metrics.jsonl) under `uri`, then the `latest` marker; returns files
-    sent. `put(uri, relative key, local file)` sends one object (the uploader's retrying one)."""
+    sent. `put(uri, relative key, local file)` sends one object (the uploader's retrying one). A node other
+    than 0 sends only its node's shards and its done object; node 0 waits (`landed(uri, key)` polled) for
+    every other node's done object before the marker."""
     ckpt = step_dir(local, step)
-    files = sorted(p for p in ckpt.rglob("*") if p.is_file())
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and not p.name.startswith(".uploaded-node-"))
+    if node.rank > 0:
+        shards = [p for p in files if p.parent.name == SHARDED_STATE and p.suffix == ".distcp"]
+        for path in shards:
+            put(uri, path.relative_to(local).as_posix(), path)
+        done = ckpt / node_done_name(node.rank)
+        done.write_text(str(len(shards)))
+        put(uri, done.relative_to(local).as_posix(), done)
+        return len(shards) + 1
     extras = [local / "metrics.jsonl"] if (local / "metrics.jsonl").is_file() else []
     for path in files + extras:
         put(uri, path.relative_to(local).as_posix(), path)
+    landed = landed or _landed
+    sharded = (ckpt / SHARDED_STATE).is_dir()       # a whole-model checkpoint is all on node 0
+    for other in range(1, node.count if sharded else 1):
+        key = f"{ckpt.relative_to(local).as_posix()}/{node_done_name(other)}"
+        waited = 0.0
+        while not landed(uri, key):
+            if waited >= wait_s:
+                raise StoreError(f"node {other} did not upload its shards of {step_name(step)} within {wait_s:g} s "
+                                 "(its trainer's log says why)")
+            sleep(NODE_POLL_S)
+            waited += NODE_POLL_S
     put(uri, f"{CHECKPOINTS}/{LATEST}", local / CHECKPOINTS / LATEST)
     return len(files) + len(extras) + 1
+
+
+def _landed(uri: str, rel: str) -> bool:
+    store = _store(uri)
+    return store.object_size(_key(store, rel)) is not None
 
 
 def prune_remote(uri: str, keep_last: int | None) -> list[str]:
@@ -134,8 +181,9 @@ class CheckpointUploader:
     an interpreter that exits (a crash elsewhere) finishes the upload first."""
 
     def __init__(self, uri: str, local: Path, keep_last: int | None, attempts: int | None = None,
-                 backoff_s: float | None = None, sleep: Callable[[float], None] = time.sleep):
-        self.uri, self.local, self.keep_last = uri, local, keep_last
+                 backoff_s: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 node: NodeShare = NodeShare()):
+        self.uri, self.local, self.keep_last, self.node = uri, local, keep_last, node
         self.attempts = UPLOAD_ATTEMPTS if attempts is None else attempts
         self.backoff_s = UPLOAD_BACKOFF_S if backoff_s is None else backoff_s
         self.sleep = sleep
@@ -158,7 +206,7 @@ class CheckpointUploader:
     def _upload(self, step: int) -> None:
         t0 = time.perf_counter()
         try:
-            files = push_checkpoint(self.uri, self.local, step, self._put)
+            files = push_checkpoint(self.uri, self.local, step, self._put, node=self.node)
         except (StoreError, OSError) as err:
             self.stats.failures += 1
             self.error = CheckpointUploadError(
@@ -173,7 +221,8 @@ class CheckpointUploader:
         self.stats.last_seconds = time.perf_counter() - t0
         print(f"checkpoint {step_name(step)}: {files} files uploaded to {self.uri} in {self.stats.last_seconds:.1f}s",
               file=sys.stderr)
-        self._prune()
+        if self.node.rank == 0:
+            self._prune()
 
     def _put(self, uri: str, rel: str, path: Path) -> None:
         """One object, tried `attempts` times with exponential backoff and jitter between tries."""

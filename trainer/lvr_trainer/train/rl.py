@@ -255,10 +255,10 @@ def _train(run: RLRun, stop_after: int | None, stop: StopOnSigterm) -> dict:
         if periodic:
             _save_state(run, last)
         if last < cfg.train.steps:
-            stop_if_preempted(stop, grid, output, last, lambda: _save_state(run, last), saved=periodic)  # noqa: B023
+            stop_if_preempted(stop, cfg, grid, output, last, lambda: _save_state(run, last), saved=periodic)  # noqa: B023
     if last == cfg.train.steps:
         _save_state(run, last)
-    finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading
+    finish_uploads(output, cfg, grid)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()
     run.counter.close()
     ckpt = latest_checkpoint(output)

@@ -117,10 +117,10 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
         if periodic:
             save()
         if last < cfg.train.steps:
-            stop_if_preempted(stop, grid, output, last, save, saved=periodic)
+            stop_if_preempted(stop, cfg, grid, output, last, save, saved=periodic)
     if last == cfg.train.steps:
         save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
-    finish_uploads(output)      # the final report names a checkpoint that is in S3, not still uploading
+    finish_uploads(output, cfg, grid)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()
     return {"steps": last, "start_step": start, "losses": losses, "seconds": time.perf_counter() - t0,
             "vision_passes": source.vision_passes, "records": len(records),
