@@ -59,3 +59,8 @@ def test_attention_heads_from_a_local_model_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"text_config": {"num_attention_heads": 28}}))
     assert attention_heads(parse_config({**BASE, "model": {"path": str(tmp_path)}}).model) == 28
     assert attention_heads(parse_config({**BASE, "model": {"path": "s3://b/m"}}).model) is None
+
+
+def test_reference_offload_needs_a_sharded_strategy():
+    assert keys(cfg(rl={"reference_offload": True}), stage="rl") == ["rl.reference_offload"]
+    assert keys(cfg(rl={"reference_offload": True}, parallel={"strategy": "hsdp"}), stage="rl") == []

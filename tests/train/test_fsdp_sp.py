@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,16 +47,27 @@ Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps({{"rows": rows, "s
 
 def _run(tmp_path: Path, data: Path, name: str, stage: str, nproc: int, *, strategy: str = "ddp", sp: int = 1,
          batch: int = 2, steps: int = 2, out: Path | None = None, resume: bool = False,
-         ac: bool = False) -> tuple[dict, Path]:
+         ac: bool = False, nodes: int = 1) -> tuple[dict, Path]:
     out = out or tmp_path / name
     script = tmp_path / f"{name}.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(data), out=str(out), stage=stage,
                                     strategy=strategy, sp=sp, batch=batch, steps=steps, resume=resume, ac=ac))
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-           if nproc > 1 else [sys.executable, str(script)])
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-4000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if nodes > 1:        # `nodes` launches of nproc / nodes processes on this machine (static rendezvous)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                                   f"--nproc_per_node={nproc // nodes}", f"--node_rank={n}", "--master_addr=127.0.0.1",
+                                   f"--master_port={port}", str(script)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for n in range(nodes)]
+        errors = [p.communicate(timeout=600)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors[0][-4000:] + errors[-1][-4000:]
+    else:
+        cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                str(script)] if nproc > 1 else [sys.executable, str(script)])
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
+        assert res.returncode == 0, res.stderr[-4000:]
     return json.loads((out / "history-0.json").read_text()), out / "run" / "checkpoints"
 
 
@@ -91,3 +103,20 @@ def test_rl_fsdp_over_dp2_x_sp2_with_shared_prefix_equals_ddp_over_dp2(tmp_path,
             assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (step, key)
     assert fsdp["rows"][1]["actor/ref_kl"] > 0
     assert_same_update(ddp_ckpt / "step-000002" / "model", fsdp_ckpt / "step-000002" / "model")
+
+
+def test_sft_hybrid_sharding_over_two_nodes_equals_one_process(tmp_path, tiny_data, assert_same_update):
+    """hsdp on 2 launches of 2 processes (a 2 x 2 mesh: sharded within a node, replicated across), SP 2 inside
+    each node: the 1-process losses and weights; its sharded checkpoint (replicated shards written once)
+    resumes on 1 process."""
+    one, one_ckpt = _run(tmp_path, tiny_data, "one", "sft", 1, batch=2)
+    hybrid, hybrid_ckpt = _run(tmp_path, tiny_data, "hybrid", "sft", 4, strategy="hsdp", sp=2, batch=1, nodes=2)
+    for a, b in zip(one["rows"], hybrid["rows"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert_same_update(one_ckpt / "step-000002" / "model", hybrid_ckpt / "step-000002" / "model")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(hybrid_ckpt / "step-000001", resumed / "run" / "checkpoints" / "step-000001")
+    (resumed / "run" / "checkpoints" / "latest").write_text("step-000001")
+    again, again_ckpt = _run(tmp_path, tiny_data, "again", "sft", 1, batch=2, out=resumed, resume=True)
+    assert again["start"] == 1 and again["rows"][0]["loss"] == pytest.approx(one["rows"][1]["loss"], abs=1e-5)
+    assert_same_update(one_ckpt / "step-000002" / "model", again_ckpt / "step-000002" / "model")

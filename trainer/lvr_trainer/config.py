@@ -128,6 +128,7 @@ class Precision(str, Enum):
 class ParallelStrategy(str, Enum):
     ddp = "ddp"
     fsdp = "fsdp"
+    hsdp = "hsdp"
 
 
 class ParallelConfig(StrictModel):
@@ -137,7 +138,8 @@ class ParallelConfig(StrictModel):
         ParallelStrategy.ddp,
         description="ddp: every rank holds the whole model; fsdp: the language model, its gradients and optimizer "
         "state are sharded over every rank of the job, sequence-parallel peers included (what a 7B model on "
-        "long videos needs).")
+        "long videos needs); hsdp: sharded over the ranks of each node and replicated across nodes (gathers "
+        "stay on the node's links; each node holds a whole copy).")
     # Consumed by lvr_trainer.parallel: init_process_grid(sequence_parallel) builds the DP x SP grid
     # (SP ranks consecutive), sp_forward_logprobs runs the prefill/backward sharded, reduce_gradients
     # sums over SP and averages over DP. SP must also divide the attention heads (KV heads are
@@ -288,6 +290,10 @@ class GRPOConfig(StrictModel):
         1e-3, ge=0,
         description="Weight of the KL loss against the frozen reference model; 0 drops the reference model. "
         "Default 0.001.")
+    reference_offload: bool = Field(
+        False, description="Keep the reference model's shards in host memory between its uses (copied to the GPU "
+        "for each prefill): frees its share of GPU memory for a slower reference prefill. Needs "
+        "parallel.strategy fsdp or hsdp.")
     kl_kind: KLKind = Field(
         KLKind.low_var_kl,
         description="KL estimator: k1, abs, mse or low_var_kl (k3, clamped). Default low_var_kl.")

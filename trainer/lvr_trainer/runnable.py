@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lvr_trainer.config import (ConfigError, ModelConfig, ParallelConfig,
-                                TrainerConfig)
+from lvr_trainer.config import ConfigError, ModelConfig, ParallelConfig, ParallelStrategy, TrainerConfig
 
 Stage = Literal["sft", "rl"]
 # URI schemes the trainer reads and writes (train/remote.py, cache/store.py, data/remote.py).
@@ -73,6 +72,9 @@ def runnable_problems(cfg: TrainerConfig, *, stage: Stage, world_size: int | Non
     if stage == "rl":
         if cfg.rl is None:
             out.append(Problem("rl", "`lvr rl` needs an `rl` section (GRPO settings); `rl: {}` takes the defaults"))
+        elif cfg.rl.reference_offload and cfg.parallel.strategy == ParallelStrategy.ddp:
+            out.append(Problem("rl.reference_offload", "offloads the reference model's FSDP shards; with "
+                               "parallel.strategy ddp there are none: set strategy fsdp or hsdp, or drop it"))
     return out
 
 

@@ -2,8 +2,9 @@
 
 Each rank holds 1/world of the language model (decoder layers, embeddings, final norm, LM head), of its
 gradients and of its AdamW state, the way torchtitan shards over data-parallel x context-parallel ranks; the
-Ulysses all-to-alls run inside each SP group of consecutive ranks (`parallel.grid`). The frozen vision tower
-stays whole on every rank: no gradients, no optimizer state, and it runs once per video.
+Ulysses all-to-alls run inside each SP group of consecutive ranks (`parallel.grid`). Hybrid sharding (`hsdp`)
+shards within each node and replicates across nodes, so that the all-gathers stay on a node's fast links. The
+frozen vision tower stays whole on every rank: no gradients, no optimizer state, and it runs once per video.
 
 Gradients mean what `sp_forward.reduce_gradients` makes them mean: the SP ranks of a group each hold the part
 that flowed through their shard of the sequence (summed), the DP ranks hold gradients of different samples
@@ -25,28 +26,39 @@ import torch
 from .grid import ProcessGrid
 
 
-def fsdp_mesh(grid: ProcessGrid):
-    """The 1-D device mesh over every rank of the job (FSDP's all-gathers and reduce-scatters run on it)."""
+def fsdp_mesh(grid: ProcessGrid, per_node: int | None = None):
+    """The device mesh FSDP's all-gathers and reduce-scatters run on: 1-D over every rank, or with `per_node`
+    (hybrid) 2-D, nodes x ranks of a node: sharded along the second dimension, replicated along the first."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(grid.device.split(":")[0], (grid.layout.world_size,))
+    device, world = grid.device.split(":")[0], grid.layout.world_size
+    if per_node is None:
+        return init_device_mesh(device, (world,))
+    if per_node < 1 or world % per_node:
+        raise ValueError(f"hybrid sharding needs the same number of ranks on every node: {world} ranks do not "
+                         f"split into nodes of {per_node}")
+    return init_device_mesh(device, (world // per_node, per_node), mesh_dim_names=("replicate", "shard"))
 
 
 def shard_language_model(model: torch.nn.Module, grid: ProcessGrid, param_dtype: torch.dtype | None = None,
-                         frozen: list[torch.nn.Parameter] | None = None) -> torch.nn.Module:
-    """Shard `model`'s language model over every rank (each decoder layer a unit, the rest the root unit);
-    `frozen` parameters (the vision tower) stay whole. `param_dtype`: the dtype gathered for compute (bf16
-    under bf16-mixed), gradients reduced in float32. Idempotent."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+                         frozen: list[torch.nn.Parameter] | None = None, per_node: int | None = None,
+                         offload: bool = False) -> torch.nn.Module:
+    """Shard `model`'s language model over every rank (each decoder layer a unit, the rest the root unit), or
+    with `per_node` over each node's ranks, replicated across nodes; `frozen` parameters (the vision tower) stay
+    whole. `param_dtype`: the dtype gathered for compute (bf16 under bf16-mixed), gradients reduced in float32.
+    `offload`: the shards live in host memory between uses (a frozen reference model; on a CPU-only job they
+    are there anyway). Idempotent."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     if isinstance(model, FSDPModule):
         return model
-    mesh = fsdp_mesh(grid)
+    mesh = fsdp_mesh(grid, per_node)
+    placement = CPUOffloadPolicy() if offload and grid.device.startswith("cuda") else OffloadPolicy()
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     units = []
     for layer in model.model.language_model.layers:
-        units.append(fully_shard(layer, mesh=mesh, mp_policy=mp))
-    root = fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=set(frozen or ()),
+        units.append(fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=placement))
+    root = fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=placement, ignored_params=set(frozen or ()),
                        reshard_after_forward=True)
     for unit in (*units, root):
         unit.set_gradient_divide_factor(float(grid.dp_size))

@@ -125,7 +125,7 @@ def explain_timeout(what: str):
 
 
 def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
-               precision: Precision = Precision.fp32):
+               precision: Precision = Precision.fp32, offload: bool = False):
     """Prepare `model` for data parallelism (once: a model already sharded is returned as it is).
 
     `ddp`: every rank keeps the whole model and, once per optimizer step (after all micro-batches),
@@ -134,7 +134,8 @@ def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
     because the loops call the language model's parts directly, never the wrapper's forward.)
     `fsdp`: the whole language model sharded over every rank, SP peers included, with FSDP2
     (`lvr_trainer.parallel.fsdp`): parameters, gradients and AdamW state are 1/world per rank. The frozen
-    vision tower stays whole on every rank.
+    vision tower stays whole on every rank. `hsdp`: the same, sharded over each node's ranks and replicated
+    across nodes. `offload` (a frozen reference model): its shards wait in host memory between uses.
 
     Precision: the parameters are float32 (master weights; AdamW's state follows them) under both
     strategies. `bf16-mixed` under `fsdp` gives FSDP2's MixedPrecisionPolicy: bf16 copies gathered for
@@ -147,11 +148,13 @@ def wrap_model(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
         return model
     frozen = list(vision_tower(model).parameters())     # whole on every rank; reduce_gradients if trained
     param_dtype = torch.bfloat16 if precision == Precision.bf16_mixed else None
-    return shard_language_model(model, grid, param_dtype, frozen)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", grid.layout.world_size)) \
+        if cfg.strategy == ParallelStrategy.hsdp else None
+    return shard_language_model(model, grid, param_dtype, frozen, per_node=per_node, offload=offload)
 
 
 def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: ProcessGrid,
-                       precision: Precision) -> torch.nn.Module:
+                       precision: Precision, offload: bool = False) -> torch.nn.Module:
     """Give every rank rank 0's weights, wrapped for data parallelism (`wrap_model`).
 
     Only global rank 0 reads the weights (one full copy in the job, not one per rank); the others pass
@@ -165,7 +168,7 @@ def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: Proces
         return model
     sharded = is_fsdp(cfg, grid)
     full = model.state_dict() if sharded and grid.rank == 0 else {}     # rank 0's tensors, before sharding
-    model = wrap_model(model, cfg, grid, precision)
+    model = wrap_model(model, cfg, grid, precision, offload)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         model.to_empty(device=grid.device)
         if hasattr(model, "tie_weights"):
@@ -187,7 +190,8 @@ def distribute_weights(model: torch.nn.Module, cfg: ParallelConfig, grid: Proces
 
 
 def is_fsdp(cfg: ParallelConfig, grid: ProcessGrid) -> bool:
-    return cfg.strategy == ParallelStrategy.fsdp and grid.layout.world_size > 1
+    """Whether the model is sharded (fsdp or hsdp) in this job."""
+    return cfg.strategy in (ParallelStrategy.fsdp, ParallelStrategy.hsdp) and grid.layout.world_size > 1
 
 
 def load_full_states(model, optimizer, model_state: dict | None, optim_state: dict, cfg: ParallelConfig,

@@ -131,14 +131,15 @@ def check_rl_config(cfg: TrainerConfig) -> None:
 def load_reference(cfg: TrainerConfig, grid: ProcessGrid, device: torch.device):
     """The frozen reference policy: the run's initial model (cfg.model, also after a resume), or None
     when rl.kl_coef is 0. Under FSDP it is sharded like the policy (rank 0 reads the weights, every rank
-    keeps 1/world of them), with no gradients and no optimizer state."""
+    keeps 1/world of them), with no gradients and no optimizer state; `rl.reference_offload` keeps its shards
+    in host memory between uses."""
     if cfg.rl.kl_coef == 0:
         return None
     sharded = is_fsdp(cfg.parallel, grid)
     ref, _, _ = load_policy(cfg.model, device if grid.rank == 0 or not sharded else torch.device("meta"))
     ref.eval().requires_grad_(False)
     if sharded:
-        ref = distribute_weights(ref, cfg.parallel, grid, cfg.train.precision)
+        ref = distribute_weights(ref, cfg.parallel, grid, cfg.train.precision, offload=cfg.rl.reference_offload)
     return ref
 
 
