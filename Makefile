@@ -46,6 +46,7 @@ test-fast: $(STAMP)  ## skip suites marked slow
 bench: $(STAMP)  ## the quick benchmarks quoted in BENCHMARKS.md (minutes)
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/memory_7b.py
 
 bench-all: bench cluster-bins  ## every benchmark in BENCHMARKS.md (about an hour on 2 cores)
 	$(BIN)/python bench/sp.py
