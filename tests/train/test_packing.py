@@ -10,7 +10,7 @@ import torch
 from lvr_trainer.config import GRPOConfig, ModelConfig
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.model.loading import load_model
-from lvr_trainer.parallel.sequence import grouped_causal_mask, pad_square_mask
+from lvr_trainer.parallel.grouped import SegmentLayout
 from lvr_trainer.parallel.sp_forward import token_logprobs
 from lvr_trainer.rollout.base import Rollout
 from lvr_trainer.train.batching import response_logprobs
@@ -25,6 +25,17 @@ TOL = 1e-5
 G = 3
 
 
+def grouped_causal_mask(segments: torch.Tensor) -> torch.Tensor:
+    """The dense reference: boolean `(R, 1, T, T)`, True = may attend — the prefix causal, each segment the
+    prefix and itself causally, padding queries only themselves (no empty row). Tests only: the product's
+    grouped attention keeps the layout, never this."""
+    length = segments.shape[-1]
+    q, k = segments[:, None, :, None], segments[:, None, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+    return allowed | torch.eye(length, dtype=torch.bool)
+
+
 def test_grouped_mask_prompt_causal_segments_private():
     seg = torch.tensor([[0, 0, 1, 1, 2, -1]])
     m = grouped_causal_mask(seg)[0, 0]
@@ -37,9 +48,7 @@ def test_grouped_mask_prompt_causal_segments_private():
         [0, 0, 0, 0, 0, 1],      # a pad query sees only itself (no NaN row)
     ], dtype=torch.bool)
     assert torch.equal(m, expect)
-    padded = pad_square_mask(grouped_causal_mask(seg), 4)[0, 0]       # T 6 -> 8
-    assert padded.shape == (8, 8) and torch.equal(padded[:6, :6], expect)
-    assert not padded[:6, 6:].any() and padded[6, 6] and padded[7, 7] and not padded[7, :7].any()
+    assert SegmentLayout.from_segments(seg) == SegmentLayout(((2, (2, 1)),), 6)
 
 
 def test_prompt_runs():

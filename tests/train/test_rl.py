@@ -10,7 +10,7 @@ import torch
 
 from lvr_trainer.cli import main
 from lvr_trainer.config import RolloutMode
-from lvr_trainer.train.rl import RLConfigError, run_rl
+from lvr_trainer.train.rl import check_rl_config, RLConfigError, run_rl
 from lvr_trainer.train.rl_rollout import RolloutUnavailable
 from lvr_trainer.train.setup import load_policy
 
@@ -178,6 +178,7 @@ def test_shared_prefix_run_equals_per_sequence_run(make_config, tmp_path, assert
     assert_same_update(a["checkpoint"] + "/model", b["checkpoint"] + "/model")
 
 
-def test_shared_prefix_refuses_flash_attention(make_config):
-    with pytest.raises(RLConfigError, match="rl.shared_prefix.*sdpa"):
-        run_rl(rl_config(make_config, model={"attn_implementation": "flash_attention_2"}))
+def test_shared_prefix_takes_any_attention_kernel(make_config):
+    """The grouped attention runs through SDPA whatever the model's kernel, so flash-attention models keep the
+    shared prefix (their other attention calls stay on flash)."""
+    check_rl_config(rl_config(make_config, model={"attn_implementation": "flash_attention_2"}))

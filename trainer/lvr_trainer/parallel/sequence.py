@@ -82,29 +82,3 @@ def _no_empty_rows(allowed: torch.Tensor) -> torch.Tensor:
     gradients); such rows are padding, their outputs never used."""
     eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
     return allowed | (eye & ~allowed.any(-1, keepdim=True))
-
-
-def grouped_causal_mask(segments: torch.Tensor) -> torch.Tensor:
-    """Boolean SDPA mask `(B, 1, T, T)` for rows packed as [shared prefix | segment 1 | segment 2 | ...].
-
-    segments `(B, T)`: 0 for the shared prefix, k >= 1 for the k-th segment, -1 for padding. A query sees
-    the keys at or before it that are in the prefix or in its own segment: the prefix is causal as usual,
-    each segment attends to the whole prefix and causally to itself, never to another segment.
-    """
-    length = segments.shape[-1]
-    q, k = segments[:, None, :, None], segments[:, None, None, :]                    # (B,1,T,1), (B,1,1,T)
-    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
-    return _no_empty_rows(allowed)
-
-
-def pad_square_mask(mask: torch.Tensor, sp_size: int) -> torch.Tensor:
-    """A `(B, 1, T, T)` boolean mask grown to T' = a multiple of `sp_size`: the added (padding) queries
-    attend only to themselves and no real query sees them."""
-    length = mask.shape[-1]
-    padded = padded_length(length, sp_size)
-    if padded == length:
-        return mask
-    out = mask.new_zeros(*mask.shape[:-2], padded, padded)
-    out[..., :length, :length] = mask
-    return _no_empty_rows(out)

@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from . import collectives
 from .comm import gather_sequence
 from .grid import ProcessGrid
-from .sequence import (causal_padding_mask, is_right_padded, pad_square_mask, pad_to_multiple, split_for_rank,
-                       unpad)
+from .grouped import SegmentLayout
+from .sequence import causal_padding_mask, is_right_padded, pad_to_multiple, split_for_rank, unpad
 from .ulysses import enable_ulysses, language_model_parts, ulysses_context
 
 
@@ -88,8 +88,8 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor | Ca
             sequence (or `(B, T)` 1-D positions, or None for 0..T-1).
         target_ids: `(B, T)`, the token to score at each position (the inputs shifted left by one).
         attention_mask: `(B, T)`, 1 real / 0 padding; None means all real. Any padding layout works;
-            right padding (or none) keeps attention on the fast causal path. Or a boolean `(B, 1, T, T)`
-            mask, True = may attend (shared-prefix rows: `sequence.grouped_causal_mask`).
+            right padding (or none) keeps attention on the fast causal path. Or a `SegmentLayout` of
+            shared-prefix rows (grouped attention, `parallel.grouped`: no T x T mask).
         grid: the process grid; None or SP=1 runs the plain single-process model.
         temperature: logits are divided by it (rollout sampling temperature).
         chunk_size: positions per lm_head chunk (bounds the `(B, chunk, V)` logits).
@@ -102,24 +102,26 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor | Ca
     batch, length = target_ids.shape
     embed = inputs_embeds if callable(inputs_embeds) else (lambda lo, hi: inputs_embeds[:, lo:hi])
     positions = _full_positions(position_ids, batch, length, target_ids.device)
-    square = attention_mask is not None and attention_mask.ndim == 4
+    grouped = isinstance(attention_mask, SegmentLayout)
     if grid is None or grid.sp_size == 1:
         inputs_embeds = embed(0, length)
-        mask = {"full_attention": _as_kernel_mask(lm, attention_mask)} if square else attention_mask
+        if grouped:
+            enable_ulysses(model)           # the dispatcher that takes a SegmentLayout (plain calls unchanged)
+        mask = {"full_attention": attention_mask} if grouped else attention_mask
         hidden = lm(inputs_embeds=inputs_embeds, position_ids=positions, attention_mask=mask,
                     use_cache=False).last_hidden_state                                   # (B, T, H)
         return token_logprobs(hidden, head, target_ids, temperature, chunk_size)
 
     sp, rank = grid.sp_size, grid.sp_rank
     enable_ulysses(model)
-    if square:
-        mask4d = pad_square_mask(attention_mask, sp)                                    # (B, 1, T', T')
+    if grouped:
+        attend = attention_mask.padded(sp * -(-length // sp))                            # T' = SP * ceil(T / SP)
     else:
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=target_ids.device)
         full_mask = pad_to_multiple(attention_mask, sp, dim=1, value=0)                # (B, T')
-        mask4d = None if is_right_padded(full_mask) else causal_padding_mask(full_mask)  # (B, 1, T', T')
-    ctx = ulysses_context(model, grid.sp_group, sp, mask4d)
+        attend = None if is_right_padded(full_mask) else causal_padding_mask(full_mask)  # (B, 1, T', T')
+    ctx = ulysses_context(model, grid.sp_group, sp, attend)
 
     local_embeds = _local_embeds(embed, length, sp, rank)                                    # (B, T'/SP, H)
     local_pos = split_for_rank(pad_to_multiple(positions, sp, dim=2), sp, rank, dim=2)          # (3, B, T'/SP)
@@ -137,19 +139,6 @@ def _local_embeds(embed: Callable[[int, int], torch.Tensor], length: int, sp: in
     local = embed(min(lo, length), min(hi, length))                                    # (B, <= shard, H)
     missing = shard - local.shape[1]
     return torch.nn.functional.pad(local, (0, 0, 0, missing)) if missing else local
-
-
-def _as_kernel_mask(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """A boolean `(B, 1, T, T)` mask in the form the language model's attention kernel takes: sdpa reads
-    booleans, eager adds a float mask; flash-attention takes no square mask."""
-    kernel = lm.config._attn_implementation or "sdpa"
-    if "flash" in kernel:
-        raise ValueError(f"a shared-prefix (grouped) attention mask needs model.attn_implementation sdpa or "
-                         f"eager, not {kernel}; or set rl.shared_prefix: false")
-    if kernel == "eager":
-        dtype = next(lm.parameters()).dtype
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    return mask
 
 
 REDUCE_BUCKET_BYTES = 256 * 1024 ** 2

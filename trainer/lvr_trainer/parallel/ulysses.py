@@ -8,7 +8,9 @@ with the decoder's `attention_mask`. `enable_ulysses(model)` registers one funct
 
 * a normal mask (tensor or None) -> the inner kernel, unchanged: generate, eval, SP=1 all work as before;
 * an `UlyssesContext` (what `sp_forward_logprobs` passes as the mask) -> all-to-all to head shards,
-  attention over the whole padded sequence, inverse all-to-all back to sequence shards.
+  attention over the whole padded sequence, inverse all-to-all back to sequence shards;
+* a `SegmentLayout` (shared-prefix rows, one process) -> grouped attention (`parallel.grouped`), which a
+  context may also carry.
 
 Dispatching on an argument (not on global state) keeps gradient checkpointing correct: the
 recomputation during backward receives the same `UlyssesContext` again.
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .comm import all_to_all
+from .grouped import SegmentLayout, grouped_attention
 from .grid import check_attention_heads
 
 _PREFIX = "lvr_ulysses_"
@@ -34,12 +37,13 @@ class UlyssesContext:
 
     group: the SP process group (size W). kv_replicate: KV-head replication factor from
     `check_attention_heads`. mask: boolean `(B, 1, T, T)` over the *full padded* sequence
-    (True = may attend), or None for plain causal attention (no padding, or right padding only).
+    (True = may attend), a `SegmentLayout` of shared-prefix rows (grouped attention), or None for plain
+    causal attention (no padding, or right padding only).
     """
 
     group: Any
     kv_replicate: int = 1
-    mask: torch.Tensor | None = None
+    mask: torch.Tensor | SegmentLayout | None = None
 
 
 def ulysses_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -55,9 +59,13 @@ def ulysses_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     q = all_to_all(query, ctx.group, scatter_dim=1, gather_dim=2)     # (B, Hq/W, T, D)
     k = all_to_all(key, ctx.group, scatter_dim=1, gather_dim=2)       # (B, Hkv'/W, T, D)
     v = all_to_all(value, ctx.group, scatter_dim=1, gather_dim=2)
-    out = F.scaled_dot_product_attention(                             # GQA kept: KV heads not repeated
-        q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, scale=scaling,
-        dropout_p=dropout if module.training else 0.0, enable_gqa=q.shape[1] != k.shape[1])  # (B, Hq/W, T, D)
+    dropout = dropout if module.training else 0.0
+    if isinstance(ctx.mask, SegmentLayout):
+        out = grouped_attention(q, k, v, ctx.mask, scaling, dropout)                    # (B, Hq/W, T, D)
+    else:
+        out = F.scaled_dot_product_attention(                         # GQA kept: KV heads not repeated
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, scale=scaling,
+            dropout_p=dropout, enable_gqa=q.shape[1] != k.shape[1])   # (B, Hq/W, T, D)
     out = all_to_all(out, ctx.group, scatter_dim=2, gather_dim=1)     # (B, Hq, T/W, D)
     return out.transpose(1, 2).contiguous()                           # (B, T/W, Hq, D)
 
@@ -68,6 +76,9 @@ def _make_dispatch(inner: str):
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         if isinstance(attention_mask, UlyssesContext):
             return ulysses_attention(module, query, key, value, attention_mask, scaling, dropout), None
+        if isinstance(attention_mask, SegmentLayout):
+            out = grouped_attention(query, key, value, attention_mask, scaling, dropout if module.training else 0.0)
+            return out.transpose(1, 2).contiguous(), None
         inner_fn = ALL_ATTENTION_FUNCTIONS[inner]
         return inner_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 

@@ -48,7 +48,7 @@ def _response_logprobs(model, batch: Batch | PackedBatch, grid: ProcessGrid | No
     if isinstance(batch, PackedBatch):
         embed = slice_embedder(model, batch.input_ids, batch.video_embeds)      # each SP rank: its own slice
         packed = sp_forward_logprobs(model, embed, batch.position_ids, batch.target_ids,
-                                     batch.attention_mask(), grid, temperature=temperature)     # (R, T)
+                                     batch.layout(), grid, temperature=temperature)     # (R, T)
         return batch.unpack(packed)
     embeds = batch.video_embeds
     if embeds is None:  # trainable vision tower: encode each video with gradients, bypassing the cache

@@ -5,7 +5,7 @@ times in each prefill and in the update's forward and backward. Packed: one row 
 
     [ prompt[:-1] | p_last r_1[:-1] | p_last r_2[:-1] | ... ]        segment ids  0 | 1 ... | 2 ... |
 
-with a grouped causal mask (`parallel.sequence.grouped_causal_mask`): the prompt is causal as usual, each
+with grouped causal attention (`parallel.grouped`, no T x T mask): the prompt is causal as usual, each
 segment sees the whole prompt and itself, never another reply. Each segment opens with a copy of the
 prompt's last token at that token's own position, so every packed position predicts exactly one token
 (p_last predicts r_i[0] in segment i) and the LM head, position-wise, runs on reply predictions only.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lvr_trainer.parallel.sequence import grouped_causal_mask
+from lvr_trainer.parallel.grouped import SegmentLayout
 from lvr_trainer.train.examples import IGNORE, Example
 
 PAD_SEGMENT = -1
@@ -51,9 +51,9 @@ class PackedBatch:
         fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
         return PackedBatch(**{f: v.to(device) if isinstance(v, torch.Tensor) else v for f, v in fields.items()})
 
-    def attention_mask(self) -> torch.Tensor:
-        """(R, 1, T, T) boolean, True = may attend."""
-        return grouped_causal_mask(self.segments)
+    def layout(self) -> SegmentLayout:
+        """The rows' prefix and segment lengths, for grouped attention (a few integers per row)."""
+        return SegmentLayout.from_segments(self.segments)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """Per-position values (R, T) -> the per-sequence layout (B, S), 0 off the reply predictions

@@ -120,9 +120,6 @@ def check_rl_config(cfg: TrainerConfig) -> None:
     if not cfg.model.freeze_vision:
         raise RLConfigError("`lvr rl` needs model.freeze_vision: true: rollouts and prefills reuse the cached "
                          "video embeddings, which a trained vision tower would invalidate")
-    if cfg.rl.shared_prefix and "flash" in cfg.model.attn_implementation:
-        raise RLConfigError(f"rl.shared_prefix needs a grouped attention mask, which model.attn_implementation="
-                         f"{cfg.model.attn_implementation} cannot take: use sdpa, or set rl.shared_prefix: false")
     if cfg.train.grad_accum % cfg.rl.mini_batches:
         raise RLConfigError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of rl.mini_batches="
                          f"{cfg.rl.mini_batches}: each mini-batch is a whole number of micro-batches")
