@@ -2,7 +2,7 @@
 
 The FSDP rows are measured from the real sharded plan (`lvr_trainer.parallel.memory.measure_sharded_state`:
 the model on the meta device, sharded by `parallel.fsdp` as one rank of an 8-rank fake process group) and
-printed next to the arithmetic of `parallel.memory.state_bytes`; the whole-model row (every rank holding the
+printed next to the arithmetic of `lvr_trainer.plan.state_bytes`; the whole-model row (every rank holding the
 full model, the layout `ddp` keeps) is the arithmetic. Activations: checkpointed per decoder layer, bf16,
 `checkpointed_activation_bytes` for 256k tokens split over SP 4 (an estimate of the dominant terms).
 
@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 
-from lvr_trainer.parallel.memory import GIB, ModelCounts, checkpointed_activation_bytes, state_bytes
+from lvr_trainer.plan import GIB, ModelCounts, checkpointed_activation_bytes, state_bytes
 
 COMPONENTS = ("weights", "gradients", "optimizer", "reference")
 

@@ -1,7 +1,7 @@
 """The memory of the paper's layout, from the real parallel plan: Qwen2.5-VL-7B's shapes on the meta device,
 sharded by `parallel.fsdp` in an 8-rank world (a fake process group: shapes only, no data, no collectives),
 per-rank bytes of weights, gradients, AdamW state and the reference equal the arithmetic of
-`parallel.memory`, and with checkpointed activations of 256k tokens over SP 4 the sum fits an 80 GB GPU."""
+`lvr_trainer.plan`, and with checkpointed activations of 256k tokens over SP 4 the sum fits an 80 GB GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 
-from lvr_trainer.parallel.memory import GIB, ModelCounts, checkpointed_activation_bytes, state_bytes
+from lvr_trainer.plan import GIB, ModelCounts, checkpointed_activation_bytes, state_bytes
 
 
 def test_qwen25_vl_7b_on_8_gpus_fits_80gb_by_the_real_sharded_plan():

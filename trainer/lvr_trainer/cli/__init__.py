@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "lvr_trainer.cli.eval_cmd",
     "lvr_trainer.cli.encode_cmd",
     "lvr_trainer.cli.rollout_cmd",
+    "lvr_trainer.cli.plan_cmd",
     "lvr_operator.cli_cmds",
 )
 

@@ -1,52 +1,15 @@
-"""Per-GPU bytes of the training state under the job's parallel layout: the arithmetic a plan is made of.
+"""The real sharded plan of a model on the meta device: per-rank bytes of weights, gradients, AdamW state and
+reference as `parallel.fsdp` lays them out, to hold the planner's arithmetic (`lvr_trainer.plan`) to the truth.
 
-One place for the accounting: the meta-device test checks it against the real sharded plan
-(`parallel.fsdp.shard_language_model` applied to Qwen2.5-VL-7B's shapes in an 8-rank world), and a memory
-planner builds on the same function. Pure: parameter counts in, bytes out.
-
-Layout (see `parallel.fsdp`): under `fsdp` the language model (decoder, embeddings, norm, LM head) is split
-over every rank, SP peers included; under `ddp` every rank holds all of it. The trained weights are float32
-master weights with float32 gradients and two float32 AdamW moments (bf16-mixed changes what is gathered for
-compute, not what is stored). The frozen vision tower is whole on every rank, in its inference dtype. The
-reference model, when `rl.kl_coef` > 0, is laid out like the policy, with no gradients and no optimizer state.
+    python -m lvr_trainer.parallel.memory [WORLD SP RANK]      # Qwen2.5-VL-7B's plan as JSON
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 
-GIB = 1024 ** 3
-MASTER_BYTES = 4            # float32 master weights, gradients and each AdamW moment
-ADAM_MOMENTS = 2
-
-
-@dataclass(frozen=True)
-class ModelCounts:
-    """Parameter counts: the language model (trained; embeddings and a separate LM head included) and the
-    vision tower (frozen)."""
-
-    language: int
-    vision: int
-
-
-@dataclass(frozen=True)
-class StateBytes:
-    """Bytes per rank of the training state, by component."""
-
-    weights: int            # trained weights (fp32) + the frozen vision tower
-    gradients: int
-    optimizer: int
-    reference: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.reference
-
-    def table(self) -> list[tuple[str, float]]:
-        return [(name, getattr(self, name) / GIB) for name in ("weights", "gradients", "optimizer", "reference")] + [
-            ("total", self.total / GIB)]
+from lvr_trainer.plan import ModelCounts
 
 
 def model_counts(model) -> ModelCounts:
@@ -54,30 +17,6 @@ def model_counts(model) -> ModelCounts:
     vision = {id(p): p.numel() for p in model.model.visual.parameters()}
     every = {id(p): p.numel() for p in model.parameters()}
     return ModelCounts(language=sum(n for k, n in every.items() if k not in vision), vision=sum(vision.values()))
-
-
-def state_bytes(counts: ModelCounts, world: int, *, sharded: bool, vision_bytes: int = 2,
-                reference: bool = True, reference_bytes: int = 2) -> StateBytes:
-    """Per-rank bytes of weights, gradients, AdamW state and reference for a `world`-rank job; `sharded`: FSDP
-    over every rank. `vision_bytes` / `reference_bytes`: bytes per element of the frozen tower and the
-    reference model (2 for bf16)."""
-    share = counts.language / world if sharded else counts.language
-    vision = counts.vision * vision_bytes
-    ref = int(share * reference_bytes) + vision if reference else 0
-    return StateBytes(weights=int(share * MASTER_BYTES) + vision, gradients=int(share * MASTER_BYTES),
-                      optimizer=int(share * MASTER_BYTES * ADAM_MOMENTS), reference=ref)
-
-
-def checkpointed_activation_bytes(tokens_per_rank: int, hidden: int, intermediate: int, layers: int,
-                                  act_bytes: int = 2) -> int:
-    """Activations of one forward+backward with activation checkpointing per decoder layer, per rank: every
-    layer's saved input (tokens x hidden), plus the one layer being recomputed (its MLP's gate, up and
-    activated intermediates, and the attention block's q, k, v, output and residual). An estimate of the
-    dominant terms, in the compute dtype; the attention kernel's workspace and the LM head chunks are small
-    next to it."""
-    saved = layers * tokens_per_rank * hidden
-    one_layer = tokens_per_rank * (3 * intermediate + 5 * hidden)
-    return (saved + one_layer) * act_bytes
 
 
 # Qwen2.5-VL-7B-Instruct's public config.json: the shapes that matter for memory

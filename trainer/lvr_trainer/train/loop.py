@@ -16,6 +16,7 @@ from lvr_trainer.layout import MODEL_DIR, SHARDED_STATE, TRAINER_STATE
 from lvr_trainer.model.loading import (files_digest, inference_dtype, local_model_dir, once_per_node, vision_tower,
                                        weights_digest)
 from lvr_trainer.parallel.grid import ProcessGrid
+from lvr_trainer.plan import checkpointing_by_default
 from lvr_trainer.parallel.sp_forward import reduce_gradients
 from lvr_trainer.train.checkpoint import (latest_checkpoint, load_trainer_state, mark_latest, prune_checkpoints,
                                           rng_state, save_checkpoint, set_rng_state, step_dir)
@@ -89,11 +90,8 @@ def wants_activation_checkpointing(cfg: TrainerConfig, model) -> bool:
     """`train.gradient_checkpointing`, or when unset: on for a language model larger than the `small` preset's."""
     if cfg.train.gradient_checkpointing is not None:
         return cfg.train.gradient_checkpointing
-    from lvr_trainer.model.presets import PRESETS
-
     text = getattr(model.config, "text_config", model.config)
-    small = PRESETS["small"]
-    return text.hidden_size * text.num_hidden_layers > small.hidden * small.layers
+    return checkpointing_by_default(text.hidden_size, text.num_hidden_layers)
 
 
 def resume_point(cfg: TrainerConfig, output: Path) -> Path | None:

@@ -1,0 +1,86 @@
+"""`lvr plan`: parameter counts from config.json equal the real models' (meta device), the paper's workload
+(7B, 3,600 frames, 8 GPUs, G = 8) fits, a layout that cannot fit is refused with exit 3 and settings that fit,
+and the JSON form carries the same numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lvr_trainer.cli import main
+from lvr_trainer.cli.plan_cmd import parse_bytes
+from lvr_trainer.config import ModelConfig
+from lvr_trainer.plan import GIB, checkpointing_by_default, shape_from_config
+
+PAPER = Path(__file__).parents[1] / "examples" / "plan" / "rl_7b_3600_frames.yaml"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "tiny-qwen2-vl"])
+def test_counts_from_the_config_equal_the_model(preset):
+    from lvr_trainer.model.loading import load_model
+    from lvr_trainer.parallel.memory import model_counts
+
+    model, _ = load_model(ModelConfig(preset=preset), device="meta")
+    shape, real = shape_from_config(model.config.to_dict()), model_counts(model)
+    assert (shape.language_params, shape.vision_params) == (real.language, real.vision)
+
+
+def test_counts_of_qwen25_vl_7b_from_its_config_json_equal_the_model():
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from lvr_trainer.parallel.memory import model_counts
+
+    directory = PAPER.parent / "qwen2.5-vl-7b"
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(str(directory)))
+    shape = shape_from_config(json.loads((directory / "config.json").read_text()))
+    real = model_counts(model)
+    assert (shape.language_params, shape.vision_params) == (real.language, real.vision) == (7_615_616_512,
+                                                                                               676_550_144)
+
+
+def test_the_papers_workload_fits_one_8_gpu_node(capsys):
+    assert main(["plan", "--config", str(PAPER)]) == 0
+    out = capsys.readouterr().out
+    assert "259,200 video tokens" in out and "fits:" in out and "SP 4" in out
+
+
+def _variant(tmp_path: Path, **changes) -> str:
+    cfg = yaml.safe_load(PAPER.read_text())
+    cfg["model"]["path"] = str(PAPER.parent / "qwen2.5-vl-7b")
+    for key, value in changes.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_a_layout_that_cannot_fit_exits_3_naming_the_part_and_what_fits(tmp_path, capsys):
+    whole = _variant(tmp_path, parallel={"strategy": "ddp", "sequence_parallel": 1})
+    assert main(["plan", "--config", whole]) == 3
+    out = capsys.readouterr().out
+    assert "does not fit" in out and "the largest part is activations" in out
+    assert "parallel.strategy: fsdp + parallel.sequence_parallel: 2 (together)" in out, out
+    inprocess = _variant(tmp_path, rollout={"engine": "transformers", "mode": "inprocess", "sidecar_url": None})
+    assert main(["plan", "--config", inprocess, "--json"]) == 3
+    plan = json.loads(capsys.readouterr().out)
+    rollout = next(c for c in plan["components"] if c["name"] == "rollout")
+    assert rollout["bytes"] > 100 * GIB                      # the prompt's KV cache copied for 8 samples
+    assert any("mode: sidecar" in a for a in plan["advice"]) and not plan["fits"]
+    assert plan["total_bytes"] == sum(c["bytes"] for c in plan["components"])
+
+
+def test_gpu_memory_amounts_and_the_checkpointing_default():
+    assert parse_bytes("80GiB") == parse_bytes("80Gi") == 80 * 2 ** 30
+    assert parse_bytes("80GB") == 80 * 10 ** 9 and parse_bytes("1024") == 1024
+    with pytest.raises(ValueError, match="80GiB"):
+        parse_bytes("eighty")
+    from lvr_trainer.model.presets import PRESETS
+
+    small = PRESETS["small"]
+    assert not checkpointing_by_default(small.hidden, small.layers)
+    assert checkpointing_by_default(3584, 28)
