@@ -84,3 +84,12 @@ def test_gpu_memory_amounts_and_the_checkpointing_default():
     small = PRESETS["small"]
     assert not checkpointing_by_default(small.hidden, small.layers)
     assert checkpointing_by_default(3584, 28)
+
+
+def test_vllm_max_model_len_comes_from_the_jobs_frames_and_replies():
+    from lvr_trainer.config import load_config
+    from lvr_trainer.planning import job_max_model_len
+
+    cfg = load_config(str(PAPER))
+    assert job_max_model_len(cfg) == 259_200 + 1_024 + 1_024          # above Qwen2.5-VL's own 128k
+    assert job_max_model_len(cfg) > 128_000

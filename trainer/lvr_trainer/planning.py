@@ -64,3 +64,15 @@ def layout_of(cfg: TrainerConfig, stage: str, gpus: int, gpus_per_node: int | No
                   checkpointing=checkpointing, reference=rl and cfg.rl.kl_coef > 0,
                   reference_offload=rl and cfg.rl.reference_offload, rollout=rollout,
                   vllm_share=cfg.rollout.gpu_memory_utilization)
+
+
+ROLLOUT_TEXT_ALLOWANCE = 1024   # the prompt's text (question, options, template) with room to spare
+
+
+def job_max_model_len(cfg: TrainerConfig) -> int:
+    """The longest prompt + reply of the job's rollouts, for vLLM's `max_model_len` when `rollout.max_model_len`
+    is unset: the most video tokens the sampler makes, the prompt's text, the reply (a model's own limit, e.g.
+    Qwen2.5-VL's 128k, is below a 3,600-frame prompt)."""
+    workload = workload_of(cfg, "rl")
+    reply = cfg.rl.max_new_tokens if cfg.rl is not None else SFT_REPLY_TOKENS
+    return workload.video_tokens + ROLLOUT_TEXT_ALLOWANCE + reply

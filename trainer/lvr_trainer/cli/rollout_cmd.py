@@ -62,7 +62,7 @@ def build_served_engine(cfg, engine_kind: str, batch_size: int):
     except ImportError:
         raise CLIError("--engine vllm needs vLLM installed (the rollout image, or `make vllm-venv` and "
                        ".venv-vllm/bin/lvr); or serve --engine transformers") from None
-    settings = rollout_settings(cfg.rollout, inference_dtype(cfg.model, device), cfg.model.seed)
+    settings = rollout_settings(cfg, inference_dtype(cfg.model, device), cfg.model.seed)
     if cfg.model.path is not None:              # a checkpoint directory: vLLM reads it as it is
         return VllmEngine(str(resolve_model_path(cfg.model.path)), **settings)
     model, tokenizer, _ = load_policy(cfg.model, torch.device("cpu"))   # a preset: saved once for vLLM

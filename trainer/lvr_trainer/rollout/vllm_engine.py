@@ -42,11 +42,16 @@ def import_vllm():
     return vllm
 
 
-def rollout_settings(rollout, dtype: torch.dtype, seed: int) -> dict:
-    """`VllmEngine` keywords from the trainer config's `rollout` section (lvr_trainer.config.RolloutConfig):
-    one mapping for the trainer's in-process engine and the rollout server. `dtype` is the policy's,
-    never vLLM's "auto" (which runs a float32 checkpoint in half precision)."""
-    return dict(dtype=str(dtype).removeprefix("torch."), seed=seed, max_model_len=rollout.max_model_len,
+def rollout_settings(cfg, dtype: torch.dtype, seed: int) -> dict:
+    """`VllmEngine` keywords from the trainer config (its `rollout` section, and the job's frames and reply
+    length for `max_model_len` when `rollout.max_model_len` is unset): one mapping for the trainer's in-process
+    engine and the rollout server. `dtype` is the policy's, never vLLM's "auto" (which runs a float32
+    checkpoint in half precision)."""
+    from lvr_trainer.planning import job_max_model_len
+
+    rollout = cfg.rollout
+    return dict(dtype=str(dtype).removeprefix("torch."), seed=seed,
+                max_model_len=rollout.max_model_len or job_max_model_len(cfg),
                 gpu_memory_utilization=rollout.gpu_memory_utilization,
                 tensor_parallel_size=rollout.tensor_parallel)
 
@@ -110,6 +115,10 @@ class VllmEngine:
         ids = vision_token_ids(self.tokenizer)
         self.video_token, self.suppress = ids.video, sorted(set(vars(ids).values()))
         self.sleep_mode = bool(llm_kwargs.get("enable_sleep_mode", False))
+        # A long video's prompt may exceed the model's max_position_embeddings in tokens (3,600 frames: ~260k
+        # against Qwen2.5-VL's 128k) while its mRoPE positions stay small (they count frames and grid rows and
+        # columns, not tokens), which vLLM's length check cannot see.
+        os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
         self.llm = vllm.LLM(
             model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,

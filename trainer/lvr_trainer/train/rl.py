@@ -187,7 +187,7 @@ def _setup(cfg: TrainerConfig, resume: bool) -> RLRun:
     begun = start_run(cfg, resume)
     grid, device, model, tokenizer = begun.grid, begun.device, begun.model, begun.tokenizer
     reference = load_reference(cfg, grid, device)
-    engine = make_engine(cfg.rollout, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)
+    engine = make_engine(cfg, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)
     counter = VisionCounter(model, reference)
     model = wrap_model(model, cfg.parallel, grid)
     total_updates = cfg.train.steps * cfg.rl.ppo_epochs * cfg.rl.mini_batches

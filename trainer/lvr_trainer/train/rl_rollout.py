@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lvr_trainer.algo.answers import is_well_formatted
 from lvr_trainer.algo.grpo import ADVANTAGES
 from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
-from lvr_trainer.config import GRPOConfig, RolloutConfig, RolloutEngineKind, RolloutMode
+from lvr_trainer.config import GRPOConfig, RolloutEngineKind, RolloutMode, TrainerConfig
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.fsdp import is_sharded
@@ -30,12 +30,13 @@ class RolloutUnavailable(RuntimeError):
     """The configured rollout engine cannot run in this build or on this machine."""
 
 
-def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int, seed: int = 0) -> RolloutEngine:
-    """The rollout engine named by `cfg.engine` and `cfg.mode`; `batch_size` = sequences per generate call.
+def make_engine(job: TrainerConfig, model, tokenizer, batch_size: int, seed: int = 0) -> RolloutEngine:
+    """The rollout engine named by `job.rollout` (engine and mode); `batch_size` = sequences per generate call.
 
     sidecar: the client of `lvr rollout-server` (whichever engine it serves), ready when this returns;
     vllm in process: vLLM built from the policy's current weights. Either way the loop calls
     `sync_weights` before each rollout."""
+    cfg = job.rollout
     if cfg.mode == RolloutMode.sidecar:
         from lvr_trainer.rollout.remote import RemoteRolloutEngine, is_weight_pusher
 
@@ -56,7 +57,7 @@ def make_engine(cfg: RolloutConfig, model, tokenizer, batch_size: int, seed: int
             "rollout.engine vllm (inprocess) needs vLLM in the trainer's environment: use the rollout image "
             "(images/rollout), `make vllm-venv` on a CPU machine, or rollout.engine: transformers") from None
     dtype = next(model.parameters()).dtype
-    return VllmEngine.from_model(model, tokenizer, **rollout_settings(cfg, dtype, seed))
+    return VllmEngine.from_model(model, tokenizer, **rollout_settings(job, dtype, seed))
 
 
 def _barrier_if_distributed() -> None:
