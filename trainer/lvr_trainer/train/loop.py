@@ -163,8 +163,8 @@ def resume_from(checkpoint: Path, model, optimizer, scheduler, cfg: TrainerConfi
 
 def save_step(output: Path, step: int, model, tokenizer, processor, optimizer, scheduler, cfg: TrainerConfig,
               grid: ProcessGrid) -> None:
-    """Checkpoint `step`: full states gathered (collective under FSDP), written by rank 0, checkpoints
-    beyond `train.keep_last` deleted. An s3:// output is uploaded in the background while training goes
+    """Checkpoint `step`: the whole model and optimizer state written by rank 0 (ddp), checkpoints beyond
+    `train.keep_last` deleted. An s3:// output is uploaded in the background while training goes
     on (`CheckpointUploader`); the next save, and the last step's save, wait for it, and a checkpoint that
     could not be uploaded stops the run on every rank with the reason. Under FSDP: `_save_sharded_step`."""
     if is_fsdp(cfg.parallel, grid):
