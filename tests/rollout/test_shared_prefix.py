@@ -94,14 +94,21 @@ def test_sampled_logprobs_are_the_trainers_prefill_logprobs(setup, temperature, 
     assert worst < 1e-4, worst
 
 
-def test_each_prompt_is_prefilled_once_for_its_samples(setup):
-    """The language model sees the P prompts once (batch P), then only one new token per sample per step."""
+def test_each_prompt_is_prefilled_once_and_its_kv_cache_is_shared_by_its_samples(setup, monkeypatch):
+    """The language model sees the P prompts once (batch P), then one new token per sample per step, as one
+    row per prompt; the KV cache holds each prompt once plus the samples' tokens (S + 8 x steps per row, P rows),
+    not a copy per sample (P x 8 rows of S + steps)."""
+    import lvr_trainer.parallel.ulysses as ulysses
+
     model, tok, reqs = setup
-    shapes = []
+    shapes, caches = [], []
     hook = model.model.language_model.register_forward_pre_hook(
         lambda m, args, kwargs: shapes.append(tuple((kwargs.get("inputs_embeds") if kwargs.get("inputs_embeds")
                                                      is not None else kwargs["input_ids"]).shape[:2])),
         with_kwargs=True)
+    decode = ulysses.shared_prefix_decode_attention
+    monkeypatch.setattr(ulysses, "shared_prefix_decode_attention",
+                        lambda q, k, v, *a, **kw: caches.append(tuple(k.shape)) or decode(q, k, v, *a, **kw))
     try:
         TransformersEngine(model, tok, batch_size=64).generate(
             reqs, SamplingParams(n=8, temperature=1.0, max_new_tokens=6, seed=1))
@@ -109,7 +116,11 @@ def test_each_prompt_is_prefilled_once_for_its_samples(setup):
         hook.remove()
     longest = max(len(r.input_ids) for r in reqs)
     assert shapes[0] == (len(reqs), longest)                      # one prefill: P rows, not P x 8
-    assert all(s == (len(reqs) * 8, 1) for s in shapes[1:])       # then one token per sample per step
+    assert len(shapes) > 2 and all(s == (len(reqs), 8) for s in shapes[1:])    # 8 tokens per prompt per step
+    layers = model.config.text_config.num_hidden_layers
+    steps = len(shapes) - 1
+    assert len(caches) == steps * layers
+    assert caches[-1][0] == len(reqs) and caches[-1][2] == longest + 8 * steps  # the prompt once, then replies
 
 
 def test_one_random_stream_across_chunks(setup):

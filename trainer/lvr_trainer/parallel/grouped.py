@@ -11,7 +11,8 @@ segment. Written as attention calls, exactly:
 
 `torch.nn.attention.bias.causal_lower_right` states the second without materialising a mask on GPUs (SDPA's
 fused kernels take it as a flag, forward and backward); on CPU SDPA builds it per segment, (L_i, P + L_i),
-never (T, T). Only the layout is kept: a few integers per row (`SegmentLayout.nbytes`). Inside Ulysses every
+never (T, T). Only the layout is kept: a few integers per row (`SegmentLayout.nbytes`). The rollout's decode steps use the
+same idea (`SharedPrefixDecode`): G samples of a prompt attend to one copy of its prefix in the KV cache. Inside Ulysses every
 rank holds all positions for its heads, so the same layout applies to each rank's heads; GQA is kept (key and
 value heads are not repeated). Padding queries get zeros (nothing scores them).
 """
@@ -89,3 +90,34 @@ def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
             parts.append(q.new_zeros(1, q.shape[1], length - at, q.shape[3]))
         out.append(torch.cat(parts, dim=2))
     return torch.cat(out, dim=0)
+
+
+@dataclass(frozen=True)
+class SharedPrefixDecode:
+    """Stands in for the attention mask of a decode step of `samples` replies per row that share the row's
+    prompt in one KV cache. The cache holds [prompt (S positions, left-padded) | step 0's n tokens | step 1's n
+    tokens | ...]; sample i's query sees the prompt's real tokens and its own earlier tokens, never another
+    sample's. `prompt_mask` (R, S): True at the prompt's real tokens."""
+
+    prompt_mask: torch.Tensor
+    samples: int
+
+
+def shared_prefix_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                   step: SharedPrefixDecode, scale: float | None = None) -> torch.Tensor:
+    """query `(R, Hq, n, D)` (this step's token of each of the n samples), key/value `(R, Hkv, L, D)` (the
+    cache, this step included) -> `(R, Hq, n, D)`. One SDPA call: the query heads that share a key/value head
+    are stacked as extra queries (no key/value copy), the mask is (R, 1, queries, L) booleans."""
+    rows, heads, n, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    rep, prompt = heads // kv_heads, step.prompt_mask.shape[1]
+    if n != step.samples or (length - prompt) % n:
+        raise ValueError(f"a shared-prefix decode step of {step.samples} samples got {n} queries over {length} keys")
+    owner = torch.arange(length - prompt, device=query.device) % n                       # sample of each reply key
+    own = owner[None, :] == torch.arange(n, device=query.device)[:, None]                 # (n, L - S)
+    allowed = torch.cat([step.prompt_mask[:, None, :].expand(rows, n, prompt).to(torch.bool),
+                         own[None].expand(rows, n, length - prompt)], dim=-1)              # (R, n, L)
+    mask = allowed[:, None, None].expand(rows, 1, rep, n, length).reshape(rows, 1, rep * n, length)
+    grouped = query.reshape(rows, kv_heads, rep * n, dim)         # query head h uses key/value head h // rep
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(rows, heads, n, dim)

@@ -10,7 +10,7 @@ with the decoder's `attention_mask`. `enable_ulysses(model)` registers one funct
 * an `UlyssesContext` (what `sp_forward_logprobs` passes as the mask) -> all-to-all to head shards,
   attention over the whole padded sequence, inverse all-to-all back to sequence shards;
 * a `SegmentLayout` (shared-prefix rows, one process) -> grouped attention (`parallel.grouped`), which a
-  context may also carry.
+  context may also carry; a `SharedPrefixDecode` (a rollout's decode step) -> the samples over one prefix.
 
 Dispatching on an argument (not on global state) keeps gradient checkpointing correct: the
 recomputation during backward receives the same `UlyssesContext` again.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .comm import all_to_all
-from .grouped import SegmentLayout, grouped_attention
+from .grouped import SegmentLayout, SharedPrefixDecode, grouped_attention, shared_prefix_decode_attention
 from .grid import check_attention_heads
 
 _PREFIX = "lvr_ulysses_"
@@ -78,6 +78,9 @@ def _make_dispatch(inner: str):
             return ulysses_attention(module, query, key, value, attention_mask, scaling, dropout), None
         if isinstance(attention_mask, SegmentLayout):
             out = grouped_attention(query, key, value, attention_mask, scaling, dropout if module.training else 0.0)
+            return out.transpose(1, 2).contiguous(), None
+        if isinstance(attention_mask, SharedPrefixDecode):
+            out = shared_prefix_decode_attention(query, key, value, attention_mask, scaling)
             return out.transpose(1, 2).contiguous(), None
         inner_fn = ALL_ATTENTION_FUNCTIONS[inner]
         return inner_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)

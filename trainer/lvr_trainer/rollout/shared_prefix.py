@@ -1,5 +1,5 @@
-"""G samples per prompt from one prefill: the prompt (a long video) is run once, its KV cache is repeated
-across the G samples, and only the replies are decoded per sample.
+"""G samples per prompt from one prefill: the prompt (a long video) is run once, its KV cache is kept once
+and shared by the G samples, and only the replies are decoded per sample.
 
 transformers' `generate(num_return_sequences=G)` repeats the *inputs* before the prefill, so a prompt of
 S tokens costs G prefills (G x S tokens through every layer), and `output_logits` stacks every step's
@@ -22,6 +22,8 @@ import torch
 
 from lvr_trainer.model.encode import cached_video_kwargs
 from lvr_trainer.model.prompt import rope_positions
+from lvr_trainer.parallel.grouped import SharedPrefixDecode
+from lvr_trainer.parallel.ulysses import enable_ulysses
 
 
 @dataclass
@@ -93,13 +95,12 @@ def sample_shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
     out = model(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
                 video_grid_thw=video_grid_thw, position_ids=positions, use_cache=True, logits_to_keep=1,
                 **{cache_arg: DynamicCache(config=model.config)}, **cached_video_kwargs(video_embeds, video_grid_thw))
-    # the prompt's KV, and everything per row, repeated for the n samples (prompt-major: p*n .. p*n+n-1)
+    # one copy of each prompt's KV: the n samples decode as one row per prompt (prompt-major: p*n .. p*n+n-1)
     cache = out.past_key_values
-    if n > 1:
-        cache.batch_repeat_interleave(n)
+    enable_ulysses(model)           # the attention dispatcher that takes SharedPrefixDecode (others unchanged)
+    decode = {"full_attention": SharedPrefixDecode(attention_mask.bool(), n)}
     logits = out.logits[:, -1].repeat_interleave(n, 0)                               # (B, V)
-    mask = attention_mask.repeat_interleave(n, 0)                                   # (B, S)
-    next_pos = next_pos.repeat_interleave(n, 0)
+    prompts = input_ids.shape[0]
     b = logits.shape[0]
     tokens = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(b, max_new_tokens, device=device)
@@ -120,11 +121,10 @@ def sample_shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
         if not (keep_stepping(more) if keep_stepping else more):
             break
         done = finished | (step + 1 >= max_new_tokens)
-        feed = torch.where(done, torch.full_like(tok, pad_id), tok)[:, None]          # (B, 1)
-        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], 1)
-        pos = (next_pos + step).view(1, b, 1).expand(3, b, 1)
-        out = model(input_ids=feed, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+        feed = torch.where(done, torch.full_like(tok, pad_id), tok).view(prompts, n)    # (P, n)
+        pos = (next_pos + step).view(1, prompts, 1).expand(3, prompts, n)
+        out = model(input_ids=feed, attention_mask=decode, position_ids=pos, use_cache=True, logits_to_keep=n,
                     **{cache_arg: cache})
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = out.past_key_values, out.logits.reshape(b, -1)                  # (B, V)
         step += 1
     return SampledBatch(tokens, logprobs, lengths, finished)
