@@ -65,13 +65,25 @@ def test_a_layout_that_cannot_fit_exits_3_naming_the_part_and_what_fits(tmp_path
     out = capsys.readouterr().out
     assert "does not fit" in out and "the largest part is activations" in out
     assert "parallel.strategy: fsdp + parallel.sequence_parallel: 2 (together)" in out, out
-    inprocess = _variant(tmp_path, rollout={"engine": "transformers", "mode": "inprocess", "sidecar_url": None})
+    inprocess = _variant(tmp_path, rollout={"engine": "vllm", "mode": "inprocess", "sidecar_url": None,
+                                            "gpu_memory_utilization": 0.5})
     assert main(["plan", "--config", inprocess, "--json"]) == 3
     plan = json.loads(capsys.readouterr().out)
     rollout = next(c for c in plan["components"] if c["name"] == "rollout")
-    assert rollout["bytes"] > 100 * GIB                      # the prompt's KV cache copied for 8 samples
+    assert rollout["bytes"] == 40 * GIB                      # vLLM's half of the GPU
     assert any("mode: sidecar" in a for a in plan["advice"]) and not plan["fits"]
     assert plan["total_bytes"] == sum(c["bytes"] for c in plan["components"])
+
+
+def test_the_transformers_rollout_holds_each_prompt_once_for_its_samples(tmp_path, capsys):
+    """3,600 frames, G = 8 replies of 1,024 tokens: the KV cache is (259k + 1k text + 8 x 1k) tokens x 56 KiB,
+    about 14.7 GiB, not 8 copies of the prompt's (118 GiB)."""
+    inprocess = _variant(tmp_path, rollout={"engine": "transformers", "mode": "inprocess", "sidecar_url": None})
+    assert main(["plan", "--config", inprocess, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    rollout = next(c for c in plan["components"] if c["name"] == "rollout")
+    per_token = 2 * 28 * 4 * 128 * 2
+    assert rollout["bytes"] == (259_200 + 256 + 8 * 1024) * per_token and rollout["bytes"] < 16 * GIB
 
 
 def test_gpu_memory_amounts_and_the_checkpointing_default():

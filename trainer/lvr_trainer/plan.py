@@ -12,8 +12,8 @@ meta device), and the job's layout and workload give bytes per GPU by component:
                  plus one layer recomputed, without it every layer's intermediates
     attention    Ulysses' all-to-all buffers and the grouped attention's per-reply key/value copies (one layer)
     lm_head      one chunk of float32 logits and its gradient (4,096 positions x vocabulary)
-    rollout      an in-process engine's KV cache (transformers: the prompt's cache repeated for the G samples)
-                 or vLLM's reserved share; a sidecar has GPUs of its own
+    rollout      an in-process engine's KV cache (transformers: each prompt's cache once, shared by its G
+                 samples, plus their replies) or vLLM's reserved share; a sidecar has GPUs of its own
     runtime      CUDA context, NCCL buffers and allocator slack: 2 GiB + 5% of the GPU
 
 Estimates of the activations and runtime are just that; the state is exact (tests: within 1% of the real
@@ -261,9 +261,10 @@ def components(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes:
         grouped = workload.group_size * workload.prompts_per_micro_batch * per_reply
     kv_cache = 0
     if layout.rollout == "transformers":
-        # generate() holds every layer's keys and values of the prompt, repeated for the G samples, plus replies
+        # every layer's keys and values of each prompt once (shared by its G samples) and of the G replies
         per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * COMPUTE_BYTES
-        kv_cache = workload.group_size * (workload.prompt_tokens + workload.reply_tokens) * per_token
+        per_prompt = workload.prompt_tokens + workload.group_size * workload.reply_tokens
+        kv_cache = workload.prompts_per_micro_batch * per_prompt * per_token
     elif layout.rollout == "vllm":
         kv_cache = int(layout.vllm_share * gpu_bytes)
     runtime = RUNTIME_FIXED + int(RUNTIME_SHARE * gpu_bytes)
@@ -276,7 +277,7 @@ def components(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes:
                   f"{tokens_rank} tokens per rank, {'checkpointed' if layout.checkpointing else 'not checkpointed'}"),
         Component("attention", ulysses + grouped, "Ulysses buffers + grouped-attention key/value copies"),
         Component("lm_head", 2 * LM_HEAD_CHUNK * shape.vocab * MASTER_BYTES, "one fp32 logits chunk and gradient"),
-        Component("rollout", kv_cache, {"transformers": "KV cache, prompt repeated for G samples",
+        Component("rollout", kv_cache, {"transformers": "KV cache, the prompt shared by its G samples",
                                         "vllm": f"vLLM's {layout.vllm_share:.0%} of the GPU",
                                         "sidecar": "sidecar on GPUs of its own", "none": ""}[layout.rollout]),
         Component("runtime", runtime, "CUDA context, NCCL, allocator slack"),
