@@ -48,3 +48,19 @@ def test_a_layout_refuses_rows_out_of_order():
         SegmentLayout.from_segments(torch.tensor([[0, -1, 1]]))
     with pytest.raises(ValueError, match="in order"):
         SegmentLayout.from_segments(torch.tensor([[0, 2, 1]]))
+
+
+def test_grouped_attention_under_bf16_autocast_takes_mixed_dtypes_like_sdpa():
+    """Under bf16 autocast the rotary embedding leaves q and k in float32 and v in bf16: the grouped path casts
+    as autocast casts SDPA's inputs, and agrees with the dense mask to bf16 rounding."""
+    torch.manual_seed(0)
+    seg = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, -1, -1]])
+    q, k = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8)
+    v = torch.randn(1, 2, 10, 8).to(torch.bfloat16)
+    real = (seg >= 0)[:, None, :, None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = grouped_attention(q, k, v, SegmentLayout.from_segments(seg))
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=grouped_causal_mask(seg),
+                                                               enable_gqa=True)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert torch.allclose((out * real).float(), (ref * real).float(), atol=2e-2)

@@ -70,6 +70,12 @@ def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         raise ValueError(f"attention over {rows} rows of {length} positions, layout of {len(layout.rows)} x "
                          f"{layout.length}")
     gqa = query.shape[1] != key.shape[1]
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        # what autocast does for SDPA, done here: the causal bias dispatches to the kernels directly, and under
+        # bf16 autocast the rotary embedding leaves q and k in float32 while v is bf16
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     out = []
     for r, (prefix, segments) in enumerate(layout.rows):
         q, k, v = query[r:r + 1], key[r:r + 1], value[r:r + 1]
