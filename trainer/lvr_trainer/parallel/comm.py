@@ -74,3 +74,38 @@ def gather_sequence(x: torch.Tensor, group, dim: int = 1) -> torch.Tensor:
     if group is None or dist.get_world_size(group) == 1:
         return x
     return _GatherSequence.apply(x, group, dim)
+
+
+def _gather_rows(x: torch.Tensor, counts: list[int], group) -> torch.Tensor:
+    """All-gather `(count_r, ...)` tensors of known per-rank counts, concatenated in rank order."""
+    width = max(counts)
+    padded = x.new_zeros((width, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in counts]
+    collectives.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p[:n] for p, n in zip(parts, counts)], dim=0)
+
+
+class _GatherRows(torch.autograd.Function):
+    """Forward: all-gather uneven row blocks. Backward: this rank's rows of the gradient, summed over the ranks
+    (`summed`: each rank used a different part of the gathered rows) or its own (every rank used all of them
+    the same way, as `_GatherSequence`)."""
+
+    @staticmethod
+    def forward(ctx, x, counts, group, summed: bool):
+        ctx.counts, ctx.group, ctx.summed = counts, group, summed
+        return _gather_rows(x, counts, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        if ctx.summed:
+            grad = grad.clone()
+            collectives.all_reduce(grad, group=ctx.group)
+        start = sum(ctx.counts[:dist.get_rank(ctx.group)])
+        return grad[start:start + ctx.counts[dist.get_rank(ctx.group)]], None, None, None
+
+
+def gather_rows(x: torch.Tensor, counts: list[int], group, *, summed: bool) -> torch.Tensor:
+    """Differentiable all-gather of `(count_r, ...)` rows from every rank of `group` (see `_GatherRows`)."""
+    return _GatherRows.apply(x, counts, group, summed)

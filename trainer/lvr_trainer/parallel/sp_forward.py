@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from . import collectives
-from .comm import gather_sequence
+from .comm import gather_rows
 from .grid import ProcessGrid
 from .grouped import SegmentLayout
 from .sequence import causal_padding_mask, is_right_padded, pad_to_multiple, split_for_rank, unpad
@@ -128,8 +128,39 @@ def sp_forward_logprobs(model: torch.nn.Module, inputs_embeds: torch.Tensor | Ca
     local_targets = split_for_rank(pad_to_multiple(target_ids, sp, dim=1, value=-100), sp, rank, dim=1)
     hidden = lm(inputs_embeds=local_embeds, position_ids=local_pos,
                 attention_mask={"full_attention": ctx}, use_cache=False).last_hidden_state   # (B, T'/SP, H)
-    local_lp = token_logprobs(hidden, head, local_targets, temperature, chunk_size)          # (B, T'/SP)
-    return unpad(gather_sequence(local_lp, grid.sp_group, dim=1), length, dim=1)            # (B, T)
+    full_lp = spread_head_logprobs(hidden, head, local_targets, grid, temperature, chunk_size)  # (B, T')
+    return unpad(full_lp, length, dim=1)                                                     # (B, T)
+
+
+def spread_head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, local_targets: torch.Tensor,
+                         grid: ProcessGrid, temperature: float, chunk_size: int) -> torch.Tensor:
+    """`token_logprobs` of an SP group's scored positions, the LM head's work split evenly over its ranks.
+
+    The scored positions (the replies) sit at the end of a row, so they land on the last rank(s)' shards;
+    instead every rank all-gathers the scored rows' hidden states (K x H, small next to the sequence), scores
+    an equal share of them with the head, and the shares' log-probs are all-gathered. Returns the full
+    `(B, T')` log-probs on every rank (0 off the scored positions), differentiable.
+    """
+    batch, shard, width = hidden.shape
+    sp, rank, group = grid.sp_size, grid.sp_rank, grid.sp_group
+    flat_targets = local_targets.reshape(-1)
+    scored = (flat_targets >= 0).nonzero().squeeze(-1)                                  # (K_r,) local rows
+    global_pos = (scored // shard) * (shard * sp) + rank * shard + scored % shard        # in (B, T')
+    counts = collectives.group_tensor([int(scored.numel())], group, dtype=torch.long)
+    every = [torch.zeros_like(counts) for _ in range(sp)]
+    collectives.all_gather(every, counts, group=group)
+    counts = [int(c.item()) for c in every]
+    total = sum(counts)
+    rows = gather_rows(hidden.reshape(-1, width)[scored], counts, group, summed=True)      # (K, H)
+    targets = gather_rows(flat_targets[scored][:, None], counts, group, summed=False)[:, 0]  # (K,)
+    positions = gather_rows(global_pos[:, None], counts, group, summed=False)[:, 0]          # (K,)
+    share = -(-total // sp)
+    lo, hi = min(rank * share, total), min((rank + 1) * share, total)
+    mine = token_logprobs(rows[lo:hi][None], head, targets[lo:hi][None], temperature, chunk_size)[0]
+    shares = [min((r + 1) * share, total) - min(r * share, total) for r in range(sp)]
+    lp = gather_rows(mine, shares, group, summed=False)                                   # (K,) on every rank
+    out = torch.zeros(batch * shard * sp, dtype=torch.float32, device=hidden.device)
+    return out.index_put((positions,), lp).view(batch, shard * sp)
 
 
 def _local_embeds(embed: Callable[[int, int], torch.Tensor], length: int, sp: int, rank: int) -> torch.Tensor:
