@@ -1,7 +1,9 @@
 """FSDP x sequence parallelism on one mesh: the whole language model sharded over every rank, SP peers
-included, with Ulysses inside each SP group. 4 gloo processes = DP 2 x SP 2 equal the reference layouts —
-losses to 1e-5 and weights after two AdamW steps to float order — for SFT and for RL with the shared prefix
-and a sharded reference model; and a checkpoint of that layout resumes on a different number of ranks."""
+included, with Ulysses inside each SP group. FSDP x SP equals the reference layouts — losses to 1e-5 and
+weights after two AdamW steps to float order — for SFT (DP 2 x SP 2 on 4 processes vs 1 process) and for RL
+with the shared prefix and a sharded reference model (SP 2 vs 1 process; DP 2 x SP 2 vs DDP over the same 2
+DP ranks, whose rollouts are seeded per DP rank); hybrid sharding over 2 launches equals 1 process; and a
+checkpoint of each layout resumes on a different number of ranks."""
 
 from __future__ import annotations
 
@@ -120,3 +122,16 @@ def test_sft_hybrid_sharding_over_two_nodes_equals_one_process(tmp_path, tiny_da
     again, again_ckpt = _run(tmp_path, tiny_data, "again", "sft", 1, batch=2, out=resumed, resume=True)
     assert again["start"] == 1 and again["rows"][0]["loss"] == pytest.approx(one["rows"][1]["loss"], abs=1e-5)
     assert_same_update(one_ckpt / "step-000002" / "model", again_ckpt / "step-000002" / "model")
+
+
+def test_rl_fsdp_over_sp2_with_shared_prefix_equals_one_process(tmp_path, tiny_data, assert_same_update):
+    """One SP group of 2 ranks holding the whole model between them (DP 1, so the same sampling seed as one
+    process): the 1-process RL run's rewards, losses, KL and gradient norms, and its weights after 2 steps."""
+    one, one_ckpt = _run(tmp_path, tiny_data, "one", "rl", 1, batch=1)
+    two, two_ckpt = _run(tmp_path, tiny_data, "two", "rl", 2, strategy="fsdp", sp=2, batch=1)
+    for step, (a, b) in enumerate(zip(one["rows"], two["rows"], strict=True)):
+        assert a["reward/total"] == b["reward/total"], step
+        for key in ("actor/loss", "actor/ref_kl", "actor/grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (step, key)
+    assert two["rows"][1]["actor/ref_kl"] > 0
+    assert_same_update(one_ckpt / "step-000002" / "model", two_ckpt / "step-000002" / "model")
