@@ -73,12 +73,19 @@ def _run(tmp_path: Path, data: Path, name: str, stage: str, nproc: int, *, strat
     return json.loads((out / "history-0.json").read_text()), out / "run" / "checkpoints"
 
 
+def _grad_norms(checkpoints: Path) -> list[float]:
+    """train/grad_norm of each logged step (AdamW hides a gradient's scale from the weights; the norm does not)."""
+    rows = [json.loads(line) for line in (checkpoints.parent / "metrics.jsonl").read_text().splitlines() if line]
+    return [r["train/grad_norm"] for r in rows if "train/grad_norm" in r]
+
+
 def test_sft_fsdp_over_dp2_x_sp2_equals_one_process_and_resumes_on_two_ranks(tmp_path, tiny_data, assert_same_update):
     one, one_ckpt = _run(tmp_path, tiny_data, "one", "sft", 1, batch=2)
     four, four_ckpt = _run(tmp_path, tiny_data, "four", "sft", 4, strategy="fsdp", sp=2, batch=1)
     assert len(one["rows"]) == len(four["rows"]) == 2
     for a, b in zip(one["rows"], four["rows"]):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert _grad_norms(four_ckpt) == pytest.approx(_grad_norms(one_ckpt), rel=1e-5)
     assert_same_update(one_ckpt / "step-000002" / "model", four_ckpt / "step-000002" / "model")
     # the 4-rank run's step-1 checkpoint, resumed on 2 ranks (FSDP over SP 2): step 2 equals the 1-process run
     resumed = tmp_path / "resumed"
@@ -115,6 +122,7 @@ def test_sft_hybrid_sharding_over_two_nodes_equals_one_process(tmp_path, tiny_da
     hybrid, hybrid_ckpt = _run(tmp_path, tiny_data, "hybrid", "sft", 4, strategy="hsdp", sp=2, batch=1, nodes=2)
     for a, b in zip(one["rows"], hybrid["rows"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert _grad_norms(hybrid_ckpt) == pytest.approx(_grad_norms(one_ckpt), rel=1e-5)
     assert_same_update(one_ckpt / "step-000002" / "model", hybrid_ckpt / "step-000002" / "model")
     resumed = tmp_path / "resumed"
     shutil.copytree(hybrid_ckpt / "step-000001", resumed / "run" / "checkpoints" / "step-000001")
