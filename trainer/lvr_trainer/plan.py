@@ -63,28 +63,26 @@ class ModelShape:
 
 
 def vision_params(model_type: str, vision: dict, out_hidden: int) -> int:
-    """Parameters of the vision tower described by `vision_config` (patch embedding, blocks, merger)."""
-    width, depth = vision.get("hidden_size", vision.get("embed_dim")), vision["depth"]
+    """Parameters of the vision tower described by `vision_config` (patch embedding, blocks, merger).
+    Qwen2-VL: blocks of width `embed_dim` with LayerNorms (weight and bias) and an fc1/fc2 MLP of
+    `mlp_ratio` x width; Qwen2.5-VL: width `hidden_size`, RMSNorms and a gated MLP of `intermediate_size`."""
+    qwen2 = model_type == "qwen2_vl"
+    width, depth = vision["embed_dim"] if qwen2 else vision["hidden_size"], vision["depth"]
     patch, temporal, merge = vision.get("patch_size", 14), vision.get("temporal_patch_size", 2), \
         vision.get("spatial_merge_size", 2)
     channels = vision.get("in_channels", vision.get("in_chans", 3))
     embed = channels * temporal * patch * patch * width
     attn = width * 3 * width + 3 * width + width * width + width
-    if model_type == "qwen2_vl":
-        # Qwen2-VL: embed_dim is the block width; LayerNorms with biases, fc1/fc2 MLP of mlp_ratio x width
-        width = vision["embed_dim"]
+    norm = 2 * width if qwen2 else width
+    if qwen2:
         inner = int(width * vision.get("mlp_ratio", 4))
-        attn = width * 3 * width + 3 * width + width * width + width
-        block = 2 * 2 * width + attn + (width * inner + inner) + (inner * width + width)
-        merged = width * merge * merge
-        merger = 2 * width + (merged * merged + merged) + (merged * out_hidden + out_hidden)
-        embed = channels * temporal * patch * patch * width
-        return embed + depth * block + merger
-    inner = vision["intermediate_size"]
-    block = 2 * width + attn + 2 * (width * inner + inner) + (inner * width + width)     # RMSNorms, gated MLP
+        mlp = (width * inner + inner) + (inner * width + width)
+    else:
+        inner = vision["intermediate_size"]
+        mlp = 2 * (width * inner + inner) + (inner * width + width)
     merged = width * merge * merge
-    merger = width + (merged * merged + merged) + (merged * out_hidden + out_hidden)
-    return embed + depth * block + merger
+    merger = norm + (merged * merged + merged) + (merged * out_hidden + out_hidden)
+    return embed + depth * (2 * norm + attn + mlp) + merger
 
 
 def shape_from_config(config: dict) -> ModelShape:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from lvr_trainer.config import ModelConfig, ParallelStrategy, RolloutEngineKind, RolloutMode, TrainerConfig
-from lvr_trainer.plan import Layout, ModelShape, Workload, shape_from_config
+from lvr_trainer.plan import Layout, ModelShape, Workload, checkpointing_by_default, shape_from_config
 
 SFT_REPLY_TOKENS = 512      # a chain-of-thought answer
 
@@ -47,8 +47,6 @@ def workload_of(cfg: TrainerConfig, stage: str) -> Workload:
 
 def layout_of(cfg: TrainerConfig, stage: str, gpus: int, gpus_per_node: int | None, shape: ModelShape) -> Layout:
     """How `gpus` trainer GPUs hold the job under `cfg.parallel` and the rollout settings."""
-    from lvr_trainer.plan import checkpointing_by_default
-
     par = cfg.parallel
     sharded = par.strategy in (ParallelStrategy.fsdp, ParallelStrategy.hsdp) and gpus > 1
     checkpointing = cfg.train.gradient_checkpointing

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from lvr_trainer.model.loading import vision_tower
-from lvr_trainer.parallel import collectives
+from lvr_trainer.parallel.comm import all_gather_rows
 
 
 def split_groups(grid_t: int, world: int) -> list[tuple[int, int]]:
@@ -42,16 +42,6 @@ def _run_tower(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tor
     with nullcontext() if trainable else torch.no_grad():
         out = visual(pixel_values.to(dtype), grid_thw=grid_thw)
     return out.pooler_output if hasattr(out, "pooler_output") else out
-
-
-def _gather_uneven(local: torch.Tensor, counts: list[int], group) -> torch.Tensor:
-    """All-gather (count_r, D) tensors of known per-rank counts; concatenated in rank order."""
-    width = max(counts)
-    padded = local.new_zeros((width, local.shape[1]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in counts]
-    collectives.all_gather(parts, padded.contiguous(), group=group)
-    return torch.cat([p[:n] for p, n in zip(parts, counts)], dim=0)
 
 
 def encode_video(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
@@ -82,7 +72,7 @@ def encode_video(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch
     else:
         dtype = next(vision_tower(model).parameters()).dtype
         local = torch.zeros((0, hidden), dtype=dtype, device=pixel_values_videos.device)
-    return _gather_uneven(local, [(b - a) * per_group for a, b in bounds], group)
+    return all_gather_rows(local, [(b - a) * per_group for a, b in bounds], group)
 
 
 def embed_inputs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor) -> torch.Tensor:

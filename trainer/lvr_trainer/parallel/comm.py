@@ -76,8 +76,9 @@ def gather_sequence(x: torch.Tensor, group, dim: int = 1) -> torch.Tensor:
     return _GatherSequence.apply(x, group, dim)
 
 
-def _gather_rows(x: torch.Tensor, counts: list[int], group) -> torch.Tensor:
-    """All-gather `(count_r, ...)` tensors of known per-rank counts, concatenated in rank order."""
+def all_gather_rows(x: torch.Tensor, counts: list[int], group) -> torch.Tensor:
+    """All-gather `(count_r, ...)` tensors of known per-rank counts, concatenated in rank order (no autograd:
+    `gather_rows` is the differentiable form)."""
     width = max(counts)
     padded = x.new_zeros((width, *x.shape[1:]))
     padded[: x.shape[0]] = x
@@ -94,7 +95,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, counts, group, summed: bool):
         ctx.counts, ctx.group, ctx.summed = counts, group, summed
-        return _gather_rows(x, counts, group)
+        return all_gather_rows(x, counts, group)
 
     @staticmethod
     def backward(ctx, grad):

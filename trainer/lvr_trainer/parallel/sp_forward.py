@@ -8,7 +8,8 @@ Per SP rank, for a batch padded to T' = SP * ceil(T / SP):
     inputs_embeds (B, T, H) -> pad -> this rank's shard (B, T'/SP, H)   [or embed(lo, hi): this shard only]
     position_ids  (3, B, T) -> pad -> shard (3, B, T'/SP)      [mRoPE computed once on the full sequence]
     decoder layers (attention: Ulysses all-to-all, everything else local) -> hidden (B, T'/SP, H)
-    lm_head + log_softmax in chunks, scored positions only -> (B, T'/SP) -> all-gather -> (B, T') -> unpad -> (B, T)
+    scored positions' hidden states all-gathered, each rank's equal share through lm_head + log_softmax in
+    chunks, the shares all-gathered -> (B, T') -> unpad -> (B, T)
 Every rank of an SP group must be given the same sample(s); every rank returns the same log-probs.
 """
 
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from . import collectives
-from .comm import gather_rows
+from .comm import all_gather_rows, gather_rows
 from .grid import ProcessGrid
 from .grouped import SegmentLayout
 from .sequence import causal_padding_mask, is_right_padded, pad_to_multiple, split_for_rank, unpad
@@ -152,8 +153,8 @@ def spread_head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, local_targ
     counts = [int(c.item()) for c in every]
     total = sum(counts)
     rows = gather_rows(hidden.reshape(-1, width)[scored], counts, group, summed=True)      # (K, H)
-    targets = gather_rows(flat_targets[scored][:, None], counts, group, summed=False)[:, 0]  # (K,)
-    positions = gather_rows(global_pos[:, None], counts, group, summed=False)[:, 0]          # (K,)
+    targets, positions = all_gather_rows(torch.stack([flat_targets[scored], global_pos], dim=1), counts,
+                                         group).unbind(1)                                  # (K,), (K,)
     share = -(-total // sp)
     lo, hi = min(rank * share, total), min((rank + 1) * share, total)
     mine = token_logprobs(rows[lo:hi][None], head, targets[lo:hi][None], temperature, chunk_size)[0]

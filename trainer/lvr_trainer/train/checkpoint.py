@@ -50,23 +50,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model_dir(model, tokenizer, processor, path: Path, state_dict: dict | None = None) -> None:
+def save_model_dir(model, tokenizer, processor, path: Path) -> None:
     """HF-format directory: `from_pretrained(path)` loads it; the processor settings ride along."""
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    save_processing_files(tokenizer, processor, path)
+
+
+def save_processing_files(tokenizer, processor, path: Path) -> None:
+    """The tokenizer's files and our video processor's settings, beside a model's weights."""
     tokenizer.save_pretrained(str(path))
     (path / "video_preprocessor_config.json").write_text(json.dumps(asdict(processor), indent=2))
 
 
 def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, optimizer, scheduler,
-                    extra: dict, model_state: dict | None = None, optim_state: dict | None = None) -> Path:
-    """Write checkpoint `step` and point `latest` at it. Call on rank 0 with full (gathered) states."""
+                    extra: dict) -> Path:
+    """Write checkpoint `step` (the whole model and optimizer state) and point `latest` at it. Call on rank 0
+    of a job whose ranks hold the whole model (ddp)."""
     final = step_dir(output, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, tokenizer, processor, tmp / MODEL_DIR, model_state)
-    torch.save({"step": step, "optimizer": optim_state if optim_state is not None else optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}, tmp / TRAINER_STATE)
+    save_model_dir(model, tokenizer, processor, tmp / MODEL_DIR)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), **extra}, tmp / TRAINER_STATE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     mark_latest(final)

@@ -16,12 +16,14 @@ loads `state/` into whatever layout the new job has: DCP reshards (4 ranks saved
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from lvr_trainer.train.checkpoint import save_processing_files
 
 EXPORT_SHARD_BYTES = 2 * 1024 ** 3
 _SAVE_GROUP: Any = None
@@ -46,46 +48,42 @@ def export_model_dir(model, tokenizer, processor, path: Path, dtype: torch.dtype
     file's worth, `EXPORT_SHARD_BYTES`, beyond its own shards). Returns the bytes written (0 elsewhere)."""
     from safetensors.torch import save_file
 
-    files: list[dict[str, torch.Tensor]] = [{}]
-    sizes, weight_map, total = [0], {}, 0
+    current: dict[str, torch.Tensor] = {}
+    current_bytes, total, numbered, weight_map = 0, 0, 0, {}
+
+    def write_file(name: str) -> None:
+        save_file(current, str(path / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(current, name))
+        current.clear()
+
     if write:
         path.mkdir(parents=True, exist_ok=True)
-
-    def flush(final: bool) -> None:
-        if not write or not files[-1]:
-            return
-        index = len(files)
-        name = "model.safetensors" if final and index == 1 else f"model-{index:05d}.safetensors"
-        save_file(files[-1], str(path / name), metadata={"format": "pt"})
-        weight_map.update({key: name for key in files[-1]})
-        files[-1] = {}
-        if not final:
-            files.append({})
-            sizes.append(0)
-
     for name, tensor in _export_tensors(model):
         full = _full(tensor.detach())                         # collective for a sharded tensor
         if not write:
             continue
         value = full.to("cpu", dtype if full.is_floating_point() else full.dtype).contiguous()
         (name, value), = _hub_names(model, {name: value}).items()
-        files[-1][name] = value
-        sizes[-1] += value.numel() * value.element_size()
+        current[name] = value
+        current_bytes += value.numel() * value.element_size()
         total += value.numel() * value.element_size()
-        if sizes[-1] >= EXPORT_SHARD_BYTES:
-            flush(final=False)
+        if current_bytes >= EXPORT_SHARD_BYTES:
+            numbered += 1
+            write_file(f"model-{numbered:05d}.safetensors")
+            current_bytes = 0
     if not write:
         return 0
-    several = len(files) > 1 or not files[-1]
-    flush(final=not several)
-    if several:   # the files were numbered as they filled up: name the index after them
+    if numbered == 0:
+        write_file("model.safetensors")
+    else:                   # several files, numbered as they filled up, and an index naming each tensor's
+        if current:
+            write_file(f"model-{numbered + 1:05d}.safetensors")
         (path / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
     config = model.config
     config.dtype = dtype                                       # what the files hold
     config.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    (path / "video_preprocessor_config.json").write_text(json.dumps(asdict(processor), indent=2))
+    save_processing_files(tokenizer, processor, path)
     return total
 
 
