@@ -11,11 +11,12 @@ import logging
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import KINDS
 from lvr_operator.cluster import Cluster, RetryLater
-from lvr_operator.manifests.common import LABEL_KIND, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
+from lvr_operator.manifests.common import LABEL_KIND, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, name_problem
 from lvr_operator.service import reconcile_object
 from lvr_operator.settings import OperatorSettings
 
@@ -61,9 +62,8 @@ def _register(kind: str, plural: str) -> None:
     def on_timer(name: str, namespace: str, **_: Any) -> None:
         _reconcile(kind, namespace, name, raise_waits=False)
 
-    def on_delete(body: kopf.Body, **_: Any) -> None:
-        removed = _cluster().delete_children(dict(body))
-        log.info("%s %s/%s deleted with %d children", kind, body.metadata.namespace, body.metadata.name, removed)
+    def on_delete(body: kopf.Body, retry: int, **_: Any) -> None:
+        _delete_children(kind, dict(body), retry)
 
     resource = (GROUP, VERSION, plural)
     kopf.on.resume(*resource, id=f"{plural}-resume")(on_change)
@@ -72,6 +72,26 @@ def _register(kind: str, plural: str) -> None:
     kopf.on.delete(*resource, id=f"{plural}-delete")(on_delete)
     kopf.timer(*resource, id=f"{plural}-resync", interval=CONFIG["settings"].resync_seconds,
                initial_delay=CONFIG["settings"].resync_seconds)(on_timer)
+
+
+# A deletion's clean-up is tried this many times; then the finalizer goes anyway (the children carry owner
+# references, so a garbage collector still removes them): `kubectl delete` never hangs on our finalizer.
+DELETE_TRIES = 5
+
+
+def _delete_children(kind: str, body: dict[str, Any], retry: int) -> None:
+    meta = body["metadata"]
+    if name_problem(kind, meta["name"]) is not None:      # no child could be created under this name
+        return
+    try:
+        removed = _cluster().delete_children(body)
+    except Exception as err:  # noqa: BLE001 - any failure: retry a few times, never block the deletion
+        if isinstance(err, ApiException) and err.status in (400, 403, 422) or retry + 1 >= DELETE_TRIES:
+            log.warning("%s %s/%s: children not deleted (%s); left to the garbage collector", kind,
+                        meta.get("namespace"), meta["name"], err)
+            return
+        raise kopf.TemporaryError(f"deleting the children failed ({err}); retrying", delay=2 ** retry) from err
+    log.info("%s %s/%s deleted with %d children", kind, meta.get("namespace"), meta["name"], removed)
 
 
 def register_all(settings: OperatorSettings) -> None:

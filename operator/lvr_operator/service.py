@@ -16,6 +16,7 @@ from lvr_operator.api.jobs import JobSpecBase
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import is_terminal
 from lvr_operator.cluster import Cluster
+from lvr_operator.manifests.common import name_problem
 from lvr_operator.reconcile.capacity import free_slots, gpu_holders
 from lvr_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
 from lvr_operator.reconcile.job import JobObserved, reconcile_job
@@ -109,7 +110,11 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         now = now or datetime.now(timezone.utc)
-        if kind_by_name(kind).is_job:
+        if name_problem(kind, name) is not None:     # nothing can exist under this name: nothing to list
+            plan = (reconcile_job(obj, JobObserved(now), settings) if kind_by_name(kind).is_job
+                    else reconcile_dataset(obj, DatasetObserved(now), settings))
+            cluster.apply(obj, plan)
+        elif kind_by_name(kind).is_job:
             obs = observe_job(cluster, obj, settings, now)
             gpu_spec = _gpu_spec(obj, kind_by_name(kind).spec_model) if _gated(obj, obs) else None
             if gpu_spec is not None:                # this reconcile may admit a gang: count and create atomically

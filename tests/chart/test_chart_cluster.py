@@ -22,7 +22,7 @@ from lvr_localcluster.kubeapi import ApiError
 from lvr_localcluster.ports import free_port
 from lvr_localcluster.pytest_plugin import wait_until
 from lvr_operator.manifests.job import trainer_rbac
-from lvr_operator.manifests.common import worker_name
+from lvr_operator.manifests.common import trainer_account_name, worker_name
 
 pytestmark = pytest.mark.cluster
 RELEASE = "lvr"
@@ -156,10 +156,10 @@ def test_trainer_account_may_patch_only_its_own_pod(kube_cluster, kube_namespace
                 "Role": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
                 "RoleBinding": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"}[obj["kind"]]
         api.create(path, obj)
-    own, other = worker_name("j", 0), "someone-else"
+    own, other = worker_name("SFTJob", "j", 0), "someone-else"
     for name in (own, other):
         api.create(f"/api/v1/namespaces/{ns}/pods", _pod(name))
-    path = kube_cluster.service_account_kubeconfig(ns, "j-trainer")
+    path = kube_cluster.service_account_kubeconfig(ns, trainer_account_name("SFTJob", "j"))
     with config.new_client_from_config(config_file=str(path)) as trainer:
         core = client.CoreV1Api(trainer)
         patch = {"metadata": {"annotations": {"longvideo.dev/progress": '{"step": 1}'}}}

@@ -35,8 +35,8 @@ def job(kind: str = "RLJob", name: str = "r1", **spec_over: Any) -> dict[str, An
             "metadata": {"name": name, "namespace": "ns", "uid": "uid-job", "generation": 1}, "spec": spec}
 
 
-ALL_CHILDREN = {("ConfigMap", "r1-config"), ("Service", "r1-workers"), ("ServiceAccount", "r1-trainer"),
-                ("Role", "r1-trainer"), ("RoleBinding", "r1-trainer")}
+ALL_CHILDREN = {("ConfigMap", "r1-rl-config"), ("Service", "r1-rl-workers"), ("ServiceAccount", "r1-rl-trainer"),
+                ("Role", "r1-rl-trainer"), ("RoleBinding", "r1-rl-trainer")}
 
 
 def observed(*pods: dict, dataset_obj: Any = "default", now: datetime = NOW, **kw: Any) -> JobObserved:

@@ -50,19 +50,19 @@ def test_trainer_config_rejects_unknown_key_with_hint_and_bad_sp():
 def test_config_map_round_trips_through_the_trainer_models():
     obj, spec = _spec()
     cm = config_map(obj, build_trainer_config(spec, DS, "s3://m", "x"))
-    assert cm["metadata"]["name"] == "r1-config"
+    assert cm["metadata"]["name"] == "r1-rl-config"
     assert TrainerConfig.model_validate(yaml.safe_load(cm["data"]["trainer.yaml"])).train.steps == 100
 
 
 def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
     obj, spec = _spec()
     pods = [worker_pod(obj, spec, r, 1, SETTINGS, "s3://ckpt/r1/step-50", DS.cache.s3) for r in (0, 1)]
-    assert [p["metadata"]["name"] for p in pods] == ["r1-worker-0", "r1-worker-1"]
+    assert [p["metadata"]["name"] for p in pods] == ["r1-rl-worker-0", "r1-rl-worker-1"]
     p1 = pods[1]
     (trainer,) = p1["spec"]["containers"]     # in process by default: no rollout sidecar
     cmd = trainer["command"]
     assert cmd[0] == "torchrun" and "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd
-    assert "--master-addr=r1-worker-0.r1-workers.ns.svc" in cmd and cmd[-4:] == ["rl", "--config", "/etc/lvr/trainer.yaml", "--resume"]
+    assert "--master-addr=r1-rl-worker-0.r1-rl-workers.ns.svc" in cmd and cmd[-4:] == ["rl", "--config", "/etc/lvr/trainer.yaml", "--resume"]
     env = _env(trainer)
     assert env["LVR_NODE_RANK"] == "1" and env["MASTER_PORT"] == "29500" and env["LVR_RESUME_FROM"].endswith("step-50")
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "accessKey"}}
@@ -70,7 +70,7 @@ def test_worker_pods_torchrun_rendezvous_gpus_shm_and_secret():
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in p1["spec"]["volumes"]
     assert p1["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert p1["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert p1["spec"]["restartPolicy"] == "Never" and p1["spec"]["subdomain"] == "r1-workers"
+    assert p1["spec"]["restartPolicy"] == "Never" and p1["spec"]["subdomain"] == "r1-rl-workers"
     assert p1["metadata"]["labels"][LABEL_ATTEMPT] == "1" and p1["metadata"]["labels"][LABEL_OWNER] == "r1"
     assert p1["metadata"]["ownerReferences"][0] == {"apiVersion": "longvideo.dev/v1alpha1", "kind": "RLJob",
                                                    "name": "r1", "uid": "uid-job", "controller": True,
@@ -100,8 +100,8 @@ def test_headless_service_and_narrow_trainer_rbac():
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     sa, role, binding = trainer_rbac(obj, 2)
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"],
-                              "resourceNames": [worker_name("r1", 0), worker_name("r1", 1)]}]
-    assert binding["subjects"][0]["name"] == sa["metadata"]["name"] == "r1-trainer"
+                              "resourceNames": [worker_name("RLJob", "r1", 0), worker_name("RLJob", "r1", 1)]}]
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"] == "r1-rl-trainer"
 
 
 def test_dataset_prep_pod_validate_then_encode():

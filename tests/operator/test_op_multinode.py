@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from kubernetes import client
+from lvr_operator.manifests.common import config_name
 from op_cluster import G, V, create, ready_dataset, wait_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -94,7 +95,7 @@ def test_two_node_job_runs_across_two_nodes_and_equals_one_node_two_processes(
     rank0 = next(p for p in pods if p.metadata.labels["longvideo.dev/node-rank"] == "0")
     log = kube_cluster.pod_log(ns, rank0.metadata.name, "trainer")
     assert f"{stage}: steps 0->{steps}" in log, log[-2000:]
-    config = core.read_namespaced_config_map(f"{name}-config", ns).data["trainer.yaml"]
+    config = core.read_namespaced_config_map(config_name(kind, name), ns).data["trainer.yaml"]
     single = tmp_path / "one-node"
     t0 = time.monotonic()
     _single_node_run(config, single, tmp_path, stage)
@@ -189,7 +190,7 @@ def test_a_worker_killed_mid_step_fails_the_gang_fast_naming_it_and_it_resumes_f
     pod_dir = kube_cluster.state_dir / "pods" / ns / f"{survivor.metadata.name}.{survivor.metadata.uid[:8]}"
     survivor_log = wait_until(lambda: "lost another rank" in (t := (pod_dir / "logs" / "trainer.log").read_text(
         errors="replace")) and t, 60, "the surviving rank's error")
-    assert "the lost peer is rank 1 (on killed-worker-1)" in survivor_log, survivor_log[-3000:]
+    assert "the lost peer is rank 1 (on killed-sft-worker-1)" in survivor_log, survivor_log[-3000:]
     done = wait_phase(api, ns, "sftjobs", "killed", "Succeeded", 400)
     assert done["restarts"] == 1 and not done.get("preemptions"), done
     latest = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))

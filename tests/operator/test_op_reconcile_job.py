@@ -71,10 +71,10 @@ def test_gang_is_not_created_until_every_worker_fits():
 
 def test_restart_after_crash_mid_create_adds_only_missing_pods():
     obj, pods = _started()
-    plan = run(job(), observed(pod_in(pods[0], "pending"), children={("ConfigMap", "r1-config")}, free_slots=0))
+    plan = run(job(), observed(pod_in(pods[0], "pending"), children={("ConfigMap", "r1-rl-config")}, free_slots=0))
     names = sorted(a.key for a in plan.actions if isinstance(a, Create))
-    assert ("Pod", "r1-worker-1") in names and ("Pod", "r1-worker-0") not in names
-    assert ("ConfigMap", "r1-config") not in names and len(names) == 5
+    assert ("Pod", "r1-rl-worker-1") in names and ("Pod", "r1-rl-worker-0") not in names
+    assert ("ConfigMap", "r1-rl-config") not in names and len(names) == 5
 
 
 def test_running_and_progress_mirrored_from_rank_0():
@@ -102,7 +102,7 @@ def test_failed_worker_restarts_whole_gang_after_backoff_from_checkpoint():
     obj, pods = _started()
     obj["status"]["progress"] = {"lastCheckpoint": "s3://c/20"}
     plan = run(obj, observed(pod_in(pods[0], "running"), pod_in(pods[1], "failed", exit_code=3)))
-    assert sorted(a.name for a in plan.actions) == ["r1-worker-0", "r1-worker-1"]
+    assert sorted(a.name for a in plan.actions) == ["r1-rl-worker-0", "r1-rl-worker-1"]
     assert plan.status["phase"] == "Restarting" and plan.status["restarts"] == 1
     assert plan.status["nextRestartTime"] == "2026-11-24T12:00:10Z" and plan.requeue_after == 10
     assert plan.events[0].type == "Warning" and "exited with code 3" in plan.events[0].message
@@ -128,18 +128,18 @@ def test_backoff_doubles_and_limit_fails_with_exit_code_and_logs():
     obj["status"]["restarts"] = 2
     for p in pods:
         p["metadata"]["labels"]["longvideo.dev/attempt"] = "2"
-    plan = run(obj, observed(*pods, logs={"r1-worker-0": "loading\nCUDA out of memory"}))
+    plan = run(obj, observed(*pods, logs={"r1-rl-worker-0": "loading\nCUDA out of memory"}))
     assert plan.status["phase"] == "Failed" and plan.status["completionTime"]
     msg = _cond(plan, "Failed")["message"]
     assert "worker 0" in msg and "code 137" in msg and "backoffLimit 2" in msg and "CUDA out of memory" in msg
-    assert [a.name for a in plan.actions] == ["r1-worker-1"]                # the survivor is stopped
+    assert [a.name for a in plan.actions] == ["r1-rl-worker-1"]                # the survivor is stopped
 
 
 def test_stale_attempt_pods_are_deleted_before_recreating():
     obj, pods = _started()
     obj["status"]["restarts"] = 1
     plan = run(obj, observed(pod_in(pods[0], "running")))
-    assert plan.actions == [Delete("Pod", "r1-worker-0")] and plan.requeue_after == 2
+    assert plan.actions == [Delete("Pod", "r1-rl-worker-0")] and plan.requeue_after == 2
 
 
 def test_active_deadline_fails_and_deletes_pods():
@@ -189,7 +189,7 @@ def test_a_worker_that_cannot_start_is_named_in_the_status():
                                                                     "message": "Back-off pulling image x"}}
     plan = run(obj, observed(pod_in(pods[0], "running"), stuck))
     assert plan.status["phase"] == "Created" and plan.status["conditions"]
-    assert "1/2 worker(s) running; pod r1-worker-1: container trainer: ImagePullBackOff: Back-off pulling image x" \
+    assert "1/2 worker(s) running; pod r1-rl-worker-1: container trainer: ImagePullBackOff: Back-off pulling image x" \
         == plan.status["message"]
 
 
@@ -221,8 +221,8 @@ def test_children_not_listed_while_the_gang_is_complete():
     plan = run(obj, observed(*(pod_in(p, "running") for p in pods), children=None))
     assert plan.actions == [] and plan.status["phase"] == "Running"
     plan = run(obj, observed(pod_in(pods[0], "running"), children=None))
-    assert sorted(a.key for a in plan.actions if isinstance(a, Create))[-1] == ("ServiceAccount", "r1-trainer")
-    assert [p["metadata"]["name"] for p in created_pods(plan)] == ["r1-worker-1"] and len(plan.actions) == 6
+    assert sorted(a.key for a in plan.actions if isinstance(a, Create))[-1] == ("ServiceAccount", "r1-rl-trainer")
+    assert [p["metadata"]["name"] for p in created_pods(plan)] == ["r1-rl-worker-1"] and len(plan.actions) == 6
 
 
 def test_a_crashed_rollout_sidecar_is_named_while_running_and_in_the_failure():
@@ -233,7 +233,7 @@ def test_a_crashed_rollout_sidecar_is_named_while_running_and_in_the_failure():
     p0, p1 = pod_in(pods[0], "running"), pod_in(pods[1], "running")
     p1["status"]["containerStatuses"][1]["state"] = crash        # the trainer still waits for /health
     plan = run(obj, observed(p0, p1))
-    assert plan.status["message"] == ("all 2 worker(s) running; pod r1-worker-1: rollout sidecar exited with "
+    assert plan.status["message"] == ("all 2 worker(s) running; pod r1-rl-worker-1: rollout sidecar exited with "
                                       "code 1 (Error): ValueError: unknown model preset 'tinny'")
     obj = with_status(obj, plan.status)
     p1 = pod_in(pods[1], "failed", exit_code=2, message="RolloutServerError: rollout server not ready")
@@ -258,11 +258,11 @@ def test_a_deleted_worker_is_a_preemption_restarted_at_once_without_charging_bac
     gone = pod_in(pods[1], "running")
     gone["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:00Z"       # kubectl delete pod / a drain
     plan = run(obj, observed(pod_in(pods[0], "running"), gone))
-    assert plan.actions == [Delete("Pod", "r1-worker-0")]                 # the survivor checkpoints on SIGTERM too
+    assert plan.actions == [Delete("Pod", "r1-rl-worker-0")]                 # the survivor checkpoints on SIGTERM too
     assert plan.status["phase"] == "Restarting" and plan.status["preemptions"] == 1
     assert not plan.status.get("restarts") and "nextRestartTime" not in plan.status
     c = _cond(plan, "Restarting")
-    assert c["reason"] == "Preempted" and "worker 1 (pod r1-worker-1) was deleted" in c["message"]
+    assert c["reason"] == "Preempted" and "worker 1 (pod r1-rl-worker-1) was deleted" in c["message"]
     assert "not counted against backoffLimit" in c["message"]
     obj = with_status(obj, plan.status)
     # the old attempt's pods are waited out, then the new attempt (1) starts at once: no backoff
@@ -336,11 +336,11 @@ def test_a_coscheduling_pod_group_is_created_before_the_pods_and_named_on_them()
     kinds = [a.obj["kind"] for a in plan.actions if isinstance(a, Create)]
     assert kinds.index("PodGroup") < kinds.index("Pod")
     group = next(a.obj for a in plan.actions if isinstance(a, Create) and a.obj["kind"] == "PodGroup")
-    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["metadata"]["name"] == "r1-gang"
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["metadata"]["name"] == "r1-rl-gang"
     assert group["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 120}
     assert group["metadata"]["ownerReferences"][0]["uid"] == "uid-job"
     for p in created_pods(plan):
-        assert p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "r1-gang"
+        assert p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "r1-rl-gang"
         assert p["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
     # without the PodGroup API the job says what to install, and creates nothing
     plan = run(obj, observed(pod_groups=False))

@@ -186,7 +186,7 @@ def test_operator_killed_before_every_write_of_a_lifecycle(crds, kube_namespace,
         assert ranks == {"0", "1"}, f"{name}: second attempt ranks {ranks}"
 
 
-@pytest.mark.parametrize("kind,child", [("ServiceAccount", "j-trainer"), ("Pod", "j-worker-1")])
+@pytest.mark.parametrize("kind,child", [("ServiceAccount", "j-sft-trainer"), ("Pod", "j-sft-worker-1")])
 def test_kopf_operator_restarted_mid_gang_creation(kind, child, kopf_operator, kube_cluster, kube_namespace, crds,
                                                    k8s_client, tmp_path, monkeypatch):
     """The real operator (kopf) dies while creating the gang; a new one finishes the job, no duplicates."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lvr_operator.api.common import GROUP
@@ -15,7 +16,13 @@ LABEL_RANK = f"{GROUP}/node-rank"
 LABEL_ATTEMPT = f"{GROUP}/attempt"      # gang restarts at creation time; stale attempts are deleted
 LABEL_GENERATION = f"{GROUP}/generation"
 ANNOTATION_PROGRESS = f"{GROUP}/progress"  # JSON that rank 0 patches onto its own pod
-MAX_NAME = 63 - len("-worker-99")         # pod names double as hostnames (DNS labels)
+MAX_LABEL = 63                            # a DNS label, a label value
+MAX_RANKS = 64                            # ResourcesSpec.nodes' bound: worker ranks 0-63
+# A DNS-1035 label (RFC 1035): what a Service name must be; a job's children start with the job's name
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Child-name infix per job kind: an SFTJob and an RLJob of the same name never share a child, and no
+# `<name>-sft-...` can equal an `<other>-rl-...` name (their suffixes differ at the same distance from the end)
+_KIND_TAG = {"SFTJob": "sft", "RLJob": "rl"}
 
 # Kueue's plain-pod contract (kueue.sigs.k8s.io, "Run Plain Pods": a group admitted together)
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
@@ -64,24 +71,71 @@ def child_meta(owner: dict[str, Any], name: str, extra_labels: dict[str, str] | 
     return out
 
 
-def pod_group_name(job: str) -> str:
-    return f"{job}-gang"
+def _prefix(kind: str, job: str) -> str:
+    return f"{job}-{_KIND_TAG[kind]}"
 
 
-def worker_name(job: str, rank: int) -> str:
-    return f"{job}-worker-{rank}"
+def pod_group_name(kind: str, job: str) -> str:
+    return f"{_prefix(kind, job)}-gang"
 
 
-def service_name(job: str) -> str:
-    return f"{job}-workers"
+def worker_name(kind: str, job: str, rank: int) -> str:
+    """The worker pod's name and host name (a DNS-1123 label)."""
+    return f"{_prefix(kind, job)}-worker-{rank}"
 
 
-def config_name(job: str) -> str:
-    return f"{job}-config"
+def service_name(kind: str, job: str) -> str:
+    """The headless Service: its name must be a DNS-1035 label."""
+    return f"{_prefix(kind, job)}-workers"
 
 
-def trainer_account_name(job: str) -> str:
-    return f"{job}-trainer"
+def config_name(kind: str, job: str) -> str:
+    return f"{_prefix(kind, job)}-config"
+
+
+def trainer_account_name(kind: str, job: str) -> str:
+    return f"{_prefix(kind, job)}-trainer"
+
+
+def _job_children(kind: str) -> list[tuple[str, str]]:
+    """(what, longest name) of each child a job named '' gets, each of which must fit a DNS label."""
+    return [("worker pod host name", worker_name(kind, "", MAX_RANKS - 1)),
+            ("headless Service", service_name(kind, "")), ("ConfigMap", config_name(kind, "")),
+            ("ServiceAccount/Role", trainer_account_name(kind, "")), ("PodGroup", pod_group_name(kind, ""))]
+
+
+def max_name_length(kind: str) -> int:
+    """The longest metadata.name of `kind` whose every child name and label value fits in 63 characters."""
+    if kind not in _KIND_TAG:                # LongVideoDataset: its name is a label value of its pods
+        return MAX_LABEL
+    return MAX_LABEL - max(len(suffix) for _, suffix in _job_children(kind))
+
+
+def name_problem(kind: str, name: str) -> str | None:
+    """Why `name` cannot name a `kind` (its children would be refused), or None. Pure; the CRD's schema
+    says the same (crdgen), for API servers that validate metadata.name against it."""
+    limit = max_name_length(kind)
+    if kind not in _KIND_TAG:
+        if len(name) > limit:
+            return (f"metadata.name '{name}' is {len(name)} characters; it becomes the value of label "
+                    f"{LABEL_OWNER} on the preparation pod, which is at most {limit}. Recreate the "
+                    f"{kind} with a shorter name")
+        return None
+    if len(name) > limit:
+        what, suffix = max(_job_children(kind), key=lambda c: len(c[1]))
+        return (f"metadata.name '{name}' is {len(name)} characters; the {what} '{name}{suffix}' must be at most "
+                f"{MAX_LABEL} (a DNS label), so the name may have at most {limit}. Recreate the {kind} with a "
+                "shorter name")
+    if not re.fullmatch(DNS1035_LABEL.strip("^$"), name):
+        return (f"metadata.name '{name}' cannot name the headless Service '{service_name(kind, name)}': a Service "
+                "name is a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, no '.'). "
+                f"Recreate the {kind} with a name such as '{_suggest(name)}'")
+    return None
+
+
+def _suggest(name: str) -> str:
+    fixed = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "job"
+    return fixed if fixed[0].isalpha() else f"job-{fixed}"
 
 
 def prep_pod_name(dataset: str, generation: int, attempt: int) -> str:

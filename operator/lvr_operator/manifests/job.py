@@ -24,14 +24,16 @@ TRAINER = "trainer"
 def config_map(job: dict[str, Any], trainer_config: Any) -> dict[str, Any]:
     """The validated trainer config as YAML, mounted at /etc/lvr/trainer.yaml."""
     text = yaml.safe_dump(trainer_config.model_dump(mode="json"), sort_keys=False)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": child_meta(job, config_name(name_of(job))),
+    meta = child_meta(job, config_name(job["kind"], name_of(job)))
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
             "data": {"trainer.yaml": text}}
 
 
 def headless_service(job: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    """Gives worker-0 a stable DNS name (<job>-worker-0.<job>-workers) for the torchrun rendezvous."""
-    name = name_of(job)
-    return {"apiVersion": "v1", "kind": "Service", "metadata": child_meta(job, service_name(name)),
+    """Gives worker-0 a stable DNS name (<job>-<kind>-worker-0.<job>-<kind>-workers) for the torchrun
+    rendezvous."""
+    meta = child_meta(job, service_name(job["kind"], name_of(job)))
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                      "selector": {**owner_labels(job), LABEL_ROLE: "worker"},
                      "ports": [{"name": "rendezvous", "port": settings.master_port,
@@ -41,7 +43,7 @@ def headless_service(job: dict[str, Any], settings: OperatorSettings) -> dict[st
 def pod_group(job: dict[str, Any], spec: JobSpecBase) -> dict[str, Any]:
     """The scheduler-plugins coscheduling PodGroup of the gang: all `nodes` workers bound, or none."""
     return {"apiVersion": f"{PODGROUP_API}/{PODGROUP_VERSION}", "kind": "PodGroup",
-            "metadata": child_meta(job, pod_group_name(name_of(job))),
+            "metadata": child_meta(job, pod_group_name(job["kind"], name_of(job))),
             "spec": {"minMember": spec.resources.nodes,
                      "scheduleTimeoutSeconds": spec.run_policy.pod_group.schedule_timeout_seconds}}
 
@@ -56,15 +58,15 @@ def gang_labels(job: dict[str, Any], spec: JobSpecBase) -> tuple[dict[str, str],
         labels[KUEUE_GROUP] = name_of(job)
         annotations[KUEUE_GROUP_COUNT] = str(spec.resources.nodes)
     if rp.pod_group is not None:
-        labels[PODGROUP_LABEL] = pod_group_name(name_of(job))
+        labels[PODGROUP_LABEL] = pod_group_name(job["kind"], name_of(job))
     return labels, annotations
 
 
 def trainer_rbac(job: dict[str, Any], nodes: int) -> list[dict[str, Any]]:
     """A ServiceAccount that may get and patch only this job's own worker pods (progress annotation)."""
     name, ns = name_of(job), namespace_of(job)
-    account = trainer_account_name(name)
-    pods = [worker_name(name, r) for r in range(nodes)]
+    account = trainer_account_name(job["kind"], name)
+    pods = [worker_name(job["kind"], name, r) for r in range(nodes)]
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": child_meta(job, account)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": child_meta(job, account),
@@ -75,9 +77,15 @@ def trainer_rbac(job: dict[str, Any], nodes: int) -> list[dict[str, Any]]:
     ]
 
 
+def master_addr(job: dict[str, Any]) -> str:
+    """Rank 0's stable DNS name behind the headless Service."""
+    kind, name = job["kind"], name_of(job)
+    return f"{worker_name(kind, name, 0)}.{service_name(kind, name)}.{namespace_of(job)}.svc"
+
+
 def rendezvous_env(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: OperatorSettings) -> list[dict]:
     name, ns = name_of(job), namespace_of(job)
-    master = f"{worker_name(name, 0)}.{service_name(name)}.{ns}.svc"
+    master = master_addr(job)
     values = {"LVR_JOB": f"{ns}/{name}", "LVR_JOB_KIND": job["kind"], "LVR_NNODES": spec.resources.nodes,
               "LVR_NODE_RANK": rank, "LVR_NPROC_PER_NODE": nproc(spec), "MASTER_ADDR": master,
               "MASTER_PORT": settings.master_port, "LVR_CONFIG": CONFIG_FILE,
@@ -112,13 +120,12 @@ def launch_command(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: 
     through rank 0's stable name behind the headless Service."""
     if spec.command:
         return list(spec.command)
-    name, ns = name_of(job), namespace_of(job)
     stage = "rl" if job["kind"] == "RLJob" else "sft"
     trainer = ["-m", "lvr_trainer.cli", stage, "--config", CONFIG_FILE, "--resume"]
     if spec.resources.nodes == 1:
         return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc(spec)}", *trainer]
     return ["torchrun", f"--nnodes={spec.resources.nodes}", f"--nproc-per-node={nproc(spec)}",
-            f"--node-rank={rank}", f"--master-addr={worker_name(name, 0)}.{service_name(name)}.{ns}.svc",
+            f"--node-rank={rank}", f"--master-addr={master_addr(job)}",
             f"--master-port={settings.master_port}", *trainer]
 
 

@@ -77,7 +77,7 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
                resume_from: str | None = None, dataset_s3: Any = None) -> dict[str, Any]:
     """Worker `rank` of the gang (attempt = restarts + preemptions so far; stale attempts are recognised by
     label)."""
-    name = name_of(job)
+    name, kind = name_of(job), job["kind"]
     gang, annotations = gang_labels(job, spec)
     labels = {LABEL_ROLE: "worker", LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt), **gang}
     containers = [trainer_container(job, spec, rank, settings, resume_from, dataset_s3)]
@@ -90,9 +90,9 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
             containers.append(sidecar)
     place = spec.placement
     pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never", "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds, "hostname": worker_name(name, rank), "subdomain": service_name(name),
-        "serviceAccountName": trainer_account_name(name), "containers": containers,
-        "volumes": [{"name": "config", "configMap": {"name": config_name(name)}},
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds, "hostname": worker_name(kind, name, rank), "subdomain": service_name(kind, name),
+        "serviceAccountName": trainer_account_name(kind, name), "containers": containers,
+        "volumes": [{"name": "config", "configMap": {"name": config_name(kind, name)}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}],
         "tolerations": place.effective_tolerations(),
     }
@@ -109,4 +109,4 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
     if spec.run_policy.queue_name:      # created suspended: Kueue lifts its gate when it admits the whole group
         pod_spec["schedulingGates"] = [{"name": KUEUE_GATE}]
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": child_meta(job, worker_name(name, rank), labels, annotations or None), "spec": pod_spec}
+            "metadata": child_meta(job, worker_name(kind, name, rank), labels, annotations or None), "spec": pod_spec}

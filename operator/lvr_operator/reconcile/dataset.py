@@ -17,7 +17,7 @@ from lvr_operator.api.dataset import LongVideoDatasetSpec
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import DatasetPhase as D
 from lvr_operator.api.phases import Reason as R
-from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, meta, prep_pod_name
+from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, meta, name_problem, prep_pod_name
 from lvr_operator.manifests.dataset import BUILD, ENCODE, VALIDATE, prep_pod
 from lvr_operator.reconcile.context import Ctx, explain_validation
 from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, tail
@@ -102,6 +102,8 @@ def reconcile_dataset(ds: dict[str, Any], obs: DatasetObserved, settings: Operat
         spec = LongVideoDatasetSpec.model_validate(ds.get("spec") or {})
     except ValidationError as err:
         return _invalid(ctx, explain_validation(err, LongVideoDatasetSpec, "spec"))
+    if (problem := name_problem(ds["kind"], ctx.name)) is not None:
+        return _invalid(ctx, problem)
     gen = ctx.generation or 1
     old = [p for p in obs.pods if _label(p, LABEL_GENERATION) != gen]
     ctx.plan.actions += [Delete("Pod", meta(p)["name"]) for p in old if not meta(p).get("deletionTimestamp")]

@@ -14,7 +14,7 @@ from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
 from lvr_operator.api.phases import Reason as R
-from lvr_operator.manifests.common import ANNOTATION_PROGRESS, MAX_NAME
+from lvr_operator.manifests.common import ANNOTATION_PROGRESS, name_problem
 from lvr_operator.manifests.job import config_map, headless_service, pod_group, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.trainer_config import build_trainer_config
@@ -46,9 +46,8 @@ def parse_job(ctx: Ctx) -> Any | None:
         spec = model.model_validate(ctx.job.get("spec") or {})
     except ValidationError as err:
         return ctx.invalid(explain_validation(err, model, "spec"))
-    if len(ctx.name) > MAX_NAME:
-        return ctx.invalid(f"metadata.name: '{ctx.name}' is {len(ctx.name)} characters; pod host names need "
-                           f"it to be at most {MAX_NAME}. Recreate the job with a shorter name")
+    if (problem := name_problem(ctx.job["kind"], ctx.name)) is not None:
+        return ctx.invalid(problem)
     try:  # unknown trainer keys, bad values, SP size vs GPUs: reported before anything is created
         build_trainer_config(spec, None, None, "spec.trainer")
     except ConfigError as err:
