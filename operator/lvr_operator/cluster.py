@@ -17,7 +17,7 @@ from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.manifests.common import (PODGROUP_API, PODGROUP_PLURAL, PODGROUP_VERSION, namespace_of,
                                            owner_selector)
-from lvr_operator.reconcile.model import Create, Delete, DeleteOwner, Event, Plan, status_patch
+from lvr_operator.reconcile.model import Create, CreateFailure, Delete, DeleteOwner, Event, Plan, status_patch
 
 log = logging.getLogger("lvr_operator")
 CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
@@ -32,6 +32,26 @@ class RetryLater(Exception):
     def __init__(self, message: str, delay: float):
         super().__init__(message)
         self.delay = delay
+
+
+class CreateFailed(Exception):
+    """A child create the API server refused, or whose name another controller's object holds; `created`
+    lists the (kind, name) this apply created before it (a partly created gang the caller deletes)."""
+
+    def __init__(self, failure: CreateFailure, created: list[tuple[str, str]] | None = None):
+        super().__init__(failure.describe())
+        self.failure, self.created = failure, created or []
+
+
+def _refusal(kind: str, name: str, err: ApiException) -> CreateFailure:
+    """The API server's message and the first field it names, from its Status body."""
+    try:
+        body = json.loads(err.body or "{}")
+    except ValueError:
+        body = {}
+    causes = (body.get("details") or {}).get("causes") or []
+    field = next((c.get("field") for c in causes if c.get("field")), None)
+    return CreateFailure(kind, name, err.status, str(body.get("message") or err.reason)[:1024], field)
 
 
 def _retry_after(err: ApiException) -> float | None:
@@ -124,9 +144,15 @@ class Cluster:
             self._count("patch")
             self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, kind_by_name(kind).plural,
                                                               name, {"status": patch})
+        created: list[tuple[str, str]] = []
         try:
             for action in plan.actions:
                 self._act(owner, action)
+                if isinstance(action, Create):
+                    created.append(action.key)
+        except CreateFailed as err:
+            err.created = created
+            raise
         finally:
             for event in plan.events:
                 self.post_event(owner, event)
@@ -152,7 +178,11 @@ class Cluster:
                 self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
                                                             owner["metadata"]["name"])
         except ApiException as err:
-            if err.status in (404, 409):      # gone already / exists already: the goal is met
+            if isinstance(action, Create) and err.status == 409:
+                return self._check_owner(owner, action.obj)
+            if isinstance(action, Create) and err.status in (400, 403, 422):
+                raise CreateFailed(_refusal(*action.key, err)) from err
+            if err.status in (404, 409):      # gone already: the goal is met
                 return
             delay = _retry_after(err)
             if delay is not None:
@@ -160,6 +190,33 @@ class Cluster:
             log.warning("%s %s/%s: %s %s", type(action).__name__, ns, owner["metadata"]["name"], err.status,
                         err.reason)
             raise
+
+    def _read(self, namespace: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        try:
+            if kind == "PodGroup":
+                return self._raw("get", self.custom.get_namespaced_custom_object, PODGROUP_API, PODGROUP_VERSION,
+                                 namespace, PODGROUP_PLURAL, name)
+            api = self.rbac if kind.startswith("Role") else self.core
+            return self._raw("get", getattr(api, f"read_namespaced_{_SNAKE[kind]}"), name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> None:
+        """An object of the child's name exists: ours (this owner's UID as its controller) is success; any
+        other is a conflict, never adopted."""
+        existing = self._read(namespace_of(owner), obj)
+        if existing is None:                  # deleted meanwhile: the next reconcile creates it
+            return
+        refs = existing["metadata"].get("ownerReferences") or []
+        controller = next((r for r in refs if r.get("controller")), None)
+        if controller is not None and controller.get("uid") == owner["metadata"].get("uid"):
+            return
+        holder = (f"is controlled by {controller.get('kind')} '{controller.get('name')}'" if controller
+                  else "has no controller")
+        raise CreateFailed(CreateFailure(obj["kind"], obj["metadata"]["name"], 409, holder, conflict=True))
 
     def delete_children(self, owner: dict[str, Any]) -> int:
         """Delete every owned object by label (works without a garbage collector)."""

@@ -15,12 +15,13 @@ from typing import Any
 from lvr_operator.api.jobs import JobSpecBase
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import is_terminal
-from lvr_operator.cluster import Cluster
+from lvr_operator.cluster import Cluster, CreateFailed
 from lvr_operator.manifests.common import name_problem
 from lvr_operator.reconcile.capacity import free_slots, gpu_holders
 from lvr_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
 from lvr_operator.reconcile.job import JobObserved, reconcile_job
 from lvr_operator.reconcile.model import Plan
+from lvr_operator.reconcile.refused import after_create_failure
 from lvr_operator.reconcile.pods import container_state
 from lvr_operator.settings import OperatorSettings
 
@@ -101,6 +102,21 @@ def _gated(job: dict[str, Any], obs: JobObserved) -> bool:
             and not run_policy.get("suspend") and not run_policy.get("queueName"))
 
 
+def apply_plan(cluster: Cluster, obj: dict[str, Any], plan: Plan, pods: list[dict[str, Any]], now: datetime,
+               settings: OperatorSettings) -> Plan:
+    """Apply `plan`; when a child create is refused or its name is taken, apply the follow-up plan that
+    says so in the status and deletes the pods of the partly created gang (returned instead)."""
+    try:
+        cluster.apply(obj, plan)
+        return plan
+    except CreateFailed as err:
+        existing = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
+        created = [name for kind, name in err.created if kind == "Pod"]
+        follow = after_create_failure({**obj, "status": plan.status}, err.failure, existing + created, now, settings)
+        cluster.apply({**obj, "status": plan.status}, follow)
+        return follow
+
+
 def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,
                      now: datetime | None = None) -> Plan | None:
     """One full reconcile of one object; None when it is gone or being deleted."""
@@ -113,21 +129,19 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
         if name_problem(kind, name) is not None:     # nothing can exist under this name: nothing to list
             plan = (reconcile_job(obj, JobObserved(now), settings) if kind_by_name(kind).is_job
                     else reconcile_dataset(obj, DatasetObserved(now), settings))
-            cluster.apply(obj, plan)
+            plan = apply_plan(cluster, obj, plan, [], now, settings)
         elif kind_by_name(kind).is_job:
             obs = observe_job(cluster, obj, settings, now)
             gpu_spec = _gpu_spec(obj, kind_by_name(kind).spec_model) if _gated(obj, obs) else None
             if gpu_spec is not None:                # this reconcile may admit a gang: count and create atomically
                 with _admission:
                     obs.free_slots, obs.gpu_holders = _count_slots(cluster, gpu_spec)
-                    plan = reconcile_job(obj, obs, settings)
-                    cluster.apply(obj, plan)
+                    plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)
             else:
-                plan = reconcile_job(obj, obs, settings)
-                cluster.apply(obj, plan)
+                plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)
         else:
             pods = cluster.pods(obj)
             plan = reconcile_dataset(obj, DatasetObserved(now, pods, _failed_logs(cluster, pods, settings)), settings)
-            cluster.apply(obj, plan)
+            plan = apply_plan(cluster, obj, plan, pods, now, settings)
         latencies.append(time.monotonic() - started)
         return plan

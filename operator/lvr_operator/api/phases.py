@@ -115,6 +115,8 @@ class Reason:
     RESUMED = "JobResumed"
     SUCCEEDED = "JobSucceeded"
     DEPENDENCY_FAILED = "DependencyFailed"
+    CREATE_REFUSED = "CreateRefused"        # the API server refused a child (403/422): quota, Pod Security, a field
+    CHILD_CONFLICT = "ChildConflict"        # a child's name is held by an object another controller owns
     BUILDING = "Building"
     BUILD_FAILED = "BuildFailed"
     VALIDATING = "Validating"

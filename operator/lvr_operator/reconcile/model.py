@@ -43,6 +43,26 @@ class DeleteOwner:
 
 
 @dataclass(frozen=True)
+class CreateFailure:
+    """A child the API server would not create: refused (403/422/400: quota, Pod Security, an invalid
+    field) or taken (409 by an object this owner does not control)."""
+
+    kind: str
+    name: str
+    status: int                 # the API server's HTTP status
+    message: str                # its own words
+    field: str | None = None    # the field it named, when it named one
+    conflict: bool = False      # an object of that name exists under another controller
+
+    def describe(self) -> str:
+        if self.conflict:
+            return (f"{self.kind} '{self.name}' already exists and {self.message}; it is not adopted. Delete or "
+                    "rename that object, or recreate this resource under another name")
+        where = f" (field {self.field})" if self.field else ""
+        return f"the API server refused to create {self.kind} '{self.name}'{where}: {self.status} {self.message}"
+
+
+@dataclass(frozen=True)
 class Event:
     type: str      # Normal | Warning
     reason: str
