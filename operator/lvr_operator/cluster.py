@@ -15,9 +15,12 @@ from kubernetes.client.rest import ApiException
 
 from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import kind_by_name
+from lvr_operator.api.phases import ConditionType as C
+from lvr_operator.api.phases import Reason as R
 from lvr_operator.manifests.common import (PODGROUP_API, PODGROUP_PLURAL, PODGROUP_VERSION, namespace_of,
                                            owner_selector)
-from lvr_operator.reconcile.model import Create, CreateFailure, Delete, DeleteOwner, Event, Plan, status_patch
+from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteOwner, Event, Plan, set_condition,
+                                          status_patch)
 
 log = logging.getLogger("lvr_operator")
 CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
@@ -138,12 +141,15 @@ class Cluster:
         Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
         gets its token): the status patch already recorded the transition, so the next reconcile would
         not post them again."""
-        kind, ns, name = owner["kind"], namespace_of(owner), owner["metadata"]["name"]
         patch = status_patch(owner.get("status"), plan.status)
         if patch:
-            self._count("patch")
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, kind_by_name(kind).plural,
-                                                              name, {"status": patch})
+            try:
+                self._patch_status(owner, patch)
+            except ApiException as err:
+                if err.status not in (400, 422):
+                    raise
+                self._report_refused_status(owner, err)       # nothing else acts on an unrecorded intent
+                return
         created: list[tuple[str, str]] = []
         try:
             for action in plan.actions:
@@ -156,6 +162,26 @@ class Cluster:
         finally:
             for event in plan.events:
                 self.post_event(owner, event)
+
+    def _patch_status(self, owner: dict[str, Any], patch: dict[str, Any]) -> None:
+        self._count("patch")
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace_of(owner),
+                                                          kind_by_name(owner["kind"]).plural,
+                                                          owner["metadata"]["name"], {"status": patch})
+
+    def _report_refused_status(self, owner: dict[str, Any], err: ApiException) -> None:
+        """The API server refused the status patch: say so in one condition (a small patch of text only), once
+        per reconcile; the next reconcile computes the status afresh, so nothing is retried in a loop."""
+        message = f"the API server refused the status update: {_refusal(owner['kind'], '', err).message}"
+        log.warning("%s %s/%s: %s", owner["kind"], namespace_of(owner), owner["metadata"]["name"], message)
+        old = list((owner.get("status") or {}).get("conditions") or [])
+        conditions = set_condition(old, C.status_update_refused.value, True, R.STATUS_UPDATE_REFUSED, message[:1024],
+                                   datetime.now(timezone.utc), owner["metadata"].get("generation"))
+        try:
+            self._patch_status(owner, {"conditions": conditions})
+        except ApiException as again:
+            log.warning("%s %s/%s: the condition saying so was refused too: %s %s", owner["kind"],
+                        namespace_of(owner), owner["metadata"]["name"], again.status, again.reason)
 
     def _act(self, owner: dict[str, Any], action: Create | Delete | DeleteOwner) -> None:
         ns = namespace_of(owner)

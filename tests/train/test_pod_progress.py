@@ -69,3 +69,22 @@ def test_sft_run_reports_final_step_and_checkpoint(make_config, monkeypatch):
     assert last["step"] == 3 and last["total_steps"] == 3 and "loss" in last
     assert last["last_checkpoint"] == f"{cfg.output.dir}/checkpoints/step-000003"
     json.dumps(last)
+
+
+def test_a_nan_loss_is_left_out_and_the_annotation_is_strict_json():
+    p = progress_payload(3, 10, {"train/loss": float("nan"), "reward/total": float("inf"), "val/accuracy": 1},
+                         "s3://b/run/checkpoints/step-000003")
+    assert "loss" not in p and "reward" not in p and p["accuracy"] == 1.0 and p["step"] == 3
+    json.dumps(p, allow_nan=False)
+
+
+def test_the_wire_is_read_back_with_non_finite_wrong_and_oversized_values_counted():
+    from lvr_trainer.train.pod_progress import MAX_REPORT_CHARS, parse_report
+
+    report, dropped = parse_report('{"step": 4, "total_steps": 8, "loss": NaN, "reward": -Infinity, '
+                                   '"accuracy": "high", "last_checkpoint": "s3://b/c/step-4"} trailing log')
+    assert dropped == 3 and report.status_fields() == {"step": 4, "totalSteps": 8,
+                                                       "lastCheckpoint": "s3://b/c/step-4"}
+    assert parse_report(json.dumps({"step": 1, "last_checkpoint": "x" * MAX_REPORT_CHARS})) == (None, 1)
+    assert parse_report("not json") == (None, 1) and parse_report(None) == (None, 0)
+    assert parse_report('{"step": 2, "loss": 1}')[0].loss == 1.0     # an integral number is a float

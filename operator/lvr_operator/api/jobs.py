@@ -160,6 +160,9 @@ class JobProgress(CamelModel):
                                         "its weight files (lvr_trainer.model.loading.files_digest), or of a "
                                         "preset's random-init weights (weights_digest).")
     updated_at: str | None = Field(None, description="When rank 0 last reported (RFC 3339).")
+    dropped_values: int | None = Field(
+        None, ge=0, description="Values of rank 0's last report left out: not finite (a NaN loss), of the wrong "
+        "type or too long. Unset when none was.")
 
 
 class JobStatus(CamelModel):

@@ -87,6 +87,7 @@ class ConditionType(str, Enum):
     validated = "Validated"
     cached = "Cached"
     ready = "Ready"
+    status_update_refused = "StatusUpdateRefused"   # the API server refused the computed status (see message)
 
 
 class Reason:
@@ -116,6 +117,8 @@ class Reason:
     SUCCEEDED = "JobSucceeded"
     DEPENDENCY_FAILED = "DependencyFailed"
     CREATE_REFUSED = "CreateRefused"        # the API server refused a child (403/422): quota, Pod Security, a field
+    STATUS_UPDATE_REFUSED = "StatusUpdateRefused"
+    STATUS_UPDATE_ACCEPTED = "StatusUpdateAccepted"
     CHILD_CONFLICT = "ChildConflict"        # a child's name is held by an object another controller owns
     BUILDING = "Building"
     BUILD_FAILED = "BuildFailed"

@@ -86,6 +86,9 @@ class Ctx:
         self.old_phase = P.pending.value
 
     def finish(self) -> Plan:
+        refused = condition(self.status["conditions"], C.status_update_refused.value)
+        if refused is not None and refused.get("status") == "True":    # this status is the one that goes now
+            self.set(C.status_update_refused, False, R.STATUS_UPDATE_ACCEPTED, "")
         self.status["observedGeneration"] = self.generation
         self.plan.status = self.status
         return self.plan

@@ -19,9 +19,10 @@ from lvr_operator.manifests.job import config_map, headless_service, pod_group, 
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.trainer_config import build_trainer_config
 from lvr_operator.reconcile.context import Ctx, explain_validation
-from lvr_operator.reconcile.model import Create, Delete, json_or_none, rfc3339, tail
+from lvr_operator.reconcile.model import Create, Delete, rfc3339, tail
 from lvr_trainer.config import ConfigError
 from lvr_trainer.layout import checkpoint_model_uri
+from lvr_trainer.train.pod_progress import parse_report
 
 __all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "handle_preemption",
            "mirror_progress", "attempt_of"]
@@ -245,22 +246,18 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
     return ctx.finish()
 
 
-_PROGRESS_KEYS = {"step": "step", "total_steps": "totalSteps", "totalSteps": "totalSteps", "reward": "reward",
-                  "accuracy": "accuracy", "loss": "loss", "last_checkpoint": "lastCheckpoint",
-                  "lastCheckpoint": "lastCheckpoint", "updated_at": "updatedAt", "updatedAt": "updatedAt",
-                  "initial_weights": "initialWeights"}
-
-
 def mirror_progress(ctx: Ctx, current: list) -> None:
-    """Copy rank 0's `longvideo.dev/progress` annotation (JSON) into status.progress."""
+    """Copy rank 0's `longvideo.dev/progress` annotation (lvr_trainer's ProgressReport) into status.progress;
+    values the schema refuses (a NaN loss, an over-long text) are left out and counted in droppedValues."""
     rank0 = next((w for w in current if w.rank == 0), None)
-    report = json_or_none((rank0.annotations or {}).get(ANNOTATION_PROGRESS)) if rank0 else None
-    if not report:
+    report, dropped = parse_report((rank0.annotations or {}).get(ANNOTATION_PROGRESS)) if rank0 else (None, 0)
+    if report is None and not dropped:
         return
     progress = dict(ctx.status.get("progress") or {})
-    for key, value in report.items():
-        if key in _PROGRESS_KEYS and value is not None:
-            progress[_PROGRESS_KEYS[key]] = value
+    progress.update(report.status_fields() if report else {})
+    progress.pop("droppedValues", None)
+    if dropped:
+        progress["droppedValues"] = dropped
     step, total = progress.get("step"), progress.get("totalSteps")
     if isinstance(step, int) and isinstance(total, int) and total > 0:
         progress["percent"] = min(100, step * 100 // total)
