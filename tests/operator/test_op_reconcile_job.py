@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lvr_operator.reconcile.model import Create, Delete, DeleteOwner, condition, status_patch
-from op_helpers import (ALL_CHILDREN, dataset, job, later, observed, pod_in, run, created_pods,
+from lvr_operator.reconcile.model import Create, Delete, DeleteOwner, condition, parse_time, status_patch
+from op_helpers import (ALL_CHILDREN, NOW, dataset, job, later, observed, pod_in, run, created_pods,
                         with_status)
 
 
@@ -269,6 +269,35 @@ def test_a_deleted_worker_is_a_preemption_restarted_at_once_without_charging_bac
     assert created_pods(run(obj, observed(gone))) == []
     new = created_pods(run(obj, observed()))
     assert [p["metadata"]["labels"]["longvideo.dev/attempt"] for p in new] == ["1", "1"]
+
+
+def test_preemptions_back_off_exponentially_and_fail_past_max_preemptions_with_the_history():
+    obj, pods = _started(runPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 25, "maxPreemptions": 3})
+    obj = _running(obj, pods)
+    delays = []
+    for n in range(1, 4):
+        for pod in pods:                   # the gang of the current attempt
+            pod["metadata"]["labels"]["longvideo.dev/attempt"] = str(n - 1)
+        evicted = pod_in(pods[1], "running")
+        evicted["status"].update(reason="Evicted", message=f"eviction {n}")
+        plan = run(obj, observed(pod_in(pods[0], "running"), evicted))
+        assert plan.status["phase"] == "Restarting" and plan.status["preemptions"] == n
+        due = plan.status.get("nextRestartTime")
+        delays.append(0 if due is None else (parse_time(due) - NOW).total_seconds())
+        assert f"preemption {n}/3" in plan.status["message"]
+        obj = with_status(obj, {**plan.status, "phase": "Running"})
+    assert delays == [0, 10, 20]
+    assert run(with_status(obj, {**obj["status"], "phase": "Restarting"}), observed()).actions == []  # backing off
+    for pod in pods:
+        pod["metadata"]["labels"]["longvideo.dev/attempt"] = "3"
+    evicted = pod_in(pods[1], "running")
+    evicted["status"].update(reason="Evicted", message="eviction 4")
+    plan = run(obj, observed(pod_in(pods[0], "running"), evicted))
+    assert plan.status["phase"] == "Failed" and plan.status["preemptions"] == 4
+    c = _cond(plan, "Failed")
+    assert c["reason"] == "PreemptionLimitExceeded" and "runPolicy.maxPreemptions 3" in c["message"]
+    assert all(f"eviction {n}" in c["message"] for n in range(1, 5))
+    assert Delete("Pod", "r1-rl-worker-0") in plan.actions and len(plan.status["preemptionHistory"]) == 4
 
 
 def test_a_trainer_stopped_on_sigterm_or_an_evicted_pod_is_a_preemption_and_failures_still_count():

@@ -126,6 +126,11 @@ class RunPolicy(CamelModel):
         10, ge=0, le=3600, description="First restart delay in seconds; doubles per restart. Default 10.")
     max_backoff_seconds: int = Field(
         600, ge=0, le=86400, description="Upper bound of the restart delay, seconds. Default 600.")
+    max_preemptions: int = Field(
+        10, ge=0, le=1000,
+        description="Gang restarts after a worker pod was deleted, evicted or preempted before the job is Failed "
+        "(its message lists the last preemptions), 0-1000. The first such restart is immediate, the n-th waits "
+        "backoffSeconds x 2^(n-2), at most maxBackoffSeconds. Default 10.")
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Seconds the job may run (counted from its start or last resume) "
         "before it is stopped and Failed. Default: no deadline.")

@@ -177,6 +177,8 @@ class JobStatus(CamelModel):
     restarts: int = Field(0, ge=0, description="Gang restarts after a worker failed (counted against backoffLimit).")
     preemptions: int = Field(0, ge=0, description="Gang restarts after a worker pod was deleted, evicted or "
                              "preempted (its trainer checkpointed on SIGTERM); not counted against backoffLimit.")
+    preemption_history: list[str] | None = Field(
+        None, description="The last 10 preemptions, oldest first, each `<time> worker <rank> (pod <name>) <how>`.")
     next_restart_time: str | None = Field(None, description="While Restarting: when the gang is recreated.")
     workers: int | None = Field(None, ge=0, description="Worker pods currently running.")
     model_uri: str | None = Field(None, description="The weights the trainer starts from (resolved).")

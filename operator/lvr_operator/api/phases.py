@@ -110,6 +110,7 @@ class Reason:
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     POD_GROUP_API_MISSING = "PodGroupAPIMissing"
     WAITING_FOR_ADMISSION = "WaitingForAdmission"   # pods held at a scheduling gate (Kueue) until admitted
+    PREEMPTION_LIMIT_EXCEEDED = "PreemptionLimitExceeded"
     PREEMPTED = "Preempted"                 # a worker pod deleted / evicted / preempted: restart, not charged
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "JobSuspended"

@@ -4,6 +4,7 @@ gang creation, failure handling and progress mirroring."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -197,22 +198,42 @@ def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> An
     return ctx.finish()
 
 
+PREEMPTION_HISTORY = 10      # entries kept in status.preemptionHistory
+
+
+def _after(ctx: Ctx, seconds: float) -> str:
+    return rfc3339(ctx.obs.now + timedelta(seconds=seconds))
+
+
 def handle_preemption(ctx: Ctx, spec: Any, current: list) -> Any:
     """A worker pod taken away (deleted, evicted, preempted) is not a failure: the rest of the gang is
     deleted too (every trainer checkpoints on SIGTERM at its next step boundary), and a new attempt
-    resumes from that checkpoint at once, counted in status.preemptions, never against backoffLimit."""
+    resumes from that checkpoint, counted in status.preemptions, never against backoffLimit. The first
+    restart is immediate, later ones back off exponentially; past runPolicy.maxPreemptions the job fails."""
     gone = min((w for w in current if w.preempted), key=lambda w: w.rank)
-    count = int(ctx.status.get("preemptions") or 0) + 1
+    count, rp = int(ctx.status.get("preemptions") or 0) + 1, spec.run_policy
+    what = f"worker {gone.rank} (pod {gone.name}) {gone.preempted}"
+    history = [*(ctx.status.get("preemptionHistory") or []), f"{rfc3339(ctx.obs.now)} {what}"][-PREEMPTION_HISTORY:]
     ctx.plan.actions += [Delete("Pod", w.name) for w in current if not w.deleting]
     ctx.status["preemptions"] = count
+    ctx.status["preemptionHistory"] = history
     ctx.status["workers"] = 0
     ctx.status.pop("nextRestartTime", None)
-    msg = (f"worker {gone.rank} (pod {gone.name}) {gone.preempted}; restarting the gang from the checkpoint saved "
-           f"on SIGTERM (preemption {count}, not counted against backoffLimit {spec.run_policy.backoff_limit})")
+    if count > rp.max_preemptions:
+        ctx.fail(R.PREEMPTION_LIMIT_EXCEEDED, f"{what}: preemption {count} exceeds runPolicy.maxPreemptions "
+                 f"{rp.max_preemptions}; raise it to keep restarting, or find what keeps taking the pods away "
+                 "(last preemptions: " + "; ".join(history) + ")")
+        return ctx.finish()
+    delay = 0 if count == 1 else min(rp.backoff_seconds * 2 ** (count - 2), rp.max_backoff_seconds)
+    when = "at once" if delay == 0 else f"in {delay}s"
+    if delay:
+        ctx.status["nextRestartTime"] = _after(ctx, delay)
+    msg = (f"{what}; restarting the gang {when} from the checkpoint saved on SIGTERM (preemption {count}/"
+           f"{rp.max_preemptions}, not counted against backoffLimit {rp.backoff_limit})")
     ctx.set(C.restarting, True, R.PREEMPTED, msg)
-    ctx.set(C.running, False, R.PREEMPTED, f"worker {gone.rank} (pod {gone.name}) {gone.preempted}")
+    ctx.set(C.running, False, R.PREEMPTED, what)
     ctx.phase(P.restarting, R.PREEMPTED, msg, force_event=True)
-    ctx.plan.requeue(2)
+    ctx.plan.requeue(max(delay, 2))
     return ctx.finish()
 
 
@@ -232,8 +253,7 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
         ctx.plan.actions += [Delete("Pod", w.name) for w in current if not w.deleting]
         ctx.status["restarts"] = restarts + 1
         ctx.status["workers"] = 0
-        ctx.status["nextRestartTime"] = rfc3339(ctx.obs.now.__class__.fromtimestamp(
-            ctx.obs.now.timestamp() + delay, ctx.obs.now.tzinfo))
+        ctx.status["nextRestartTime"] = _after(ctx, delay)
         msg = f"{what}; restarting the gang ({restarts + 1}/{rp.backoff_limit}) in {delay}s from the last checkpoint"
         ctx.set(C.restarting, True, R.BACKOFF, msg)
         ctx.set(C.running, False, R.WORKER_FAILED, what)
