@@ -107,6 +107,17 @@ def test_server_replies_equal_the_in_process_engine_before_and_after_a_weight_up
     assert f"lvr_rollout_weight_version {v0 + 1}" in remote.metrics()
 
 
+@pytest.mark.parametrize("transfer", ["http", "shared"])
+def test_bucketed_syncs_over_http_or_a_shared_volume_serve_the_trainers_replies(setup, transfer):
+    model, tok, reqs, url, _, _ = setup
+    perturb(model, std=0.1, seed=3)
+    remote = RemoteRolloutEngine(url, bucket_bytes=64 << 10, transfer=transfer)
+    remote.wait_ready(10)
+    remote.sync_weights(model)
+    assert remote.last_transfer == transfer
+    assert ids(remote.generate(reqs, SAMPLED)) == ids(TransformersEngine(model, tok).generate(reqs, SAMPLED))
+
+
 def test_a_reply_from_other_weights_is_an_error_never_used(setup):
     model, _, reqs, url, _, _ = setup
     current = RemoteRolloutEngine(url)
@@ -141,7 +152,8 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_server_lives_on(setup):
     r = requests.post(url + "/weights", json={"path": "/nonexistent/weights", "weight_version": version + 1},
                       timeout=30)
     assert r.status_code == 400 and "no safetensors file" in r.json()["error"]
-    assert RemoteRolloutEngine(url).health() == {"status": "ok", "weight_version": version}
+    health = RemoteRolloutEngine(url).health()
+    assert (health["status"], health["weight_version"]) == ("ok", version)
     metrics = RemoteRolloutEngine(url).metrics()
     assert 'lvr_rollout_errors_total{code="400"}' in metrics
 
@@ -211,6 +223,11 @@ def test_a_draining_sidecar_outlives_sigterm_until_the_trainer_shuts_it_down(set
     remote.shutdown()
     assert proc.wait(timeout=30) == 0
     assert "SIGTERM: serving on until the trainer's POST /shutdown" in proc.stdout.read()
+    # a trainer that was killed never sends /shutdown: the drain ends on its own
+    proc = start_server(config, free_port(), "--drain-on-sigterm", "--drain-timeout-s", "2")
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert proc.wait(timeout=30) == 0 and time.monotonic() - t0 < 10
     plain = start_server(config, free_port())
     plain.send_signal(signal.SIGTERM)
     assert plain.wait(timeout=30) in (0, -signal.SIGTERM)    # uvicorn shuts down, then re-raises the signal

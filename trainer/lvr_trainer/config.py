@@ -365,6 +365,14 @@ class RolloutConfig(StrictModel):
     startup_timeout_s: float = Field(
         900.0, gt=0, description="sidecar: seconds to wait for the server's /health before the first rollout "
         "(it loads the model first). Default 900.")
+    weight_bucket_mb: int = Field(
+        512, ge=1, le=16384, description="sidecar: the weights travel to the server in buckets of this many MiB, "
+        "gathered one at a time on the pushing rank (host memory beyond the model: about one bucket). Default 512.")
+    weight_transfer: Literal["auto", "http", "shared"] = Field(
+        "auto", description="sidecar: how the buckets travel. shared: files on the pod's /dev/shm, which the "
+        "server reads in place (no copy through HTTP; needs resources.shmSize above the model's size in "
+        "model.dtype); http: streamed bodies, staged on the server's disk; auto: shared when the server's "
+        "volume is visible and has room, else http. Default auto.")
 
     @model_validator(mode="after")
     def _engine_mode(self) -> RolloutConfig:

@@ -19,7 +19,18 @@ def register(sub) -> None:
     p.add_argument("--drain-on-sigterm", action="store_true",
                    help="on SIGTERM keep serving until the trainer's POST /shutdown (a sidecar that is a regular "
                    "container gets SIGTERM with the trainer, which still needs it for its last step and checkpoint; "
-                   "the pod's grace period bounds the wait)")
+                   "--drain-timeout-s bounds the wait)")
+    p.add_argument("--drain-timeout-s", type=float, default=120.0,
+                   help="with --drain-on-sigterm: stop this many seconds after SIGTERM even without /shutdown (a "
+                   "trainer that was killed sends none); keep it below the pod's grace period (default 120)")
+    p.add_argument("--max-body-mb", type=int, default=8192, help="largest request body in MiB (default 8192)")
+    p.add_argument("--max-n", type=int, default=64, help="most replies per prompt in one request (default 64)")
+    p.add_argument("--max-version-step", type=int, default=1000,
+                   help="a weight version may advance by at most this much per push (default 1000)")
+    p.add_argument("--staging-dir", default=None, help="where weight buckets wait for their commit (default: a "
+                   "new temporary directory on disk)")
+    p.add_argument("--shared-dir", default="auto", help="a directory the trainer also mounts, through which it "
+                   "may hand over weight buckets without HTTP; `auto`: /dev/shm when writable; `none`: off")
     p.set_defaults(func=_run)
 
 
@@ -33,9 +44,17 @@ def _run(args) -> int:
     except ConfigError as err:
         raise CLIError(str(err)) from None
     engine_kind = args.engine or cfg.rollout.engine.value
+    from lvr_trainer.planning import job_max_model_len
+    from lvr_trainer.rollout.server import ServerLimits, default_shared_dir
+
+    limits = ServerLimits(max_body_bytes=args.max_body_mb << 20, max_n=args.max_n,
+                          max_model_len=cfg.rollout.max_model_len or job_max_model_len(cfg),
+                          max_version_step=args.max_version_step)
+    shared = {"auto": default_shared_dir(), "none": None}.get(args.shared_dir, args.shared_dir)
     engine = build_served_engine(cfg, engine_kind, args.batch_size)
     print(f"rollout-server: {engine_kind} engine ready, serving on http://{args.host}:{args.port}", flush=True)
-    serve(engine, args.host, args.port, log_level=args.log_level, drain_on_sigterm=args.drain_on_sigterm)
+    serve(engine, args.host, args.port, log_level=args.log_level, drain_on_sigterm=args.drain_on_sigterm,
+          drain_timeout_s=args.drain_timeout_s, limits=limits, staging_dir=args.staging_dir, shared_dir=shared)
     return 0
 
 

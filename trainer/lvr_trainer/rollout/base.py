@@ -68,6 +68,11 @@ class ServableEngine(RolloutEngine, Protocol):
     """An engine that owns its model (vLLM's, or a server's copy) and so can be served: weights arrive
     as (name, tensor) pairs named as in the trainer's transformers state dict."""
 
-    def load_weights(self, named_tensors: NamedTensors) -> None:
-        """Load these tensors into the engine's model in place; generation then uses them."""
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{name: shape} of every weight the engine accepts, to check a transfer before any byte loads."""
+        ...
+
+    def load_weights(self, named_tensors: NamedTensors, checked: bool = False) -> None:
+        """Load these tensors into the engine's model in place; generation then uses them. Unless the caller
+        `checked` them against `weight_shapes`, a bad name or shape is an error that changes nothing."""
         ...

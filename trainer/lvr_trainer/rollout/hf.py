@@ -6,7 +6,7 @@ import torch
 
 from lvr_trainer.rollout.base import NamedTensors, Rollout, RolloutRequest, SamplingParams
 from lvr_trainer.rollout.shared_prefix import SampledBatch, sample_shared_prefix
-from lvr_trainer.rollout.weights import load_into
+from lvr_trainer.rollout.weights import load_into, parameter_shapes
 
 
 def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -50,9 +50,12 @@ class TransformersEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
 
-    def load_weights(self, named_tensors: NamedTensors) -> None:
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return parameter_shapes(self.model)
+
+    def load_weights(self, named_tensors: NamedTensors, checked: bool = False) -> None:
         """In place into the engine's model (a server's own copy; in process it *is* the policy)."""
-        load_into(self.model, named_tensors)
+        load_into(self.model, named_tensors, checked=checked)
 
     def generate(self, requests: list[RolloutRequest], params: SamplingParams) -> list[list[Rollout]]:
         """One random stream for the whole call (seeded once from params.seed), however it is chunked."""

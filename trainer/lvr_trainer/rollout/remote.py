@@ -3,22 +3,30 @@
 Every reply carries the weight version it was generated with; the client knows which version it pushed
 last, and a reply from any other version is an error (`StaleWeights`), never a silently off-policy
 batch. Calls have a connect and a read timeout, so a dead or hung server is an error within the
-timeout. Idempotent calls (health, metrics, generate: same weights and seed give the same replies)
-are retried with backoff when the connection fails; a weight push is not (a half-applied push must
-fail the step, and the trainer's restart pushes again).
+timeout. A `/generate` is a job the client polls: `request_timeout_s` bounds the job's running time, not
+the time it waits behind another rollout. Idempotent calls (health, metrics, submitting and polling a
+job) are retried with backoff when the connection fails; a weight transfer is not (a transfer that fails
+leaves the server on its old version, whole, and the trainer's restart pushes again).
+
+A sync sends the language model in the policy's compute dtype, in buckets of `bucket_bytes`, gathered one
+bucket at a time on the pushing rank (`rollout/weights.py`): through a file on a volume the server also
+mounts when there is one (the pod's /dev/shm: no copy through HTTP), else streamed over HTTP.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
 from lvr_trainer.rollout.base import NamedTensors, Rollout, RolloutRequest, SamplingParams
-from lvr_trainer.rollout.weights import policy_tensors
-from lvr_trainer.rollout.wire import decode_rollouts, encode_generate, encode_weights
+from lvr_trainer.rollout.weights import gather_bucket, plan_transfer
+from lvr_trainer.rollout.wire import (decode_rollouts, encode_generate, encode_manifest, encode_weights,
+                                      safetensors_chunks)
 
 log = logging.getLogger("lvr.rollout")
 
@@ -33,19 +41,27 @@ class StaleWeights(RolloutServerError):
 
 class RemoteRolloutEngine:
     """`RolloutEngine` over HTTP. `pushes_weights`: this process sends the weights (one per server: the
-    pod's local rank 0); the others only count versions, and `after_push` (a barrier) keeps every rank
-    from generating before the push is done."""
+    pod's local rank 0); the others take part in the gathers and count versions, and `after_push` (a
+    barrier) keeps every rank from generating before the push is done. `transfer`: "auto" (a shared volume
+    when the server's marker is visible from here, else HTTP), "http" or "shared"."""
 
     def __init__(self, url: str, request_timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
                  retries: int = 3, backoff_s: float = 0.5, pushes_weights: bool = True, after_push=None,
-                 weight_dtype: torch.dtype | None = None):
+                 weight_dtype: torch.dtype | None = None, bucket_bytes: int = 512 << 20, transfer: str = "auto",
+                 poll_s: float = 0.05):
         import requests
 
+        if transfer not in ("auto", "http", "shared"):
+            raise ValueError(f"transfer {transfer!r}: use auto, http or shared")
         self.url = url.rstrip("/")
+        self.request_timeout_s = request_timeout_s
         self.timeout = (connect_timeout_s, request_timeout_s)
-        self.retries, self.backoff_s = retries, backoff_s
+        self.retries, self.backoff_s, self.poll_s = retries, backoff_s, poll_s
         self.pushes_weights, self.after_push, self.weight_dtype = pushes_weights, after_push, weight_dtype
+        self.bucket_bytes, self.transfer = bucket_bytes, transfer
         self.weight_version = 0
+        self.last_transfer = ""            # "http" or "shared": how the last sync travelled
+        self._server: dict = {}
         self._http = requests.Session()
 
     def _call(self, method: str, path: str, idempotent: bool, **kwargs):
@@ -85,7 +101,8 @@ class RemoteRolloutEngine:
         deadline, last = time.monotonic() + timeout_s, "no answer yet"
         while time.monotonic() < deadline:
             try:
-                self.weight_version = int(self.health()["weight_version"])
+                self._server = self.health()
+                self.weight_version = int(self._server["weight_version"])
                 return
             except RolloutServerError as e:
                 last = str(e)
@@ -93,10 +110,24 @@ class RemoteRolloutEngine:
         raise RolloutServerError(f"rollout server {self.url} not ready after {timeout_s:.0f} s "
                                  f"(rollout.startup_timeout_s); last error: {last}")
 
+    # ---- generation ----
     def generate(self, requests: list[RolloutRequest], params: SamplingParams) -> list[list[Rollout]]:
         body = encode_generate(requests, params, self.weight_version)
-        reply = self._check(self._call("POST", "/generate", idempotent=True, data=body,
-                                       headers={"content-type": "application/octet-stream"}), "POST /generate")
+        job = self._check(self._call("POST", "/generate", idempotent=True, data=body,
+                                     headers={"content-type": "application/octet-stream"}), "POST /generate").json()
+        reply, delay = None, self.poll_s
+        while True:
+            reply = self._check(self._call("GET", f"/generate/{job['job']}", idempotent=True), "POST /generate")
+            if reply.status_code == 200:
+                break
+            state = reply.json()
+            if state["state"] == "running" and state["seconds"] > self.request_timeout_s:
+                raise RolloutServerError(
+                    f"rollout server {self.url}: POST /generate running for {state['seconds']:.1f} s, beyond "
+                    f"{self.request_timeout_s:.0f} s (rollout.request_timeout_s): the engine is hung or the "
+                    "timeout is too short for this rollout")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
         groups, version = decode_rollouts(reply.json())
         if version != self.weight_version:
             raise StaleWeights(f"POST /generate: replies generated with weight version {version}, the trainer "
@@ -105,16 +136,45 @@ class RemoteRolloutEngine:
             raise RolloutServerError(f"POST /generate: {len(groups)} groups for {len(requests)} requests")
         return groups
 
+    # ---- weights ----
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Send `model`'s language model as the next version (every rank calls it: the gathers are
+        collectives). A failed transfer raises after every bucket's gather, so no rank is left waiting in one."""
+        version = self.weight_version + 1
+        buckets = plan_transfer(model, self.weight_dtype, self.bucket_bytes)
+        failure = None
+        if self.pushes_weights:
+            try:
+                session = _Transfer(self, version, buckets)
+            except RolloutServerError as e:
+                failure, session = e, None
+        for k, bucket in enumerate(buckets):
+            tensors = gather_bucket(model, bucket, keep=self.pushes_weights and failure is None)
+            if tensors:
+                try:
+                    session.send(k, tensors)
+                except RolloutServerError as e:
+                    failure = e
+                del tensors
+        if self.pushes_weights and failure is None:
+            try:
+                session.commit()
+            except RolloutServerError as e:
+                failure = e
+        if failure is not None:
+            raise failure
+        if self.after_push is not None:
+            self.after_push()
+        self.weight_version = version
+
     def load_weights(self, named_tensors: NamedTensors) -> None:
-        """Push these tensors as the next version (every rank calls it; only the pusher sends)."""
+        """Push these tensors as the next version in one body (small models and tests; `sync_weights` is
+        the bucketed transfer)."""
         version = self.weight_version + 1
         if self.pushes_weights:
             body = encode_weights(named_tensors, version)
             self._check(self._call("POST", "/weights", idempotent=False, data=body,
                                    headers={"content-type": "application/octet-stream"}), "POST /weights")
-        else:
-            for _ in named_tensors:   # the gather is a collective: every rank iterates
-                pass
         if self.after_push is not None:
             self.after_push()
         self.weight_version = version
@@ -129,8 +189,23 @@ class RemoteRolloutEngine:
             self.after_push()
         self.weight_version = version
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        self.load_weights(policy_tensors(model, self.weight_dtype))
+    def shared_dir(self, nbytes: int) -> Path | None:
+        """The volume shared with the server, when this transfer may go through it: the server's marker
+        file is visible here and the volume has room for the transfer's buckets."""
+        if self.transfer == "http":
+            return None
+        if not self._server:
+            self._server = self.health()
+        where, token = self._server.get("shared_dir"), self._server.get("shared_token")
+        ok = bool(where) and Path(where, f"lvr-rollout-{token}").is_file()
+        if ok and shutil.disk_usage(where).free < nbytes + (64 << 20):
+            log.warning("rollout: %s has %.1f GiB free, the weights need %.1f GiB: sending over HTTP "
+                        "(raise resources.shmSize)", where, shutil.disk_usage(where).free / 2**30, nbytes / 2**30)
+            ok = False
+        if self.transfer == "shared" and not ok:
+            raise RolloutServerError(f"rollout.weight_transfer shared: the server's volume {where!r} is not "
+                                     "mounted here (or has no room); use auto or http")
+        return Path(where) if ok else None
 
     def metrics(self) -> str:
         return self._check(self._call("GET", "/metrics", idempotent=True), "GET /metrics").text
@@ -141,6 +216,43 @@ class RemoteRolloutEngine:
             self._http.post(self.url + "/shutdown", timeout=self.timeout)
         except Exception as e:  # noqa: BLE001 - the pod is ending either way
             log.info("rollout server shutdown: %s", _short(e))
+
+
+class _Transfer:
+    """One weight transfer: the manifest checked by the server, then the buckets, then the commit."""
+
+    def __init__(self, client: RemoteRolloutEngine, version: int, buckets):
+        self.client = client
+        nbytes = sum(e.nbytes for b in buckets for e in b)
+        self.shared = client.shared_dir(nbytes)
+        client.last_transfer = "shared" if self.shared else "http"
+        reply = client._check(client._call("POST", "/weights/begin", idempotent=False,
+                                           json=encode_manifest(version, buckets)), "POST /weights/begin").json()
+        self.id = reply["transfer"]
+        if self.shared:
+            self.shared = self.shared / f"lvr-weights-{self.id}"
+            self.shared.mkdir(parents=True, exist_ok=True)
+
+    def send(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        path = f"/weights/{self.id}/{index}"
+        if self.shared:
+            file = self.shared / f"bucket-{index:05d}.safetensors"
+            with open(file, "wb") as f:
+                for chunk in safetensors_chunks(tensors):
+                    f.write(chunk)
+            reply = self.client._call("PUT", path, idempotent=False, json={"path": str(file)})
+        else:
+            reply = self.client._call("PUT", path, idempotent=False, data=safetensors_chunks(tensors),
+                                      headers={"content-type": "application/octet-stream"})
+        self.client._check(reply, f"PUT /weights bucket {index}")
+
+    def commit(self) -> None:
+        try:
+            self.client._check(self.client._call("POST", f"/weights/{self.id}/commit", idempotent=False),
+                               "POST /weights commit")
+        finally:
+            if self.shared:
+                shutil.rmtree(self.shared, ignore_errors=True)
 
 
 def _message(reply) -> str:

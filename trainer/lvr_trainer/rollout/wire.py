@@ -1,9 +1,11 @@
 """The rollout server's wire format: tensors travel as safetensors bytes, everything else as JSON.
 
 A `/generate` body is one safetensors blob holding each request's tensors (`{i}.input_ids`, ...) with
-the sampling parameters and the expected weight version in its string metadata; a `/weights` body is a
-safetensors blob of named tensors with the version in its metadata. Pure functions, no I/O: the server
-and the client both import them, so the two sides cannot drift apart.
+the sampling parameters and the expected weight version in its string metadata. A weight transfer is a
+JSON manifest (version, and each bucket's names, shapes and dtypes) followed by one safetensors body per
+bucket, written as a stream (`safetensors_chunks`: the header, then each tensor's bytes, never a second copy
+of the bucket). Pure functions, no I/O: the server and the client both import them, so the two sides
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lvr_trainer.rollout.base import NamedTensors, Rollout, RolloutRequest, SamplingParams
-from lvr_trainer.rollout.weights import unshared_cpu
+from lvr_trainer.rollout.weights import WeightEntry, unshared_cpu
 
 _TEXT = ("input_ids", "mm_token_type_ids")
 _VIDEO = ("video_embeds", "video_grid_thw")
@@ -125,3 +127,92 @@ def decode_weights(blob: bytes) -> tuple[dict[str, torch.Tensor], int]:
         return _tensors(blob), int(meta["weight_version"])
     except ValueError as e:
         raise WireError(f"/weights: weight_version {meta['weight_version']!r} is not an integer") from e
+
+
+# ---- weight transfers ----
+
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    """A safetensors file as a stream of byte chunks (the header, then each tensor's bytes in place): what
+    `safetensors.torch.save` returns, without building the whole body in memory."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[str(t.dtype).removeprefix("torch.")], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    yield struct.pack("<Q", len(raw)) + raw
+    for t in tensors.values():
+        if t.numel():
+            yield memoryview(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+
+
+def body_size(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in safetensors_chunks(tensors, metadata))
+
+
+def encode_manifest(version: int, buckets: list[list[WeightEntry]]) -> dict:
+    return {"weight_version": version,
+            "buckets": [[[e.name, list(e.shape), e.dtype] for e in b] for b in buckets]}
+
+
+def decode_manifest(spec: dict) -> tuple[int, list[list[WeightEntry]]]:
+    """(version, buckets) from a transfer's JSON manifest; WireError names what is malformed."""
+    try:
+        version = int(spec["weight_version"])
+        buckets = [[WeightEntry(str(n), tuple(int(d) for d in shape), str(dt)) for n, shape, dt in b]
+                   for b in spec["buckets"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise WireError(f"weight manifest: expected {{weight_version, buckets: [[[name, shape, dtype], ...], ...]}}"
+                        f" ({type(e).__name__}: {e})") from None
+    if not buckets or any(not b for b in buckets):
+        raise WireError("weight manifest: no buckets, or an empty bucket")
+    bad = sorted({e.dtype for b in buckets for e in b} - set(_ST_DTYPES))
+    if bad:
+        raise WireError(f"weight manifest: unknown dtype(s) {bad}")
+    return version, buckets
+
+
+def check_bucket_header(header: dict, bucket: list[WeightEntry], index: int) -> None:
+    """A received bucket file's header must hold exactly the manifest's tensors, shapes and dtypes, laid
+    out without gaps: checked before the bucket is accepted, so a commit never meets a torn file."""
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    want = {e.name: e for e in bucket}
+    if set(tensors) != set(want):
+        raise WireError(f"bucket {index}: tensors {sorted(set(tensors) ^ set(want))[:5]} differ from the manifest")
+    for name, info in tensors.items():
+        e = want[name]
+        if list(info.get("shape", ())) != list(e.shape) or info.get("dtype") != _ST_DTYPES[e.dtype]:
+            raise WireError(f"bucket {index}: {name} is {info.get('dtype')} {info.get('shape')}, the manifest "
+                            f"says {e.dtype} {list(e.shape)}")
+        begin, end = info["data_offsets"]
+        if end - begin != e.nbytes:
+            raise WireError(f"bucket {index}: {name} holds {end - begin} bytes, expected {e.nbytes}")
+
+
+def read_header(path) -> tuple[dict, int]:
+    """(header, data start) of a safetensors file, checked against the file's size."""
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise WireError(f"{path}: not safetensors (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise WireError(f"{path}: not safetensors (header length {n} exceeds the file, {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise WireError(f"{path}: safetensors header is not JSON ({e})") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise WireError(f"{path}: {size} bytes, the header describes {8 + n + end} (a torn transfer?)")
+    return header, 8 + n

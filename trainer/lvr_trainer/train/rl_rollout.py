@@ -40,8 +40,11 @@ def make_engine(job: TrainerConfig, model, tokenizer, batch_size: int, seed: int
     if cfg.mode == RolloutMode.sidecar:
         from lvr_trainer.rollout.remote import RemoteRolloutEngine, is_weight_pusher
 
+        # the server's model is loaded in model.dtype: the weights travel in it (bf16 halves the bytes)
         engine = RemoteRolloutEngine(cfg.sidecar_url, request_timeout_s=cfg.request_timeout_s,
-                                     pushes_weights=is_weight_pusher(), after_push=_barrier_if_distributed)
+                                     pushes_weights=is_weight_pusher(), after_push=_barrier_if_distributed,
+                                     weight_dtype=getattr(torch, job.model.dtype or "float32"),
+                                     bucket_bytes=cfg.weight_bucket_mb << 20, transfer=cfg.weight_transfer)
         engine.wait_ready(cfg.startup_timeout_s)
         return engine
     if cfg.engine == RolloutEngineKind.transformers:
