@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 from lvr_trainer.config import ConfigError, TrainerConfig
@@ -215,3 +217,22 @@ def test_native_sidecars_from_the_api_servers_version():
 
     assert native_sidecars_in({"major": "1", "minor": "29"}) and native_sidecars_in({"major": "1", "minor": "33+"})
     assert not native_sidecars_in({"major": "1", "minor": "20"}) and not native_sidecars_in({"major": "x"})
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_trainer_and_preparation_pods_meet_pod_security_restricted(native):
+    obj, spec = _spec(rollout={"mode": "sidecar", "engine": "vllm", "gpus": 2})
+    settings = dataclasses.replace(SETTINGS, native_sidecars=native)
+    pods = [worker_pod(obj, spec, 0, 0, settings, None, DS.cache.s3),
+            prep_pod(dataset(), DS.model_copy(update={"build": None}), "ds-prep-g1-0", 0, SETTINGS)]
+    for pod in pods:
+        ps = pod["spec"]
+        assert ps["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        containers = ps.get("initContainers", []) + ps["containers"]
+        assert containers and all(c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                           "capabilities": {"drop": ["ALL"]}} for c in containers)
+        assert not any(c["securityContext"].get("privileged") or c["securityContext"].get("runAsUser") == 0
+                       for c in containers)
+    worker, prep = pods
+    assert worker["spec"]["automountServiceAccountToken"] is True        # rank 0 patches its own pod
+    assert prep["spec"]["automountServiceAccountToken"] is False         # the preparation steps never call the API

@@ -10,7 +10,8 @@ from typing import Any
 
 from lvr_operator.api.common import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, GPU_RESOURCE
 from lvr_operator.api.dataset import LongVideoDatasetSpec
-from lvr_operator.manifests.common import LABEL_ATTEMPT, LABEL_GENERATION, LABEL_ROLE, child_meta, meta
+from lvr_operator.manifests.common import (LABEL_ATTEMPT, LABEL_GENERATION, LABEL_ROLE, child_meta, meta,
+                                           restricted)
 from lvr_operator.manifests.job import TERMINATION_LOG, s3_env
 from lvr_operator.manifests.trainer_config import DATA_MOUNT, LOCAL_CACHE, dataset_jsonl
 from lvr_operator.settings import OperatorSettings
@@ -98,7 +99,7 @@ def prep_pod(ds: dict[str, Any], spec: LongVideoDatasetSpec, name: str, attempt:
                                                                           "readOnly": True}}]
     labels = {LABEL_ROLE: "preprocess", LABEL_ATTEMPT: str(attempt),
               LABEL_GENERATION: str(meta(ds).get("generation", 1))}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": child_meta(ds, name, labels), "spec": pod_spec}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": child_meta(ds, name, labels), "spec": restricted(pod_spec)}
 
 
 def _api_key_env(spec: LongVideoDatasetSpec) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Any
 from lvr_operator.api.common import GPU_RESOURCE
 from lvr_operator.api.jobs import JobSpecBase, RLJobSpec
 from lvr_operator.manifests.common import (KUEUE_GATE, LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, child_meta, config_name,
-                                           name_of, service_name, trainer_account_name, worker_name)
+                                           name_of, restricted, service_name, trainer_account_name, worker_name)
 from lvr_operator.manifests.job import (CONFIG_DIR, CONFIG_FILE, TERMINATION_LOG, TRAINER, gang_labels,
                                         launch_command, rendezvous_env, resources, s3_env)
 from lvr_operator.settings import OperatorSettings
@@ -92,6 +92,7 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds, "hostname": worker_name(kind, name, rank), "subdomain": service_name(kind, name),
         "serviceAccountName": trainer_account_name(kind, name), "containers": containers,
+        "automountServiceAccountToken": True,    # rank 0 patches its progress annotation onto its own pod
         "volumes": [{"name": "config", "configMap": {"name": config_name(kind, name)}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}],
         "tolerations": place.effective_tolerations(),
@@ -109,4 +110,5 @@ def worker_pod(job: dict[str, Any], spec: JobSpecBase, rank: int, attempt: int, 
     if spec.run_policy.queue_name:      # created suspended: Kueue lifts its gate when it admits the whole group
         pod_spec["schedulingGates"] = [{"name": KUEUE_GATE}]
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": child_meta(job, worker_name(kind, name, rank), labels, annotations or None), "spec": pod_spec}
+            "metadata": child_meta(job, worker_name(kind, name, rank), labels, annotations or None),
+            "spec": restricted(pod_spec)}
