@@ -81,3 +81,19 @@ def test_examples_validate_and_build_trainer_configs():
         spec = kind_by_name(doc["kind"]).spec_model.model_validate(doc["spec"])
         cfg = build_trainer_config(spec, ds, "s3://models/x", name)
         assert cfg.data.sampling.num_frames == 512 and cfg.output.dir == doc["spec"]["output"]["uri"]
+
+
+def test_a_vllm_sidecar_without_gpus_on_a_gpu_pod_is_refused_with_what_to_change():
+    rollout = {"mode": "sidecar", "engine": "vllm", "gpus": 0}
+    with pytest.raises(ValidationError, match=r"rollout.gpus: 0` leaves the vLLM rollout sidecar no GPU.*"
+                                              r"rollout.engine: transformers"):
+        RLJobSpec.model_validate({**BASE, "rollout": rollout})
+    RLJobSpec.model_validate({**BASE, "rollout": rollout, "resources": {"gpusPerNode": 0}})   # CPU pods (tests)
+    RLJobSpec.model_validate({**BASE, "rollout": {**rollout, "engine": "transformers"}})
+
+
+def test_the_operator_marks_a_gpu_less_vllm_sidecar_invalid_spec():
+    from op_helpers import job, observed, run
+
+    plan = run(job(rollout={"mode": "sidecar", "engine": "vllm", "gpus": 0}), observed())
+    assert plan.actions == [] and plan.status["phase"] == "Failed" and "no GPU" in plan.invalid

@@ -56,3 +56,15 @@ def test_gpu_holders_name_our_jobs_and_other_pods_most_gpus_first():
     pods = [owned("sftjob", "big", 8, "w0"), owned("sftjob", "big", 8, "w1"), owned("rljob", "done", 8, phase="Succeeded"),
             other, _pod(0, "a")]
     assert gpu_holders(pods) == ["SFTJob ns/big (2 pods, 16 GPUs)", "pod team/notebook (1 pod, 2 GPUs)"]
+
+
+def test_native_sidecar_and_init_container_gpus_count():
+    from lvr_operator.reconcile.capacity import pod_gpus
+
+    def c(gpus, always=False):
+        return {"resources": {"limits": {"nvidia.com/gpu": gpus}}, **({"restartPolicy": "Always"} if always else {})}
+    sidecar = {"spec": {"nodeName": "a", "initContainers": [c(2, always=True)], "containers": [c(6)]},
+               "status": {"phase": "Running"}}
+    assert pod_gpus(sidecar) == 8 and _slots([_node("a")], [sidecar], gpus=1) == 0
+    one_off = {"spec": {"initContainers": [c(1, always=True), c(8)], "containers": [c(2)]}}
+    assert pod_gpus(one_off) == 9                      # the one-off init container runs beside the sidecar

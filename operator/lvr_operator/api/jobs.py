@@ -133,6 +133,10 @@ class RLJobSpec(JobSpecBase):
     @model_validator(mode="after")
     def _gpus_split(self) -> RLJobSpec:
         server, total = self.rollout.server_gpus(self.resources.gpus_per_node), self.resources.gpus_per_node
+        if total and self.rollout.mode == "sidecar" and self.rollout.engine == "vllm" and server == 0:
+            raise ValueError(f"`rollout.gpus: 0` leaves the vLLM rollout sidecar no GPU on pods of {total} GPUs "
+                             "(`resources.gpusPerNode`): give it at least `rollout.tensorParallel` GPUs (remove "
+                             "rollout.gpus for that default), or use `rollout.engine: transformers`")
         if total and server >= total:
             raise ValueError(f"`rollout.gpus` ({server}) leaves no GPU of `resources.gpusPerNode` ({total}) to "
                              "the trainer: lower rollout.gpus, or raise resources.gpusPerNode")

@@ -19,12 +19,23 @@ def _qty(value: Any) -> int:
         return 0
 
 
+def _container_gpus(c: dict[str, Any]) -> int:
+    res = c.get("resources") or {}
+    return _qty((res.get("requests") or {}).get(GPU_RESOURCE) or (res.get("limits") or {}).get(GPU_RESOURCE))
+
+
 def pod_gpus(pod: dict[str, Any]) -> int:
-    total = 0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        res = c.get("resources") or {}
-        total += _qty((res.get("requests") or {}).get(GPU_RESOURCE) or (res.get("limits") or {}).get(GPU_RESOURCE))
-    return total
+    """The pod's effective GPU request, as the scheduler computes it: its containers plus its native sidecars
+    (init containers with restartPolicy Always, which run beside them), or the largest one-off init container
+    plus the sidecars started before it, whichever is more."""
+    spec = pod.get("spec") or {}
+    sidecars = peak_init = 0
+    for c in spec.get("initContainers") or []:
+        if c.get("restartPolicy") == "Always":
+            sidecars += _container_gpus(c)
+        else:
+            peak_init = max(peak_init, sidecars + _container_gpus(c))
+    return max(sum(_container_gpus(c) for c in spec.get("containers") or []) + sidecars, peak_init)
 
 
 def tolerates(taint: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool:
