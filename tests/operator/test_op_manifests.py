@@ -199,11 +199,25 @@ def test_transformers_sidecar_uses_the_trainer_image_and_cpu_pods_share_nothing(
     assert "resources" not in rollout
 
 
+def test_the_sidecar_gets_its_memory_and_a_drain_that_ends_within_the_grace_period():
+    spec, pod = _sidecar_pod(False, engine="vllm", memory="40Gi")
+    rollout = pod["spec"]["containers"][1]
+    assert rollout["resources"]["requests"] == rollout["resources"]["limits"] == {"nvidia.com/gpu": 1,
+                                                                                 "memory": "40Gi"}
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    cmd = rollout["command"]
+    assert "--drain-on-sigterm" in cmd and 0 < float(cmd[cmd.index("--drain-timeout-s") + 1]) < grace
+    _, native = _sidecar_pod(True, engine="vllm")
+    assert "--drain-on-sigterm" not in native["spec"]["initContainers"][0]["command"]   # the kubelet orders it
+
+
 @pytest.mark.parametrize("rollout, resources, message", [
     ({"mode": "sidecar", "gpus": 4}, {"gpusPerNode": 4}, "leaves no GPU of `resources.gpusPerNode` \\(4\\)"),
     ({"mode": "sidecar", "engine": "vllm", "tensorParallel": 4, "gpus": 2}, None, "fewer than `rollout.tensorParallel`"),
     ({"gpus": 2}, None, "`rollout.gpus` applies to the rollout sidecar only"),
     ({"mode": "sidecar", "tensorParallel": 2}, None, "needs `rollout.engine: vllm`"),
+    ({"memory": "8Gi"}, None, "`rollout.memory` applies to the rollout sidecar only"),
+    ({"mode": "sidecar"}, {"memory": "900Gi"}, "needs its own `rollout.memory`"),
 ])
 def test_rollout_specs_that_cannot_run_are_refused_naming_the_field(rollout, resources, message):
     from pydantic import ValidationError

@@ -95,11 +95,16 @@ class RolloutSpec(CamelModel):
         "device plugin; the trainer gets the rest (`resources.gpusPerNode` minus these). Default: "
         "`tensorParallel` when the pod has GPUs, else 0.")
 
+    memory: str | None = Field(
+        None, description="sidecar only: memory request and limit of the rollout server's container, e.g. `40Gi`: "
+        "its model in the trainer's model.dtype, one weight bucket (spec.trainer rollout.weight_bucket_mb) and the "
+        "engine's working memory. Required when `resources.memory` is set. Default unset (no request).")
+
     @model_validator(mode="after")
     def _sidecar_only(self) -> RolloutSpec:
         if self.mode == "inprocess":
             for name, value, default in (("gpus", self.gpus, None), ("tensorParallel", self.tensor_parallel, 1),
-                                         ("image", self.image, None)):
+                                         ("image", self.image, None), ("memory", self.memory, None)):
                 if value != default:
                     raise ValueError(f"`rollout.{name}` applies to the rollout sidecar only: set `rollout.mode: "
                                      f"sidecar`, or remove `rollout.{name}`")
@@ -129,6 +134,14 @@ class RLJobSpec(JobSpecBase):
 
     rollout: RolloutSpec = Field(default_factory=RolloutSpec,
                                  description="Rollout engine. Default transformers, in process.")
+
+    @model_validator(mode="after")
+    def _sidecar_memory(self) -> RLJobSpec:
+        if self.rollout.mode == "sidecar" and self.resources.memory and not self.rollout.memory:
+            raise ValueError("`resources.memory` bounds the trainer container; the rollout sidecar beside it needs "
+                             "its own `rollout.memory` (its model in model.dtype plus one weight bucket and the "
+                             "engine's working memory, e.g. 40Gi for a 7B model in bf16)")
+        return self
 
     @model_validator(mode="after")
     def _gpus_split(self) -> RLJobSpec:

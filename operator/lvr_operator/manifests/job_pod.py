@@ -58,7 +58,10 @@ def rollout_container(spec: RLJobSpec, settings: OperatorSettings, dataset_s3: A
         "command": ["python", "-m", "lvr_trainer.cli", "rollout-server", "--config", CONFIG_FILE,
                     "--engine", r.engine, "--port", str(r.port)]
                    # a regular container gets SIGTERM with the trainer, which needs it for its last step
-                   + ([] if settings.native_sidecars else ["--drain-on-sigterm"]),
+                   # (its drain ends before the grace period does, even if the trainer sends no /shutdown)
+                   + ([] if settings.native_sidecars else [
+                       "--drain-on-sigterm", "--drain-timeout-s",
+                       str(max(5, spec.run_policy.termination_grace_period_seconds - 15))]),
         "env": [{"name": "LVR_TERMINATION_LOG", "value": TERMINATION_LOG},
                 *s3_env(s3.credentials_secret if s3 else None, s3.endpoint if s3 else None)],
         "ports": [{"name": ROLLOUT, "containerPort": r.port}],
@@ -68,8 +71,9 @@ def rollout_container(spec: RLJobSpec, settings: OperatorSettings, dataset_s3: A
         "readinessProbe": health,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if gpus := r.server_gpus(spec.resources.gpus_per_node):
-        container["resources"] = {"limits": {GPU_RESOURCE: gpus}, "requests": {GPU_RESOURCE: gpus}}
+    limits = {GPU_RESOURCE: r.server_gpus(spec.resources.gpus_per_node), "memory": r.memory}
+    if limits := {k: v for k, v in limits.items() if v}:
+        container["resources"] = {"limits": limits, "requests": dict(limits)}
     return container
 
 
