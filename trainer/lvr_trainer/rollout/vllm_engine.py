@@ -56,15 +56,22 @@ def rollout_settings(cfg, dtype: torch.dtype, seed: int) -> dict:
                 tensor_parallel_size=rollout.tensor_parallel)
 
 
-def save_for_vllm(model, tokenizer, directory: str | Path) -> Path:
-    """Write `model` (a transformers Qwen-VL), `tokenizer` and a transformers-style preprocessor config to
-    `directory`: what vLLM reads to build its copy (its multimodal processor needs preprocessor_config.json
-    even when videos arrive as embeddings)."""
+def save_for_vllm(model, tokenizer, directory: str | Path, weights: bool = True) -> Path:
+    """Write `model`'s config (a transformers Qwen-VL), its weights unless `weights` is False, `tokenizer` and a
+    transformers-style preprocessor config to `directory`: what vLLM reads to build its copy (its multimodal
+    processor needs preprocessor_config.json even when videos arrive as embeddings)."""
     from lvr_trainer.model.processor import VideoProcessor
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
+    if weights:
+        model.save_pretrained(str(directory), safe_serialization=True)
+    else:           # the config alone, naming the class (vLLM picks its architecture by it)
+        import copy
+
+        config = copy.deepcopy(model.config)
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     p = VideoProcessor.from_model_config(model.config)
     processor = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": p.patch_size,
@@ -126,33 +133,65 @@ class VllmEngine:
             enable_mm_embeds=True, limit_mm_per_prompt={"video": 1, "image": 0},
             generation_config="vllm", logprobs_mode="raw_logprobs", **llm_kwargs)
         self.logits_scale = 1.0
+        self.model_dir, self._shapes = str(model_dir), None
+        self.tensor_parallel = int(llm_kwargs.get("tensor_parallel_size", 1))
 
     @classmethod
     def from_model(cls, model, tokenizer, workdir: str | Path | None = None, **settings) -> VllmEngine:
-        """An engine on a copy of the in-memory transformers `model` (saved to `workdir`, default a new
-        temporary directory, for vLLM to read)."""
+        """An engine on a copy of the in-memory transformers `model`: its config and tokenizer are written to
+        `workdir` (default a new temporary directory) for vLLM to build the architecture with placeholder
+        weights, then the language model's weights are loaded from memory (no checkpoint written; the
+        vision tower is never run: videos arrive as embeddings)."""
+        from lvr_trainer.rollout.weights import policy_tensors
+
         if workdir is None:
             import tempfile
 
             workdir = tempfile.mkdtemp(prefix="lvr-vllm-")
-        return cls(save_for_vllm(model, tokenizer, workdir), **settings)
+        engine = cls(save_for_vllm(model, tokenizer, workdir, weights=False), load_format="dummy", **settings)
+        engine.load_weights(policy_tensors(model))
+        return engine
 
     # ---- weights ----
-    def load_weights(self, named_tensors: NamedTensors) -> None:
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The transformers names and shapes of this architecture (built on the meta device from the
+        served config): vLLM's own parameters are fused and renamed, so a transfer is checked against
+        what the trainer sends."""
+        if self._shapes is None:
+            from transformers import AutoConfig, AutoModelForImageTextToText
+
+            from lvr_trainer.rollout.weights import parameter_shapes
+
+            config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+            with torch.device("meta"):
+                skeleton = AutoModelForImageTextToText.from_config(config)
+            self._shapes = parameter_shapes(skeleton)
+        return self._shapes
+
+    def load_weights(self, named_tensors: NamedTensors, checked: bool = False) -> None:
         """Load (transformers name, tensor) pairs into vLLM's model in place, then drop what vLLM cached
         under the old weights (prefix KV blocks; encoder outputs, else re-sent embeddings miss).
 
         vLLM's `reload_weights` maps the names (`model.language_model.*`, `model.visual.*`, `lm_head.*`),
         fuses q/k/v and gate/up, and re-runs its post-load processing (kernel layouts, e.g. on CPU); a
-        bare `model.load_weights` fails once that processing has replaced the parameters.
+        bare `model.load_weights` fails once that processing has replaced the parameters. In this process
+        the tensors stream through one at a time; workers in other processes (tensor parallel) need a list.
         """
-        weights = [(name, _full(t).detach()) for name, t in named_tensors]
+        from lvr_trainer.rollout.weights import check_entries
+
+        weights = ((name, _full(t).detach()) for name, t in named_tensors)
+        if not checked or self.tensor_parallel > 1:
+            weights = list(weights)
+        if not checked:
+            check_entries(((n, t.shape) for n, t in weights), self.weight_shapes(), f"vLLM {self.model_dir}")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        self.load_weights(model.state_dict().items())
+        from lvr_trainer.rollout.weights import policy_tensors
+
+        self.load_weights(policy_tensors(model))
 
     # ---- memory (GPU) ----
     def sleep(self, level: int = 1) -> None:
