@@ -11,7 +11,11 @@ leaves the previous checkpoint as latest). After each save only the newest `trai
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import os
+import pickle
 import random
 import re
 import shutil
@@ -21,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvr_trainer.layout import CHECKPOINTS, LATEST, MODEL_DIR, TRAINER_STATE, step_name
+from lvr_trainer.config import ConfigError
+from lvr_trainer.layout import CHECKPOINTS, LATEST, MODEL_DIR, TRAINER_STATE, checked_step_name, step_name
 
 
 def step_dir(output: str | Path, step: int) -> Path:
@@ -33,18 +38,25 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     marker = Path(output) / CHECKPOINTS / LATEST
     if not marker.is_file():
         return None
-    path = marker.parent / marker.read_text().strip()
+    try:
+        path = marker.parent / checked_step_name(marker.read_text(), str(marker))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return path if (path / TRAINER_STATE).is_file() else None
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every generator's state in types `torch.load(weights_only=True)` reads back (no numpy objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -73,10 +85,35 @@ def save_checkpoint(output: str | Path, step: int, model, tokenizer, processor, 
     save_model_dir(model, tokenizer, processor, tmp / MODEL_DIR)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state(), **extra}, tmp / TRAINER_STATE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    replace_dir(tmp, final)
     mark_latest(final)
     return final
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put directory `new` in place of `final`. A checkpoint re-saved under the name `latest` holds is
+    swapped in atomically, so `latest` never names a missing or half-written directory; where the file
+    system cannot swap, the old one is moved aside first (a window of two renames)."""
+    if not final.exists():
+        new.rename(final)
+        return
+    if not _exchange(new, final):
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        new.rename(final)
+        new = old
+    shutil.rmtree(new, ignore_errors=True)
 
 
 def mark_latest(checkpoint: Path) -> None:
@@ -88,8 +125,15 @@ def mark_latest(checkpoint: Path) -> None:
 
 def load_trainer_state(checkpoint: Path) -> dict:
     """The trainer state, memory-mapped: the optimizer tensors are read from the page cache (shared by a
-    node's ranks) as they are copied to their parameters, not held as a full copy per rank."""
-    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False, mmap=True)
+    node's ranks) as they are copied to their parameters, not held as a full copy per rank. Tensors and
+    plain containers only (`weights_only`): a file from a shared bucket cannot run code in the trainer."""
+    path = checkpoint / TRAINER_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
+                          f"written by an older lvr, or not by lvr at all): {str(err).splitlines()[0]}. Resume "
+                          "from a checkpoint this version wrote, or start the run afresh") from None
 
 
 _STEP_DIR = re.compile(r"step-(\d+)")

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvr_trainer.cache.store import StoreError
-from lvr_trainer.layout import CHECKPOINTS, SHARDED_STATE, step_name
+from lvr_trainer.config import ConfigError
+from lvr_trainer.layout import CHECKPOINTS, SHARDED_STATE, checked_step_name, step_name
 from lvr_trainer.train.checkpoint import LATEST, stale_checkpoints, step_dir
 
 # Retry policy of checkpoint uploads: attempts per object, first delay (doubling, +-50% jitter), cap.
@@ -142,7 +143,10 @@ def pull_latest(uri: str, local: Path) -> str | None:
     data = store._call("GET latest", lambda: _read(store, _key(store, f"{CHECKPOINTS}/{LATEST}")))
     if data is None:
         return None
-    name = data.decode().strip()
+    try:
+        name = checked_step_name(data.decode(errors="replace"), f"{uri.rstrip('/')}/{CHECKPOINTS}/{LATEST}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     _store(f"{uri.rstrip('/')}/{CHECKPOINTS}/{name}").download_prefix(local / CHECKPOINTS / name)
     (local / CHECKPOINTS / LATEST).write_text(name)
     return name
