@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from lvr_trainer.layout import checked_step_name
 from lvr_trainer.train.pod_progress import PodProgressReporter
 from lvr_trainer.utils.progress import Progress
 
@@ -74,7 +75,11 @@ class RunLogger:
         marker = self.dir / "checkpoints" / "latest"
         if not marker.is_file():
             return None
-        return f"{self.output_uri.rstrip('/')}/checkpoints/{marker.read_text().strip()}"
+        try:
+            name = checked_step_name(marker.read_text(), str(marker))
+        except ValueError:
+            return None                 # never reported: resuming says what is wrong with it
+        return f"{self.output_uri.rstrip('/')}/checkpoints/{name}"
 
     def close(self) -> None:
         """Flush; the pod's progress gets a last report naming the final checkpoint."""
