@@ -205,7 +205,10 @@ class Cluster:
                                                             owner["metadata"]["name"])
         except ApiException as err:
             if isinstance(action, Create) and err.status == 409:
-                return self._check_owner(owner, action.obj)
+                self._check_owner(owner, action.obj)
+                if action.replace:
+                    self._replace(ns, action.obj)
+                return
             if isinstance(action, Create) and err.status in (400, 403, 422):
                 raise CreateFailed(_refusal(*action.key, err)) from err
             if err.status in (404, 409):      # gone already: the goal is met
@@ -229,6 +232,11 @@ class Cluster:
             if err.status == 404:
                 return None
             raise
+
+    def _replace(self, namespace: str, obj: dict[str, Any]) -> None:
+        api = self.rbac if obj["kind"].startswith("Role") else self.core
+        self._count("replace")
+        getattr(api, f"replace_namespaced_{_SNAKE[obj['kind']]}")(obj["metadata"]["name"], namespace, obj)
 
     def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> None:
         """An object of the child's name exists: ours (this owner's UID as its controller) is success; any

@@ -119,3 +119,22 @@ def test_a_refused_preparation_pod_is_named_in_the_datasets_status():
     plan = reconcile_dataset(ds, DatasetObserved(NOW), SETTINGS)
     follow = service.apply_plan(Refuses(), ds, plan, [], NOW, SETTINGS)
     assert follow.status["phase"] == "Pending" and "violates PodSecurity" in follow.status["message"]
+
+
+def test_a_config_map_of_ours_is_replaced_when_the_create_asks_for_it():
+    from lvr_operator.manifests.job import config_map
+
+    replaced = []
+
+    class Core(_Core):
+        def replace_namespaced_config_map(self, name, namespace, body):
+            replaced.append((name, body["data"]))
+
+    cm = config_map(OWNER, SimpleNamespace(model_dump=lambda mode: {"train": {"steps": 7}}))
+    mine = {**cm, "metadata": {**cm["metadata"], "ownerReferences": [{"uid": "uid-mine", "controller": True}]}}
+    cluster = _cluster(_api_error(409), mine)
+    cluster.core = Core(_api_error(409), mine)
+    cluster.apply(OWNER, Plan({}, [Create(cm)]))
+    assert replaced == []                                   # a plain create leaves an existing one alone
+    cluster.apply(OWNER, Plan({}, [Create(cm, replace=True)]))
+    assert replaced == [("r1-rl-config", cm["data"])]

@@ -382,3 +382,26 @@ def test_operator_rbac_may_create_pod_groups():
 
     assert any(r["apiGroups"] == ["scheduling.x-k8s.io"] and "podgroups" in r["resources"] and "create" in r["verbs"]
                for r in workload_rules())
+
+
+def test_a_trainer_spec_change_while_pods_run_is_reported_and_applies_at_the_next_start():
+    obj, pods = _started()
+    assert obj["status"]["trainerConfigDigest"]
+    obj = _running(obj, pods)
+    edited = with_status(job(trainer={"train": {"steps": 200}, "parallel": {"sequence_parallel": 4}}), obj["status"])
+    edited["metadata"]["generation"] = 2
+    plan = run(edited, observed(*(pod_in(p, "running") for p in pods)))
+    assert plan.actions == [] and plan.status["phase"] == "Running"          # the running gang is left alone
+    c = _cond(plan, "TrainerConfigChanged")
+    assert c["status"] == "True" and "applies when the gang next starts" in c["message"]
+    # a worker fails: the new gang gets the edited config (the ConfigMap is replaced) and the report clears
+    failed = run(with_status(edited, plan.status), observed(pod_in(pods[0], "failed", exit_code=1),
+                                                            pod_in(pods[1], "running")))
+    restarted = with_status(edited, failed.status)
+    plan = run(restarted, observed(now=later(60)))
+    cm = next(a for a in plan.actions if isinstance(a, Create) and a.obj["kind"] == "ConfigMap")
+    assert cm.replace and "steps: 200" in cm.obj["data"]["trainer.yaml"]
+    assert plan.status["trainerConfigDigest"] != obj["status"]["trainerConfigDigest"]
+    new = [pod_in(p, "running") for p in created_pods(plan)]
+    plan = run(with_status(restarted, plan.status), observed(*new))
+    assert _cond(plan, "TrainerConfigChanged")["status"] == "False"

@@ -49,7 +49,9 @@ class JobSpecBase(CamelModel):
     trainer: dict[str, Any] = Field(
         default_factory=dict, json_schema_extra={TRAINER_SCHEMA_MARK: True},
         description="The trainer's config (see `lvr config schema`): train, optim, parallel, ... "
-        "`model.path`, `data.train`, `cache.uri` and `output.dir` are filled in by the operator. Default {}.")
+        "`model.path`, `data.train`, `cache.uri` and `output.dir` are filled in by the operator. Mutable, read "
+        "when the gang starts: a change while pods run is reported (condition TrainerConfigChanged) and applies "
+        "at the gang's next start (a restart, a preemption, or runPolicy.suspend true then false). Default {}.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Gang size. Default 1 node x 8 GPUs.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec,
                                      description="Node selection. Default: an 8-GPU NVIDIA node.")
@@ -199,4 +201,6 @@ class JobStatus(CamelModel):
     next_restart_time: str | None = Field(None, description="While Restarting: when the gang is recreated.")
     workers: int | None = Field(None, ge=0, description="Worker pods currently running.")
     model_uri: str | None = Field(None, description="The weights the trainer starts from (resolved).")
+    trainer_config_digest: str | None = Field(
+        None, description="sha256 of the trainer config the current gang started with (its ConfigMap).")
     progress: JobProgress | None = Field(None, description="Progress reported by the trainer.")

@@ -88,6 +88,7 @@ class ConditionType(str, Enum):
     cached = "Cached"
     ready = "Ready"
     status_update_refused = "StatusUpdateRefused"   # the API server refused the computed status (see message)
+    trainer_config_changed = "TrainerConfigChanged"  # spec.trainer changed while the gang runs its older config
 
 
 class Reason:
@@ -118,6 +119,8 @@ class Reason:
     SUCCEEDED = "JobSucceeded"
     DEPENDENCY_FAILED = "DependencyFailed"
     CREATE_REFUSED = "CreateRefused"        # the API server refused a child (403/422): quota, Pod Security, a field
+    TRAINER_CONFIG_CHANGED = "TrainerSpecChanged"
+    TRAINER_CONFIG_CURRENT = "TrainerConfigCurrent"
     STATUS_UPDATE_REFUSED = "StatusUpdateRefused"
     STATUS_UPDATE_ACCEPTED = "StatusUpdateAccepted"
     CHILD_CONFLICT = "ChildConflict"        # a child's name is held by an object another controller owns

@@ -3,6 +3,7 @@ coscheduling PodGroup when the spec asks for one."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import yaml
@@ -21,9 +22,18 @@ TERMINATION_LOG = "/dev/termination-log"   # the containers' terminationMessageP
 TRAINER = "trainer"
 
 
+def config_text(trainer_config: Any) -> str:
+    return yaml.safe_dump(trainer_config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_digest(trainer_config: Any) -> str:
+    """sha256 of the config the pods get: status.trainerConfigDigest records the running gang's."""
+    return hashlib.sha256(config_text(trainer_config).encode()).hexdigest()
+
+
 def config_map(job: dict[str, Any], trainer_config: Any) -> dict[str, Any]:
     """The validated trainer config as YAML, mounted at /etc/lvr/trainer.yaml."""
-    text = yaml.safe_dump(trainer_config.model_dump(mode="json"), sort_keys=False)
+    text = config_text(trainer_config)
     meta = child_meta(job, config_name(job["kind"], name_of(job)))
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
             "data": {"trainer.yaml": text}}

@@ -19,7 +19,7 @@ from lvr_operator.api.phases import Reason as R
 from lvr_operator.api.phases import is_terminal
 from lvr_operator.manifests.common import meta
 from lvr_operator.reconcile.job_steps import (Ctx, attempt_of, check_dependencies, create_gang, handle_failure,
-                                              handle_preemption, mirror_progress, parse_job)
+                                              handle_preemption, mirror_progress, note_config_change, parse_job)
 from lvr_operator.reconcile.model import Delete, DeleteOwner, Plan, parse_time, rfc3339
 from lvr_operator.reconcile.pods import worker
 from lvr_operator.settings import OperatorSettings
@@ -66,6 +66,8 @@ def reconcile_job(job: dict[str, Any], obs: JobObserved, settings: OperatorSetti
     current = [w for w in workers if w.attempt == attempt]
     ctx.plan.actions += [Delete("Pod", w.name) for w in stale if not w.deleting]
     mirror_progress(ctx, current)
+    if current:
+        note_config_change(ctx, spec, deps)
     # before failures (a peer of a deleted pod fails because of it); only a live gang's pods count: after a
     # suspend, its own deletions are still finishing
     if any(w.preempted for w in current) and ctx.old_phase in (P.created.value, P.running.value):

@@ -16,7 +16,7 @@ from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
 from lvr_operator.api.phases import Reason as R
 from lvr_operator.manifests.common import ANNOTATION_PROGRESS, name_problem
-from lvr_operator.manifests.job import config_map, headless_service, pod_group, trainer_rbac
+from lvr_operator.manifests.job import config_digest, config_map, headless_service, pod_group, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
 from lvr_operator.manifests.trainer_config import build_trainer_config
 from lvr_operator.reconcile.context import Ctx, explain_validation
@@ -26,7 +26,7 @@ from lvr_trainer.layout import checkpoint_model_uri
 from lvr_trainer.train.pod_progress import parse_report
 
 __all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "handle_preemption",
-           "mirror_progress", "attempt_of"]
+           "mirror_progress", "note_config_change", "attempt_of"]
 
 
 def attempt_of(status: dict[str, Any]) -> int:
@@ -180,14 +180,19 @@ def create_gang(ctx: Ctx, spec: Any, deps: Deps, existing_ranks: set[int]) -> An
     cfg = build_trainer_config(spec, deps.dataset, deps.model_uri, "spec.trainer")
     attempt = attempt_of(ctx.status)
     resume = (ctx.status.get("progress") or {}).get("lastCheckpoint")
-    objs = [config_map(job, cfg), headless_service(job, s), *trainer_rbac(job, spec.resources.nodes)]
+    fresh = not existing_ranks      # a new gang gets the spec's config now; one half created keeps its own
+    actions = [Create(config_map(job, cfg), replace=True)] if fresh else []
+    objs = [*([] if fresh else [config_map(job, cfg)]), headless_service(job, s),
+            *trainer_rbac(job, spec.resources.nodes)]
     seen = ctx.obs.children or set()       # not listed: create them all (AlreadyExists is success)
     objs = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in seen]
     if spec.run_policy.pod_group is not None:           # before the pods; AlreadyExists is success
         objs.append(pod_group(job, spec))
     objs += [worker_pod(job, spec, r, attempt, s, resume, deps.dataset_s3)
              for r in range(spec.resources.nodes) if r not in existing_ranks]
-    ctx.plan.actions += [Create(o) for o in objs]
+    ctx.plan.actions += actions + [Create(o) for o in objs]
+    if fresh:
+        ctx.status["trainerConfigDigest"] = config_digest(cfg)
     ctx.status.setdefault("startTime", rfc3339(ctx.obs.now))
     ctx.status["workers"] = 0
     n = spec.resources.nodes
@@ -203,6 +208,21 @@ PREEMPTION_HISTORY = 10      # entries kept in status.preemptionHistory
 
 def _after(ctx: Ctx, seconds: float) -> str:
     return rfc3339(ctx.obs.now + timedelta(seconds=seconds))
+
+
+def note_config_change(ctx: Ctx, spec: Any, deps: Deps) -> None:
+    """While the gang runs, say whether spec.trainer (or a field its config derives from) changed since the
+    gang started: the pods keep the config they started with, and the change applies at the next start."""
+    started = ctx.status.get("trainerConfigDigest")
+    if started is None or deps.dataset is None:      # no dataset seen now: the config cannot be rebuilt
+        return
+    if config_digest(build_trainer_config(spec, deps.dataset, deps.model_uri, "spec.trainer")) != started:
+        ctx.set(C.trainer_config_changed, True, R.TRAINER_CONFIG_CHANGED,
+                "spec.trainer (or a field the trainer's config derives from) changed while the gang runs: its "
+                "pods keep the config they started with; the change applies when the gang next starts (after a "
+                "restart or a preemption, or now: set runPolicy.suspend true, then false)")
+    elif ctx.has(C.trainer_config_changed):
+        ctx.set(C.trainer_config_changed, False, R.TRAINER_CONFIG_CURRENT, "the gang runs the spec's trainer config")
 
 
 def handle_preemption(ctx: Ctx, spec: Any, current: list) -> Any:

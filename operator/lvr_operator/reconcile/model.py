@@ -20,9 +20,11 @@ def parse_time(s: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Create:
-    """Create `obj` unless an object of its kind and name exists (an AlreadyExists answer is success)."""
+    """Create `obj` unless an object of its kind and name exists (an AlreadyExists answer is success when
+    this owner controls it; `replace`: then its content is replaced by `obj`'s)."""
 
     obj: dict[str, Any]
+    replace: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
