@@ -124,12 +124,24 @@ def weights_from_path(path: str):
 
 
 def _tensors_of(files):
-    from safetensors import safe_open
+    """Each tensor of each file, read into memory of its own one at a time (not memory-mapped: the file's
+    pages then stay page cache, which the kernel can drop, instead of joining this process's resident set)."""
+    import torch
 
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                yield name, st.get_tensor(name)
+    from lvr_trainer.rollout.wire import dtype_of
+
+    for path in files:
+        header, start = read_header(path)
+        with open(path, "rb") as f:
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = info["data_offsets"]
+                raw = torch.empty(end - begin, dtype=torch.uint8)
+                f.seek(start + begin)
+                if f.readinto(memoryview(raw.numpy())) != end - begin:
+                    raise WireError(f"{path}: {name} is cut short")
+                yield name, raw.view(dtype_of(info["dtype"])).reshape(info["shape"])
 
 
 @dataclass

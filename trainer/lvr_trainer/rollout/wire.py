@@ -135,6 +135,14 @@ _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64":
               "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
+def dtype_of(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code ("BF16" -> torch.bfloat16)."""
+    for name, c in _ST_DTYPES.items():
+        if c == code:
+            return getattr(torch, name)
+    raise WireError(f"unknown safetensors dtype {code!r}")
+
+
 def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
     """A safetensors file as a stream of byte chunks (the header, then each tensor's bytes in place): what
     `safetensors.torch.save` returns, without building the whole body in memory."""
