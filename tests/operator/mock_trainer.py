@@ -4,6 +4,7 @@
 
 Uses the pod's ServiceAccount (KUBECONFIG set by the kubelet stand-in) and the narrow per-job Role.
 `--fail-attempts N`: exit 7 while the pod's attempt label is below N (tests gang restarts).
+`--nan-loss`: the report's loss is NaN, which json.dumps writes as the non-JSON token `NaN`.
 """
 
 import argparse
@@ -21,6 +22,7 @@ def main() -> int:
     p.add_argument("--exit-code", type=int, default=0)
     p.add_argument("--sleep", type=float, default=0.3)
     p.add_argument("--fail-attempts", type=int, default=0)
+    p.add_argument("--nan-loss", action="store_true", help="report loss NaN (as json.dumps writes it)")
     args = p.parse_args()
     config.load_kube_config()
     core = client.CoreV1Api()
@@ -33,6 +35,8 @@ def main() -> int:
         if rank == 0:
             report = {"step": step, "total_steps": args.steps, "reward": step / args.steps, "accuracy": 0.5,
                       "last_checkpoint": f"s3://ckpt/step-{step}"}
+            if args.nan_loss:
+                report["loss"] = float("nan")
             core.patch_namespaced_pod(name, ns, {"metadata": {"annotations": {
                 os.environ["LVR_PROGRESS_ANNOTATION"]: json.dumps(report)}}})
         print(f"step {step}/{args.steps}", flush=True)
