@@ -185,6 +185,22 @@ def test_weight_sync_changes_replies_to_the_new_models(setup):
 
 @pytest.mark.vllm
 @needs_vllm
+def test_a_weight_set_of_another_architecture_is_refused_before_any_byte_loads(setup):
+    """Names and shapes are checked against the transformers layout of vLLM's architecture first: a wrong set
+    is an error naming the weight, and the engine's replies stay those of its weights."""
+    model, tok, requests, engine = setup
+    before = replies(engine.generate(requests, GREEDY))
+    name, t = next((n, p) for n, p in model.named_parameters() if "visual" not in n)
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        engine.load_weights([(name, torch.zeros(t.shape[0] + 1))])
+    with pytest.raises(KeyError, match="model.no_such.weight"):
+        engine.load_weights([(name, t.detach() * 0), ("model.no_such.weight", torch.zeros(2))])
+    assert replies(engine.generate(requests, GREEDY)) == before
+    assert engine.weight_shapes()[name] == tuple(t.shape)
+
+
+@pytest.mark.vllm
+@needs_vllm
 def test_greedy_replies_and_logprobs_after_a_multi_patch_video(setup):
     """A video of several temporal patches: the text after it sits at the video's largest position + 1 in
     vLLM and (with `use_reference_positions`, model/prompt.py) in transformers. transformers 5.19-5.24 alone

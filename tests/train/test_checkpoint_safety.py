@@ -82,3 +82,15 @@ def test_re_saving_the_checkpoint_latest_names_never_leaves_latest_pointing_nowh
         assert all(s == final for s in seen)
     assert seen[-1] == final and load_trainer_state(final)["version"] == "new"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000004"]
+
+
+def test_a_run_resumed_at_its_last_step_does_not_rewrite_the_checkpoint_latest_names(make_config, tmp_path):
+    from lvr_trainer.train.sft import run_sft
+
+    cfg = make_config(train={"steps": 2, "save_every": 2}, output={"dir": str(tmp_path / "out")})
+    run_sft(cfg)
+    state = tmp_path / "out/checkpoints/step-000002/trainer_state.pt"
+    before = state.stat().st_mtime_ns
+    again = run_sft(cfg, resume=True)
+    assert again["start_step"] == again["steps"] == 2 and state.stat().st_mtime_ns == before
+    assert again["checkpoint"].endswith("step-000002")

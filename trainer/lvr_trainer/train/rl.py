@@ -254,7 +254,7 @@ def _train(run: RLRun, stop_after: int | None, stop: StopOnSigterm) -> dict:
             _save_state(run, last)
         if last < cfg.train.steps:
             stop_if_preempted(stop, cfg, grid, output, last, lambda: _save_state(run, last), saved=periodic)  # noqa: B023
-    if last == cfg.train.steps:
+    if last == cfg.train.steps and last > start:     # resumed at the end: `latest` holds this state
         _save_state(run, last)
     finish_uploads(output, cfg, grid)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()

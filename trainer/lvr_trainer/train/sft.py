@@ -118,7 +118,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
             save()
         if last < cfg.train.steps:
             stop_if_preempted(stop, cfg, grid, output, last, save, saved=periodic)
-    if last == cfg.train.steps:
+    if last == cfg.train.steps and last > start:     # resumed at the end: `latest` holds this state
         save_step(output, last, model, tokenizer, processor, optimizer, scheduler, cfg, grid)
     finish_uploads(output, cfg, grid)      # the final report names a checkpoint that is in S3, not still uploading
     logger.close()
