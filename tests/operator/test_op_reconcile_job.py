@@ -405,3 +405,15 @@ def test_a_trainer_spec_change_while_pods_run_is_reported_and_applies_at_the_nex
     new = [pod_in(p, "running") for p in created_pods(plan)]
     plan = run(with_status(restarted, plan.status), observed(*new))
     assert _cond(plan, "TrainerConfigChanged")["status"] == "False"
+
+
+def test_status_messages_are_bounded_and_keep_the_last_log_lines():
+    from lvr_operator.reconcile.model import MAX_MESSAGE
+
+    obj, pods = _started(runPolicy={"backoffLimit": 0})
+    log = "\n".join(f"line {i} " + "x" * 200 for i in range(2000)) + "\nCUDA out of memory"
+    plan = run(obj, observed(pod_in(pods[0], "failed", exit_code=1, message=log), pod_in(pods[1], "running"),
+                             logs={"r1-rl-worker-0": log}))
+    assert plan.status["phase"] == "Failed" and len(plan.status["message"]) <= MAX_MESSAGE
+    assert all(len(c["message"]) <= MAX_MESSAGE for c in plan.status["conditions"])
+    assert plan.status["message"].endswith("CUDA out of memory") and "[...]" in plan.status["message"]

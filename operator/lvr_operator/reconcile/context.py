@@ -13,7 +13,7 @@ from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import JobPhase as P
 from lvr_operator.api.phases import Reason as R
 from lvr_operator.manifests.common import meta, namespace_of
-from lvr_operator.reconcile.model import Event, Plan, condition, rfc3339, set_condition
+from lvr_operator.reconcile.model import Event, Plan, bounded, condition, rfc3339, set_condition
 from lvr_operator.settings import OperatorSettings
 
 _WARNING_PHASES = {P.failed.value, P.restarting.value, "Failed"}
@@ -43,7 +43,7 @@ class Ctx:
         """Move to phase `new`; an Event is posted on every transition (or when forced)."""
         value = getattr(new, "value", new)
         self.status["phase"] = value
-        self.status["message"] = message
+        self.status["message"] = bounded(message)
         if (value != self.old_phase or force_event) and not self._evented:
             kind = "Warning" if value in _WARNING_PHASES else "Normal"
             self.plan.events.append(Event(kind, reason, message))

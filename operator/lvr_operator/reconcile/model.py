@@ -93,11 +93,23 @@ def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     return patch or None
 
 
+MAX_MESSAGE = 4096      # characters of a status message or condition message (a log tail can be long)
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE characters keeping its start and its end (a log's last lines)."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    cut = " [...] "
+    head = MAX_MESSAGE // 4
+    return message[:head] + cut + message[-(MAX_MESSAGE - head - len(cut)):]
+
+
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | str, reason: str, message: str,
                   now: datetime, generation: int | None) -> list[dict[str, Any]]:
     """Upsert a condition; lastTransitionTime moves only when its status flips."""
     value = status if isinstance(status, str) else ("True" if status else "False")
-    message = message or reason          # the apiserver rejected empty messages in merge patches
+    message = bounded(message or reason)          # the apiserver rejected empty messages in merge patches
     out, found = [], False
     for c in conditions:
         if c.get("type") == type_:
