@@ -109,7 +109,8 @@ def _patch_own_pod(name: str, namespace: str, annotation: str) -> Callable[[dict
     core = client.CoreV1Api()
 
     def patch(payload: dict) -> None:
-        core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": {annotation: json.dumps(payload, allow_nan=False)}}})
+        text = json.dumps(payload, allow_nan=False)
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": {annotation: text}}})
     return patch
 
 
