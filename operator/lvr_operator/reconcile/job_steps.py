@@ -233,7 +233,8 @@ def handle_preemption(ctx: Ctx, spec: Any, current: list) -> Any:
     gone = min((w for w in current if w.preempted), key=lambda w: w.rank)
     count, rp = int(ctx.status.get("preemptions") or 0) + 1, spec.run_policy
     what = f"worker {gone.rank} (pod {gone.name}) {gone.preempted}"
-    history = [*(ctx.status.get("preemptionHistory") or []), f"{rfc3339(ctx.obs.now)} {what}"][-PREEMPTION_HISTORY:]
+    entry = f"{rfc3339(ctx.obs.now)} {what}"[:300]
+    history = [*(ctx.status.get("preemptionHistory") or []), entry][-PREEMPTION_HISTORY:]
     ctx.plan.actions += [Delete("Pod", w.name) for w in current if not w.deleting]
     ctx.status["preemptions"] = count
     ctx.status["preemptionHistory"] = history
