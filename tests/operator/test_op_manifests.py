@@ -250,3 +250,15 @@ def test_trainer_and_preparation_pods_meet_pod_security_restricted(native):
     worker, prep = pods
     assert worker["spec"]["automountServiceAccountToken"] is True        # rank 0 patches its own pod
     assert prep["spec"]["automountServiceAccountToken"] is False         # the preparation steps never call the API
+
+
+def test_operator_rbac_covers_every_call_on_children():
+    """cluster.py creates, lists and deletes children, reads one that already exists (whose controller it
+    checks) and replaces a new gang's ConfigMap: the chart's rules grant each of those calls."""
+    from lvr_operator.manifests.common import PODGROUP_PLURAL
+
+    def allowed(resource, verb):
+        return any(resource in r["resources"] and verb in r["verbs"] for r in operator_rules())
+    for resource in ("pods", "configmaps", "services", "serviceaccounts", "roles", "rolebindings"):
+        assert all(allowed(resource, verb) for verb in ("get", "list", "create", "delete")), resource
+    assert allowed("configmaps", "update") and allowed(PODGROUP_PLURAL, "get")

@@ -28,7 +28,8 @@ RULES_FILE = "rbac-rules.yaml"
 # kopf.dev. Granting both keeps a cluster that already has the legacy CRDs from failing the watch.
 PEERING_GROUPS = ["kopf.dev", "zalando.org"]
 _PEERING_VERBS = ["get", "list", "watch", "patch"]      # kopf: watch peers, patch its own keep-alive
-_CHILD_VERBS = ["list", "create", "delete"]             # cluster.py: children(), _act(Create/Delete)
+# cluster.py: children(), _act(Create/Delete), and the owner check of a child that already exists (get)
+_CHILD_VERBS = ["get", "list", "create", "delete"]
 
 
 def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> Rule:
@@ -45,7 +46,8 @@ def workload_rules() -> list[Rule]:
         # Worker and preprocessing pods; get+patch because the per-job trainer Role grants them.
         _rule([""], ["pods"], ["get", "list", "watch", "create", "patch", "delete"]),
         _rule([""], ["pods/log"], ["get"]),                       # last log lines of a failed worker
-        _rule([""], ["configmaps", "services", "serviceaccounts"], _CHILD_VERBS),
+        _rule([""], ["configmaps"], [*_CHILD_VERBS, "update"]),    # a new gang's config replaces the old one
+        _rule([""], ["services", "serviceaccounts"], _CHILD_VERBS),
         _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], _CHILD_VERBS),
         _rule([""], ["events"], ["create"]),                      # our Events and kopf's warnings
         _rule([PODGROUP_API], [PODGROUP_PLURAL], ["get", "create", "delete"]),   # runPolicy.podGroup
