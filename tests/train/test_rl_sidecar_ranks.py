@@ -1,6 +1,7 @@
-"""`lvr rl` on 2 gloo ranks sharing one rollout sidecar (as 2 GPUs of one pod do): only local rank 0
-pushes the weights, once per step, and a barrier keeps the other rank from generating before the push
-lands; both ranks' requests are served with the version the trainer pushed."""
+"""`lvr rl` on 2 gloo ranks sharing one rollout sidecar (as 2 GPUs of one pod do), the policy FSDP-sharded
+over both: only local rank 0 pushes the weights, once per step, in 1 MiB buckets whose gathers both ranks
+take part in; a barrier keeps the other rank from generating before the push lands; both ranks' requests
+are served with the version the trainer pushed."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from lvr_trainer.train.rl import run_rl
 cfg = tiny_config(Path({data!r}), Path({out!r}),
                   train={{"steps": 3, "batch_size": 2, "grad_accum": 1, "torch_threads": 1}},
                   rl={{"group_size": 4, "max_new_tokens": 8, "kl_coef": 0.0}},
-                  rollout={{"mode": "sidecar", "sidecar_url": {url!r}}})
+                  rollout={{"mode": "sidecar", "sidecar_url": {url!r}, "weight_bucket_mb": 1}},
+                  parallel={{"strategy": "fsdp", "sequence_parallel": 1}})
 summary = run_rl(cfg)
 Path({out!r}, "done-" + os.environ["RANK"]).write_text(json.dumps(summary["steps"]))
 """

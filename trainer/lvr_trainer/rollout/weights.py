@@ -70,8 +70,9 @@ def gather_bucket(model: torch.nn.Module, bucket: list[WeightEntry], keep: bool)
     seen: dict[int, str] = {}
     for entry in bucket:
         p = params[entry.name]
-        if id(p) in seen and seen[id(p)] in out:
-            out[entry.name] = out[seen[id(p)]].clone()
+        if id(p) in seen:        # gathered once on every rank (a second gather would unpair the collectives)
+            if keep:
+                out[entry.name] = out[seen[id(p)]].clone()
             continue
         seen[id(p)] = entry.name
         t = p.detach()
