@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from lvr_trainer.cli import main
-from lvr_trainer.cli.plan_cmd import parse_bytes
+
 from lvr_trainer.config import ModelConfig
-from lvr_trainer.plan import GIB, checkpointing_by_default, shape_from_config
+from lvr_trainer.plan import GIB, checkpointing_by_default, parse_bytes, shape_from_config
 
 PAPER = Path(__file__).parents[1] / "examples" / "plan" / "rl_7b_3600_frames.yaml"
 
@@ -105,3 +105,33 @@ def test_vllm_max_model_len_comes_from_the_jobs_frames_and_replies():
     cfg = load_config(str(PAPER))
     assert job_max_model_len(cfg) == 259_200 + 1_024 + 1_024          # above Qwen2.5-VL's own 128k
     assert job_max_model_len(cfg) > 128_000
+
+
+def test_a_run_on_gpus_refuses_to_start_beyond_its_plan_with_exit_3_and_the_plans_verdict(tmp_path, monkeypatch):
+    """The trainer's pre-flight (`train.loop.check_memory_plan`, before any weight loads on GPUs): the paper's
+    job on 40 GiB GPUs does not fit; `lvr rl` exits 3 and its termination message (what the operator's
+    condition quotes) names the largest component and settings that fit. memory_check: warn starts anyway."""
+    import lvr_trainer.train.rl as rl
+    from lvr_trainer.config import load_config
+    from lvr_trainer.parallel.grid import ProcessGrid
+    from lvr_trainer.plan import DOES_NOT_FIT_MARK, DoesNotFit
+    from lvr_trainer.train.loop import check_memory_plan
+
+    small_gpus = _variant(tmp_path, parallel={"gpu_memory": "40GiB"})
+    cfg = load_config(small_gpus)
+    grid = ProcessGrid.__new__(ProcessGrid)
+    object.__setattr__(grid, "world_size", 8)
+    with pytest.raises(DoesNotFit, match=f"{DOES_NOT_FIT_MARK}: the plan needs .* of 40.0 .*Would fit: .*"):
+        check_memory_plan(cfg, "rl", grid)
+    check_memory_plan(load_config(_variant(tmp_path, parallel={"gpu_memory": "80GiB"})), "rl", grid)   # fits
+    warn = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"memory_check": "warn"})})
+    check_memory_plan(warn, "rl", grid)                                                            # starts
+
+    def run_on_gpus(cfg, resume=False, stop=None):    # what start_run does first on a GPU machine
+        check_memory_plan(cfg, "rl", grid)
+    monkeypatch.setattr(rl, "run_rl", run_on_gpus)
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("LVR_TERMINATION_LOG", str(log))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert main(["rl", "--config", _variant(tmp_path, parallel={"gpu_memory": "40GiB"})]) == 3
+    assert log.read_text().startswith(DOES_NOT_FIT_MARK) and "largest part is" in log.read_text()

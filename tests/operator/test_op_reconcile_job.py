@@ -135,6 +135,37 @@ def test_backoff_doubles_and_limit_fails_with_exit_code_and_logs():
     assert [a.name for a in plan.actions] == ["r1-rl-worker-1"]                # the survivor is stopped
 
 
+def test_a_trainer_whose_memory_plan_does_not_fit_fails_the_job_at_once_naming_the_fix():
+    """The trainer's pre-flight (exit 3 under `lvr`, 1 under torchrun, its verdict in the termination message):
+    the same plan on the same GPUs fails again, so the job fails without a restart, quoting the plan."""
+    from lvr_trainer.plan import DOES_NOT_FIT_MARK
+
+    obj, pods = _started()
+    verdict = (f"{DOES_NOT_FIT_MARK}: the plan needs 51.1 GiB per GPU of 40.0 (11.1 over; the largest part is "
+               "activations, 20.0 GiB). Would fit: parallel.sequence_parallel: 8")
+    plan = run(obj, observed(pod_in(pods[0], "failed", exit_code=1, message=verdict), pod_in(pods[1], "running")))
+    assert plan.status["phase"] == "Failed" and plan.status.get("restarts") in (None, 0)
+    cond = _cond(plan, "Failed")
+    assert cond["reason"] == "DoesNotFit" and "largest part is activations" in cond["message"]
+    assert "resources.gpuMemory" in cond["message"] and "admitBeyondPlan" in cond["message"]
+    assert [a.name for a in plan.actions] == ["r1-rl-worker-1"]
+
+
+def test_the_trainer_config_carries_the_gpu_memory_and_whether_to_admit_beyond_the_plan():
+    from lvr_operator.api import RLJobSpec
+    from lvr_operator.manifests.trainer_config import build_trainer_config
+
+    obj, _ = _started()
+    spec = RLJobSpec.model_validate(obj["spec"])
+    cfg = build_trainer_config(spec, None, "s3://m", "x")
+    assert (cfg.parallel.gpu_memory, cfg.parallel.memory_check) == ("80Gi", "refuse")
+    spec = RLJobSpec.model_validate({**obj["spec"], "resources": {**obj["spec"].get("resources", {}),
+                                                                  "gpuMemory": "141Gi"},
+                                     "runPolicy": {"admitBeyondPlan": True}})
+    cfg = build_trainer_config(spec, None, "s3://m", "x")
+    assert (cfg.parallel.gpu_memory, cfg.parallel.memory_check) == ("141Gi", "warn")
+
+
 def test_stale_attempt_pods_are_deleted_before_recreating():
     obj, pods = _started()
     obj["status"]["restarts"] = 1

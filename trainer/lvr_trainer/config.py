@@ -151,6 +151,13 @@ class ParallelConfig(StrictModel):
         description="Seconds a collective (gradient all-reduce, FSDP gather, barrier) may wait for the other "
         "ranks before the job fails with an error naming this setting. Cover the slowest rank-0-only pause: a "
         "checkpoint write, a node's checkpoint download. Default 1800.")
+    gpu_memory: str = Field(
+        "80GiB", pattern=r"^\s*[0-9]*\.?[0-9]+\s*[A-Za-z]*\s*$",
+        description="Memory of one GPU (e.g. 80GiB, 141GB) for the pre-flight memory plan (`lvr plan`) that a run "
+        "on GPUs checks before it loads the model. Default 80GiB.")
+    memory_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="On GPUs, a run whose plan exceeds `gpu_memory`: refuse (exit 3 with the plan's "
+        "largest component and the settings that would fit), warn (log it and start), or off. Default refuse.")
 
 
 class OptimConfig(StrictModel):

@@ -326,3 +326,35 @@ def advise(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes: int
             out.append(f"data.sampling: at most {frames} frames ({smaller.video_tokens:,} video tokens) as it is")
             break
     return out or ["more GPUs, or a smaller model: none of the settings above fits"]
+
+
+# ---- the trainer's pre-flight and the operator read the same verdict ----
+
+EXIT_DOES_NOT_FIT = 3          # `lvr plan`'s exit status, and a trainer's that refused to start
+DOES_NOT_FIT_MARK = "lvr-does-not-fit"
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "ki": 2 ** 10, "kib": 2 ** 10, "m": 1e6, "mb": 1e6, "mi": 2 ** 20,
+          "mib": 2 ** 20, "g": 1e9, "gb": 1e9, "gi": 2 ** 30, "gib": 2 ** 30, "t": 1e12, "tb": 1e12,
+          "ti": 2 ** 40, "tib": 2 ** 40}
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80Gi', '80GB', '80G' (decimal), '85899345920' -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not an amount of memory: write e.g. 80GiB, 80Gi, 80GB or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+class DoesNotFit(Exception):
+    """The job's plan exceeds its GPUs' memory; the message names the largest component and the settings that
+    would fit (what a pod's termination message carries to the job's status)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        big = plan.largest()
+        super().__init__(
+            f"{DOES_NOT_FIT_MARK}: the plan needs {plan.total / GIB:.1f} GiB per GPU of {plan.gpu_bytes / GIB:.1f} "
+            f"({(plan.total - plan.gpu_bytes) / GIB:.1f} over; the largest part is {big.name}, "
+            f"{big.bytes / GIB:.1f} GiB). Would fit: " + "; ".join(plan.advice))

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from lvr_trainer.config import ModelConfig, ParallelStrategy, RolloutEngineKind, RolloutMode, TrainerConfig
-from lvr_trainer.plan import Layout, ModelShape, Workload, checkpointing_by_default, shape_from_config
+from lvr_trainer.plan import Layout, ModelShape, Plan, Workload, checkpointing_by_default, shape_from_config
 
 SFT_REPLY_TOKENS = 512      # a chain-of-thought answer
 
@@ -74,3 +74,16 @@ def job_max_model_len(cfg: TrainerConfig) -> int:
     workload = workload_of(cfg, "rl")
     reply = cfg.rl.max_new_tokens if cfg.rl is not None else SFT_REPLY_TOKENS
     return workload.video_tokens + ROLLOUT_TEXT_ALLOWANCE + reply
+
+
+def preflight(cfg: TrainerConfig, stage: str, world: int, local_world: int) -> Plan:
+    """The run's own plan on its GPUs (`parallel.gpu_memory` each); raises DoesNotFit when it exceeds them and
+    `parallel.memory_check` is refuse."""
+    from lvr_trainer.plan import DoesNotFit, parse_bytes, plan_memory
+
+    shape = model_shape(cfg.model)
+    plan = plan_memory(shape, workload_of(cfg, stage), layout_of(cfg, stage, world, local_world, shape),
+                       parse_bytes(cfg.parallel.gpu_memory))
+    if not plan.fits and cfg.parallel.memory_check == "refuse":
+        raise DoesNotFit(plan)
+    return plan

@@ -71,6 +71,16 @@ class ResourcesSpec(CamelModel):
     shm_size: str = Field("64Gi", description="Size limit of the /dev/shm memory volume. Default 64Gi.")
 
 
+class JobResourcesSpec(ResourcesSpec):
+    """A training job's gang size, and the memory of its GPUs for the trainer's memory plan."""
+
+    gpu_memory: str = Field(
+        "80Gi", pattern=r"^[0-9]*\.?[0-9]+([KMGT]i?B?)?$",
+        description="Memory of one GPU, for the trainer's pre-flight memory plan (`lvr plan`): a job whose plan "
+        "exceeds it stops before loading weights, Failed with reason DoesNotFit naming the largest component and "
+        "the settings that would fit. Default 80Gi.")
+
+
 class Toleration(CamelModel):
     """A pod toleration (see the core/v1 Toleration type)."""
 
@@ -126,6 +136,9 @@ class RunPolicy(CamelModel):
         10, ge=0, le=3600, description="First restart delay in seconds; doubles per restart. Default 10.")
     max_backoff_seconds: int = Field(
         600, ge=0, le=86400, description="Upper bound of the restart delay, seconds. Default 600.")
+    admit_beyond_plan: bool = Field(
+        False, description="Start the trainer even when its memory plan exceeds `resources.gpuMemory` (it logs a "
+        "warning instead of stopping). Default false.")
     max_preemptions: int = Field(
         10, ge=0, le=1000,
         description="Gang restarts after a worker pod was deleted, evicted or preempted before the job is Failed "

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lvr_operator.api.common import (CacheSpec, CamelModel, Condition, ObjectRef, OutputSpec, PlacementSpec,
-                                     ResourcesSpec, RunPolicy)
+                                     JobResourcesSpec, RunPolicy)
 from lvr_operator.api.phases import JobPhase
 
 TRAINER_SCHEMA_MARK = "x-lvr-embed-trainer-config"
@@ -52,7 +52,8 @@ class JobSpecBase(CamelModel):
         "`model.path`, `data.train`, `cache.uri` and `output.dir` are filled in by the operator. Mutable, read "
         "when the gang starts: a change while pods run is reported (condition TrainerConfigChanged) and applies "
         "at the gang's next start (a restart, a preemption, or runPolicy.suspend true then false). Default {}.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Gang size. Default 1 node x 8 GPUs.")
+    resources: JobResourcesSpec = Field(default_factory=JobResourcesSpec,
+                                        description="Gang size. Default 1 node x 8 GPUs.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec,
                                      description="Node selection. Default: an 8-GPU NVIDIA node.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Embedding cache. Default: the dataset's.")

@@ -65,7 +65,10 @@ def derived_sections(spec: JobSpecBase, ds: LongVideoDatasetSpec | None, model_u
             model["preset"] = spec.model.preset
         else:
             model["path"] = model_uri or "s3://unresolved/model"
-    out = {"model": model, "data": data, "cache": {"uri": cache_uri(spec, ds)}, "output": {"dir": spec.output.uri}}
+    out = {"model": model, "data": data, "cache": {"uri": cache_uri(spec, ds)}, "output": {"dir": spec.output.uri},
+           # the trainer's pre-flight memory plan on these GPUs (a run on GPUs checks it before loading weights)
+           "parallel": {"gpu_memory": spec.resources.gpu_memory,
+                        "memory_check": "warn" if spec.run_policy.admit_beyond_plan else "refuse"}}
     if isinstance(spec, RLJobSpec):
         out["rl"] = {}
         out["rollout"] = spec.rollout.trainer_section()

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from lvr_trainer.plan import EXIT_DOES_NOT_FIT, DoesNotFit
 from lvr_trainer.train.preemption import EXIT_PREEMPTED, Preempted
 
 COMMAND_MODULES = (
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvr: error: {err}", file=sys.stderr)
         _termination_message(str(err))
         return 2
+    except DoesNotFit as err:
+        print(f"lvr: {err}", file=sys.stderr)
+        _termination_message(str(err))          # the operator's condition quotes it; restarting cannot help
+        return EXIT_DOES_NOT_FIT
     except Preempted as err:
         print(f"lvr: {err}", file=sys.stderr)
         _termination_message(str(err))          # what the operator reads: a preemption, not a failure

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 
-EXIT_DOES_NOT_FIT = 3
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "ki": 2 ** 10, "kib": 2 ** 10, "m": 1e6, "mb": 1e6, "mi": 2 ** 20,
-          "mib": 2 ** 20, "g": 1e9, "gb": 1e9, "gi": 2 ** 30, "gib": 2 ** 30, "t": 1e12, "tb": 1e12,
-          "ti": 2 ** 40, "tib": 2 ** 40}
+from lvr_trainer.plan import EXIT_DOES_NOT_FIT, parse_bytes
 
 
 def register(sub) -> None:
@@ -21,14 +17,6 @@ def register(sub) -> None:
                    "default 80GiB")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
-
-
-def parse_bytes(text: str) -> int:
-    """'80GiB', '80Gi', '80GB', '80G' (decimal), '85899345920' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{text!r} is not an amount of memory: write e.g. 80GiB, 80Gi, 80GB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def _plan(args) -> int:

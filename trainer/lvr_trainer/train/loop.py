@@ -54,7 +54,21 @@ class RunStart:
     initial_weights: str | None = None   # initial_digest of a fresh start's model (rank 0); None on resume
 
 
-def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
+def check_memory_plan(cfg: TrainerConfig, stage: str, grid) -> None:
+    """Before any weight loads: the run's memory plan on its GPUs (`lvr plan`); DoesNotFit (exit 3, the plan's
+    verdict in the pod's termination message) when it exceeds them, a warning under memory_check: warn."""
+    import logging
+    import os
+
+    from lvr_trainer.planning import preflight
+
+    plan = preflight(cfg, stage, grid.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", grid.world_size)))
+    if not plan.fits:
+        logging.getLogger("lvr").warning("the memory plan needs %.1f GiB per GPU of %.1f (parallel.memory_check: "
+                                         "warn): starting anyway", plan.total / 2**30, plan.gpu_bytes / 2**30)
+
+
+def start_run(cfg: TrainerConfig, resume: bool, stage: str = "sft") -> RunStart:
     """Threads, grid, policy (the latest checkpoint's weights when resuming), train split, features.
 
     The policy comes back ready for data parallelism: float32 weights read by rank 0 alone and shared
@@ -64,6 +78,8 @@ def start_run(cfg: TrainerConfig, resume: bool) -> RunStart:
     grid = setup_grid(cfg.parallel)
     device = torch.device(grid.device)
     check_precision(cfg, device)
+    if device.type == "cuda" and cfg.parallel.memory_check != "off":
+        check_memory_plan(cfg, stage, grid)
     output = local_output_dir(cfg.output.dir)
     _forget_uploader(output)    # an earlier run in this process (tests) may still be uploading here
     ckpt = resume_point(cfg, output) if resume else None

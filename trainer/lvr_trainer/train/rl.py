@@ -184,7 +184,7 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
 def _setup(cfg: TrainerConfig, resume: bool) -> RLRun:
     """Load policy (or the latest checkpoint's), reference, data, features, engine, optimizer; resume."""
     check_rl_config(cfg)
-    begun = start_run(cfg, resume)
+    begun = start_run(cfg, resume, "rl")
     grid, device, model, tokenizer = begun.grid, begun.device, begun.model, begun.tokenizer
     reference = load_reference(cfg, grid, device)
     engine = make_engine(cfg, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)

@@ -76,7 +76,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
     `stop_after` ends the run early after that many steps (as a crash would), for tests. `stop`: SIGTERM
     ends the run at the next step boundary with a checkpoint (raises `Preempted`)."""
     stop = stop or StopOnSigterm()
-    run = start_run(cfg, resume)
+    run = start_run(cfg, resume, "sft")
     grid, device, output = run.grid, run.device, run.output
     model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
     bank = ExampleBank(model, tokenizer, records, source, cfg.sft.think)
