@@ -23,7 +23,7 @@ import torch
 from lvr_trainer.cache.front import EmbeddingCache
 from lvr_trainer.cache.local import LocalStore
 from lvr_trainer.cache.payload import CachedVideo
-from lvr_trainer.cache.s3 import S3Store
+from lvr_trainer.storage.s3 import S3Store
 from lvr_trainer.config import ModelConfig
 from lvr_trainer.model.encode import encode_video
 from lvr_trainer.model.loading import load_model

@@ -119,7 +119,7 @@ class WithPixels:
 
     def __call__(self, record):
         from lvr_trainer.model.encode import encode_video
-        from lvr_trainer.train.features import VideoFeatures
+        from lvr_trainer.inputs.features import VideoFeatures
 
         if record.video not in self._memo:
             raw = self.pixels(record)                                          # decode + patchify
@@ -138,7 +138,7 @@ def per_forward_vision(run):
     so `response_logprobs` runs the vision tower for every sequence of every forward. Returns the feature
     source factory for each step."""
     import lvr_trainer.train.rl as rl_mod
-    from lvr_trainer.train.features import VideoFeatureSource
+    from lvr_trainer.inputs.features import VideoFeatureSource
 
     cfg = run.cfg
     original = rl_mod.reply_examples

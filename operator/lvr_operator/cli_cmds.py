@@ -1,6 +1,6 @@
 """`lvr crds` (write the manifests generated from the API models) and `lvr operator run` (start the operator).
 
-Registered in lvr_trainer.cli.COMMAND_MODULES; imports nothing heavy until a command runs.
+Declared under the `lvr.commands` entry point (pyproject.toml), which the trainer's CLI reads; imports nothing heavy until a command runs.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvr_trainer.cache.keys import embedding_key, file_digest, object_name
+from lvr_trainer.cache.keys import embedding_key, file_digest
+
+from lvr_trainer.storage.naming import object_name
 from lvr_trainer.cache.payload import CorruptEntry, pack, unpack
 
 from .conftest import KEY

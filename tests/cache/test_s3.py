@@ -12,8 +12,9 @@ import pytest
 from minio import Minio
 
 from lvr_trainer.cache.front import EmbeddingCache
-from lvr_trainer.cache.s3 import S3Store, s3_settings
-from lvr_trainer.cache.store import EmbeddingStore, StoreError, StoreUnavailable, open_store
+from lvr_trainer.storage.s3 import S3Store, s3_settings
+from lvr_trainer.cache.store import EmbeddingStore, open_store
+from lvr_trainer.storage.errors import StoreError, StoreUnavailable
 
 from .conftest import KEY, make_entry
 

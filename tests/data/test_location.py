@@ -82,7 +82,7 @@ def test_load_split_returns_s3_records_the_feature_source_can_read(s3_dataset, s
     from lvr_trainer.config import ModelConfig
     from lvr_trainer.model.loading import load_model
     from lvr_trainer.model.processor import VideoProcessor
-    from lvr_trainer.train.features import VideoFeatureSource
+    from lvr_trainer.inputs.features import VideoFeatureSource
 
     _, prefix = s3_dataset
     records, base = load_split(f"{prefix}/train.jsonl", 0.0)

@@ -54,7 +54,7 @@ def test_fetch_downloads_once_atomically(remote_data, s3_env, monkeypatch):
     assert [p.name for p in Path(path).parent.iterdir()] == [Path(path).name]  # no temporary files left
     mtime = Path(path).stat().st_mtime_ns
     assert remote.fetch(uri) == (path, False) and Path(path).stat().st_mtime_ns == mtime
-    from lvr_trainer.cache.s3 import S3Store
+    from lvr_trainer.storage.s3 import S3Store
 
     monkeypatch.setattr(S3Store, "object_size", lambda *a: pytest.fail("a verified URI is not asked again"))
     assert remote.local_video(uri) == path
@@ -112,7 +112,7 @@ def test_loops_feature_source_reads_s3_records(remote_data, s3_env):
     from lvr_trainer.config import ModelConfig
     from lvr_trainer.model.loading import load_model
     from lvr_trainer.model.processor import VideoProcessor
-    from lvr_trainer.train.features import VideoFeatureSource
+    from lvr_trainer.inputs.features import VideoFeatureSource
 
     _, s3, _ = remote_data
     record = read_records(s3)[0][0]

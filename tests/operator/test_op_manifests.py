@@ -115,7 +115,7 @@ def test_dataset_prep_pod_validate_then_encode():
     assert init["command"][4:8] == ["lvr", "data", "validate", "s3://data/train.jsonl"]
     assert "--json" in init["command"] and enc["command"][4:6] == ["lvr", "encode"]
     assert "--cache" in enc["command"] and "s3://cache/embeddings" in enc["command"]
-    assert _env(enc)["LVR_S3_ENDPOINT"] == "http://s3:9000"           # what lvr_trainer.cache.s3 reads
+    assert _env(enc)["LVR_S3_ENDPOINT"] == "http://s3:9000"           # what lvr_trainer.storage.s3 reads
     assert enc["resources"]["limits"]["nvidia.com/gpu"] == 1 and pod["spec"]["automountServiceAccountToken"] is False
     no_enc = prep_pod(dataset(), LongVideoDatasetSpec.model_validate(dataset()["spec"]), "p", 0, SETTINGS)
     assert "initContainers" not in no_enc["spec"] and no_enc["spec"]["containers"][0]["name"] == "validate"

@@ -18,7 +18,7 @@ import yaml
 
 from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.schema import read_records
-from lvr_trainer.train.examples import request_for
+from lvr_trainer.inputs.examples import request_for
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
 from lvr_trainer.rollout.base import SamplingParams
@@ -26,7 +26,7 @@ from lvr_trainer.rollout.hf import TransformersEngine
 from lvr_trainer.rollout.remote import RemoteRolloutEngine, RolloutServerError, StaleWeights
 from lvr_trainer.rollout.weights import policy_tensors, unshared_cpu
 from lvr_trainer.rollout.wire import encode_generate, encode_weights
-from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.inputs.features import VideoFeatureSource
 
 GREEDY = SamplingParams(n=1, temperature=0, max_new_tokens=12)
 SAMPLED = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=5)

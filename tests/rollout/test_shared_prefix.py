@@ -8,7 +8,7 @@ import torch
 
 from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.schema import read_records
-from lvr_trainer.train.examples import request_for
+from lvr_trainer.inputs.examples import request_for
 from lvr_trainer.model.encode import cached_video_kwargs
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
@@ -16,7 +16,7 @@ from lvr_trainer.model.prompt import rope_positions
 from lvr_trainer.rollout.base import SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine, left_pad
 from lvr_trainer.rollout.shared_prefix import top_p_filter
-from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.inputs.features import VideoFeatureSource
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ import torch
 
 from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.schema import read_records
-from lvr_trainer.train.examples import request_for
+from lvr_trainer.inputs.examples import request_for
 from lvr_trainer.model.encode import cached_video_kwargs
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
 from lvr_trainer.rollout.base import SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
-from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.inputs.features import VideoFeatureSource
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed here: build the vLLM venv with "

@@ -32,7 +32,7 @@ def run(args) -> dict:
     import torch.distributed as dist
 
     import lvr_trainer.model.loading as loading
-    from lvr_trainer.cache.s3 import S3Store
+    from lvr_trainer.storage.s3 import S3Store
     from lvr_trainer.config import TrainerConfig
     from lvr_trainer.train.sft import run_sft
 

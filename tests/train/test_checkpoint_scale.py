@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvr_trainer.cache.s3 import S3Store
+from lvr_trainer.storage.s3 import S3Store
 from lvr_trainer.train import remote
 from lvr_trainer.train.checkpoint import save_model_dir, stale_checkpoints
 from lvr_trainer.train.loop import checkpoint_metrics

@@ -6,7 +6,7 @@ from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.schema import read_records
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
-from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.inputs.features import VideoFeatureSource
 
 
 def test_memory_is_bounded_by_bytes_least_recently_used_first(tiny_data):

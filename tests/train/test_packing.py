@@ -14,8 +14,8 @@ from lvr_trainer.parallel.grouped import SegmentLayout
 from lvr_trainer.parallel.sp_forward import token_logprobs
 from lvr_trainer.rollout.base import Rollout
 from lvr_trainer.train.batching import response_logprobs
-from lvr_trainer.train.examples import Batch, build_example, collate
-from lvr_trainer.train.features import VideoFeatures
+from lvr_trainer.inputs.examples import Batch, build_example, collate
+from lvr_trainer.inputs.features import VideoFeatures
 from lvr_trainer.train.packing import PackedBatch, pack_groups, prompt_runs
 from lvr_trainer.train.rl_rollout import micro_batches
 from lvr_trainer.train.rl_update import micro_loss

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lvr_trainer.data.schema import read_records
-from lvr_trainer.train.examples import IGNORE, build_example, collate, sft_target
+from lvr_trainer.inputs.examples import IGNORE, build_example, collate, sft_target
 from lvr_trainer.train.batching import global_indices, rank_micro_batches, response_logprobs
 from lvr_trainer.train.sft import run_sft
 from lvr_trainer.train.setup import load_policy, make_feature_source

@@ -23,7 +23,7 @@ def model_shape(model: ModelConfig) -> ModelShape:
         return shape_from_config(built.config.to_dict())
     path = model.path or ""
     if path.startswith("s3://"):
-        from lvr_trainer.cache.s3 import S3Store
+        from lvr_trainer.storage.s3 import S3Store
 
         data = S3Store.from_uri(path, suffix="").get("config.json")
         if data is None:

@@ -108,7 +108,7 @@ def rendezvous_env(job: dict[str, Any], spec: JobSpecBase, rank: int, settings: 
 
 def s3_env(secret: str | None, endpoint: str | None) -> list[dict[str, Any]]:
     """Cache credentials from the user's Secret (keys accessKey / secretKey) and the endpoint
-    (LVR_S3_ENDPOINT is what lvr_trainer.cache.s3 reads; AWS_ENDPOINT_URL for AWS tools)."""
+    (LVR_S3_ENDPOINT is what lvr_trainer.storage.s3 reads; AWS_ENDPOINT_URL for AWS tools)."""
     env: list[dict[str, Any]] = ([{"name": "LVR_S3_ENDPOINT", "value": endpoint},
                                   {"name": "AWS_ENDPOINT_URL", "value": endpoint}] if endpoint else [])
     if secret:

@@ -23,7 +23,7 @@ from lvr_trainer.data.build.client import (
     parse_retry_after,
 )
 from lvr_trainer.data.build.clips import clip_bounds, jpeg_data_url, video_id_for
-from lvr_trainer.data.build.command import read_api_key
+from lvr_trainer.cli.data_build_cmd import read_api_key
 from lvr_trainer.data.build.filters import balance_letters, dedupe, letter_cap, parse_blind
 from lvr_trainer.data.build.journal import CallJournal, request_key
 from lvr_trainer.data.build.questions import Draft, parse_questions, question_request, repair_request

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from lvr_trainer.cache.payload import CachedVideo, CorruptEntry, pack, unpack
-from lvr_trainer.cache.store import EmbeddingStore, StoreUnavailable
+from lvr_trainer.cache.store import EmbeddingStore
+from lvr_trainer.storage.errors import StoreUnavailable
 
 
 @dataclass

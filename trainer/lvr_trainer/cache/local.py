@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from lvr_trainer.cache.keys import object_name
+from lvr_trainer.storage.naming import object_name
 
 
 class LocalStore:

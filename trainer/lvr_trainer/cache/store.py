@@ -9,14 +9,6 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 
-class StoreError(RuntimeError):
-    """The store answered, but not usefully (bad bucket, permissions, ...). Never retried silently."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not be reached in time (connection refused, timeout, DNS)."""
-
-
 @runtime_checkable
 class EmbeddingStore(Protocol):
     uri: str
@@ -34,7 +26,7 @@ class EmbeddingStore(Protocol):
 def open_store(uri: str, timeout_s: float = 10.0, max_bytes: int | None = None) -> EmbeddingStore:
     """`s3://bucket/prefix` -> S3Store (credentials from env or a mounted secret); else a LocalStore."""
     if uri.startswith("s3://"):
-        from lvr_trainer.cache.s3 import S3Store
+        from lvr_trainer.storage.s3 import S3Store
 
         return S3Store.from_uri(uri, timeout_s=timeout_s)
     if "://" in uri and not uri.startswith("file://"):

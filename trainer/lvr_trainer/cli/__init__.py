@@ -1,6 +1,7 @@
 """`lvr`: the one command-line entry point. Each subcommand lives in its own small module.
 
-Modules listed in COMMAND_MODULES expose `register(subparsers)`; they import nothing heavy at module
+Modules listed in COMMAND_MODULES, and those other packages declare under the `lvr.commands` entry point,
+expose `register(subparsers)`; they import nothing heavy at module
 level, so `lvr --help` stays fast and works without torch.
 """
 
@@ -23,8 +24,8 @@ COMMAND_MODULES = (
     "lvr_trainer.cli.encode_cmd",
     "lvr_trainer.cli.rollout_cmd",
     "lvr_trainer.cli.plan_cmd",
-    "lvr_operator.cli_cmds",
 )
+COMMAND_ENTRY_POINTS = "lvr.commands"   # other installed packages' commands (the operator's: `lvr crds`, ...)
 
 
 class CLIError(Exception):
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lvr_trainer import __version__
     parser.add_argument("--version", action="version", version=f"lvr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    from importlib.metadata import entry_points
+
+    for name in COMMAND_MODULES + tuple(ep.value for ep in entry_points(group=COMMAND_ENTRY_POINTS)):
         importlib.import_module(name).register(sub)
     return parser
 

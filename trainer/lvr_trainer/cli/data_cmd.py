@@ -41,7 +41,7 @@ def register(sub) -> None:
                    help="question types the teacher slips on: first_of, last_of (default last_of)")
     s.set_defaults(func=_synth)
 
-    from lvr_trainer.data.build.command import add_parser as add_build_parser
+    from lvr_trainer.cli.data_build_cmd import add_parser as add_build_parser
 
     add_build_parser(ds)
 

@@ -98,7 +98,8 @@ def _embedder(args):
 
     from lvr_trainer.cache.embedder import VideoEmbedder
     from lvr_trainer.cache.front import EmbeddingCache
-    from lvr_trainer.cache.store import StoreError, open_store
+    from lvr_trainer.cache.store import open_store
+    from lvr_trainer.storage.errors import StoreError
     from lvr_trainer.cli import CLIError
     from lvr_trainer.model.loading import load_model
     from lvr_trainer.model.processor import VideoProcessor
@@ -119,7 +120,7 @@ def _embedder(args):
 def _embed_all(embedder, videos: list[str], leader: bool) -> tuple[int, list[tuple[str, str]]]:
     """(video tokens, [(video, reason)] of the videos that failed to decode). An unreachable cache or S3
     endpoint stops the command (CLIError): it is no fault of the dataset."""
-    from lvr_trainer.cache.store import StoreError
+    from lvr_trainer.storage.errors import StoreError
     from lvr_trainer.cli import CLIError
     from lvr_trainer.data.remote import VideoUnavailable
     from lvr_trainer.data.video import VideoError

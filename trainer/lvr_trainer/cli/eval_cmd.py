@@ -37,7 +37,7 @@ def _run(args) -> int:
                                       write_results)
     from lvr_trainer.eval.scoring import results_table
     from lvr_trainer.train.setup import DataError, load_policy, load_split
-    from lvr_trainer.train.features import VideoFeatureSource
+    from lvr_trainer.inputs.features import VideoFeatureSource
 
     if args.samples < 0 or (args.samples and args.temperature <= 0):
         raise CLIError("--samples K needs K >= 1 and --temperature > 0 (greedy is always scored)")

@@ -8,7 +8,7 @@ renamed into place, so a reader (another rank, another pod on the node) sees no 
 `data.location` fetches s3:// dataset JSONLs with the same `fetch`.
 
 The cache directory is `$LVR_VIDEO_CACHE_DIR`, else `~/.cache/lvr/videos`. Endpoint and credentials
-are the embedding cache's (`lvr_trainer.cache.s3.s3_settings`: `LVR_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
+are the embedding cache's (`lvr_trainer.storage.s3.s3_settings`: `LVR_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, or files in `LVR_S3_SECRET_DIR`), with the same hard per-request timeouts.
 """
 
@@ -46,7 +46,7 @@ def cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def remote_unsupported_reason(env: Mapping[str, str] | None = None) -> str | None:
     """Why s3:// videos cannot be fetched here (no endpoint configured), or None when they can."""
-    from lvr_trainer.cache.s3 import s3_settings
+    from lvr_trainer.storage.s3 import s3_settings
 
     if "LVR_S3_ENDPOINT" in s3_settings(env):
         return None
@@ -56,7 +56,7 @@ def remote_unsupported_reason(env: Mapping[str, str] | None = None) -> str | Non
 
 def local_name(uri: str) -> str:
     """`<bucket>/<first 16 hex of sha256(uri)>-<file name>`: one file per URI, readable by people."""
-    from lvr_trainer.cache.s3 import parse_s3_uri
+    from lvr_trainer.storage.s3 import parse_s3_uri
 
     bucket, key = parse_s3_uri(uri)
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -70,8 +70,8 @@ def fetch(uri: str, dest_dir: str | Path | None = None, timeout_s: float = 10.0,
     JSONL: `data.location`). `refresh` downloads even when a local copy of the object's size exists.
     Raises VideoError: kind "missing" for an absent object or bucket (ending with `missing_hint`),
     VideoUnavailable when S3 cannot be used."""
-    from lvr_trainer.cache.s3 import S3Store, parse_s3_uri
-    from lvr_trainer.cache.store import StoreError, StoreUnavailable
+    from lvr_trainer.storage.s3 import S3Store, parse_s3_uri
+    from lvr_trainer.storage.errors import StoreError, StoreUnavailable
 
     try:
         bucket, key = parse_s3_uri(uri)

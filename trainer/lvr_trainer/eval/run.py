@@ -19,8 +19,8 @@ from lvr_trainer.eval.scoring import ScorerName, ScoredReply, results_table, sco
 from lvr_trainer.model.modes import evaluating
 from lvr_trainer.rollout.base import Rollout, SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
-from lvr_trainer.train.examples import request_for
-from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.inputs.examples import request_for
+from lvr_trainer.inputs.features import VideoFeatureSource
 
 
 @dataclass

@@ -60,7 +60,7 @@ def files_digest(directory: str | Path) -> str:
 
 def _mirror(uri: str, dest: Path, timeout_s: float) -> int:
     """Download the objects under `uri` into `dest` (those not already there); how many were fetched."""
-    from lvr_trainer.cache.s3 import S3Store
+    from lvr_trainer.storage.s3 import S3Store
 
     n = S3Store.from_uri(uri, timeout_s=timeout_s, suffix="").download_prefix(dest)
     if n == 0 and not (dest / "config.json").exists():

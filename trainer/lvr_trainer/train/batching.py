@@ -10,7 +10,7 @@ from lvr_trainer.model.encode import encode_video, slice_embedder
 from lvr_trainer.parallel.fsdp import gathered_root
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.parallel.sp_forward import sp_forward_logprobs
-from lvr_trainer.train.examples import Batch
+from lvr_trainer.inputs.examples import Batch
 from lvr_trainer.train.packing import PackedBatch
 
 

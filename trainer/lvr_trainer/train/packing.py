@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lvr_trainer.parallel.grouped import SegmentLayout
-from lvr_trainer.train.examples import IGNORE, Example
+from lvr_trainer.inputs.examples import IGNORE, Example
 
 PAD_SEGMENT = -1
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lvr_trainer.cache.store import StoreError
+from lvr_trainer.storage.errors import StoreError
 from lvr_trainer.config import ConfigError
 from lvr_trainer.layout import CHECKPOINTS, SHARDED_STATE, checked_step_name, step_name
 from lvr_trainer.train.checkpoint import LATEST, stale_checkpoints, step_dir
@@ -65,7 +65,7 @@ def local_output_dir(uri: str) -> Path:
 
 
 def _store(uri: str, timeout_s: float = 60.0):
-    from lvr_trainer.cache.s3 import S3Store
+    from lvr_trainer.storage.s3 import S3Store
 
     return S3Store.from_uri(uri, timeout_s=timeout_s, suffix="")
 

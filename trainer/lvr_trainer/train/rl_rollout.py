@@ -21,7 +21,7 @@ from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.fsdp import is_sharded
 from lvr_trainer.parallel.grid import ProcessGrid
 from lvr_trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
-from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, request_for
+from lvr_trainer.inputs.examples import IGNORE, Batch, Example, build_example, collate, request_for
 from lvr_trainer.train.packing import PackedBatch, pack_groups
 from lvr_trainer.parallel import collectives
 

@@ -13,7 +13,7 @@ from lvr_trainer.data.location import DatasetUnavailable, is_s3, open_dataset
 from lvr_trainer.data.schema import VideoQARecord, read_records
 from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
-from lvr_trainer.train.features import VideoFeatureSource
+from lvr_trainer.inputs.features import VideoFeatureSource
 
 
 class DataError(ValueError):

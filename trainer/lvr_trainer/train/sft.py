@@ -21,7 +21,7 @@ from lvr_trainer.train.batching import global_indices, rank_micro_batches, respo
 from lvr_trainer.train.checkpoint import latest_checkpoint
 from lvr_trainer.train import heartbeat
 from lvr_trainer.train.distributed import all_reduce_sum, explain_timeout, wrap_model
-from lvr_trainer.train.examples import IGNORE, Batch, Example, build_example, collate, sft_target
+from lvr_trainer.inputs.examples import IGNORE, Batch, Example, build_example, collate, sft_target
 from lvr_trainer.train.metrics import Metrics, RunLogger
 from lvr_trainer.train.optim import build_optimizer
 from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,

@@ -90,8 +90,8 @@ def list_videos(root: str) -> list[VideoSource]:
 
 
 def _list_s3(root: str) -> list[VideoSource]:
-    from lvr_trainer.cache.s3 import S3Store
-    from lvr_trainer.cache.store import StoreError
+    from lvr_trainer.storage.s3 import S3Store
+    from lvr_trainer.storage.errors import StoreError
     from lvr_trainer.data.remote import remote_unsupported_reason
 
     reason = remote_unsupported_reason()

@@ -112,7 +112,7 @@ def _manifest(splits: dict[str, list[VideoQARecord]], stats: BuildStats, meta: d
 
 def upload_dir(stage: Path, out_uri: str) -> list[str]:
     """Upload the files of `stage` under the s3:// prefix `out_uri`; returns their URIs."""
-    from lvr_trainer.cache.s3 import S3Store
+    from lvr_trainer.storage.s3 import S3Store
 
     store = S3Store.from_uri(out_uri)
     uris = []

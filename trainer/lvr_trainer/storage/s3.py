@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lvr_trainer.cache.keys import object_name
-from lvr_trainer.cache.store import StoreError, StoreUnavailable
+from lvr_trainer.storage.errors import StoreError, StoreUnavailable
+from lvr_trainer.storage.naming import object_name
 
 ENV_KEYS = ("LVR_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
 

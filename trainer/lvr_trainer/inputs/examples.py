@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.inputs.features import VideoFeatures, VideoFeatureSource
 from lvr_trainer.model.prompt import build_prompt, format_question, rope_positions
 from lvr_trainer.rollout.base import RolloutRequest
-from lvr_trainer.train.features import VideoFeatures, VideoFeatureSource
 
 IGNORE = -100
 
