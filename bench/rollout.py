@@ -37,7 +37,7 @@ from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.tokenizer import vision_token_ids
 from lvr_trainer.rollout.base import RolloutRequest, SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
-from lvr_trainer.rollout.remote import RemoteRolloutEngine
+from lvr_trainer.rollout.client import RemoteRolloutEngine
 from lvr_trainer.rollout.weights import policy_tensors
 from lvr_trainer.utils.table import format_table
 

@@ -89,7 +89,7 @@ def serve(args) -> None:
 
 
 def push(args) -> None:
-    from lvr_trainer.rollout.remote import RemoteRolloutEngine
+    from lvr_trainer.rollout.client import RemoteRolloutEngine
     from lvr_trainer.rollout.weights import policy_tensors
 
     model = policy(args.size_mb, torch.float32)

@@ -23,7 +23,7 @@ S3_VARS = ("LVR_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS
 def s3_env(s3_server, tmp_path, monkeypatch):
     """The S3 variables set, an empty local object cache (JSONL and videos), and no URI remembered from
     an earlier test; returns the cache directory."""
-    from lvr_trainer.data import remote
+    from lvr_trainer.data import s3_videos as remote
 
     for name in S3_VARS:
         monkeypatch.delenv(name, raising=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from lvr_trainer.cli import main
 from lvr_trainer.config import FrameSampling
-from lvr_trainer.data import remote
+from lvr_trainer.data import s3_videos as remote
 from lvr_trainer.data.location import DatasetUnavailable, join_location, open_dataset, parent_location
 from lvr_trainer.data.schema import parse_row
 from lvr_trainer.data.synth import SynthSpec, synthesise

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from lvr_trainer.cli import main
 from lvr_trainer.config import FrameSampling
-from lvr_trainer.data import remote
+from lvr_trainer.data import s3_videos as remote
 from lvr_trainer.data.schema import read_records
 from lvr_trainer.data.synth import SynthSpec, synthesise
 from lvr_trainer.data.validate import validate_file

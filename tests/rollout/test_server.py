@@ -23,7 +23,7 @@ from lvr_trainer.model.loading import load_model
 from lvr_trainer.model.processor import VideoProcessor
 from lvr_trainer.rollout.base import SamplingParams
 from lvr_trainer.rollout.hf import TransformersEngine
-from lvr_trainer.rollout.remote import RemoteRolloutEngine, RolloutServerError, StaleWeights
+from lvr_trainer.rollout.client import RemoteRolloutEngine, RolloutServerError, StaleWeights
 from lvr_trainer.rollout.weights import policy_tensors, unshared_cpu
 from lvr_trainer.rollout.wire import encode_generate, encode_weights
 from lvr_trainer.inputs.features import VideoFeatureSource

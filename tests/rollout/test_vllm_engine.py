@@ -248,7 +248,7 @@ def test_vllm_behind_the_rollout_server_equals_transformers_before_and_after_upd
 
     import yaml
 
-    from lvr_trainer.rollout.remote import RemoteRolloutEngine, StaleWeights
+    from lvr_trainer.rollout.client import RemoteRolloutEngine, StaleWeights
 
     model, tok, requests, _ = setup
     config = tmp_path / "trainer.yaml"

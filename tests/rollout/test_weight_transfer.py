@@ -13,7 +13,7 @@ import requests
 import torch
 
 from lvr_trainer.rollout.base import Rollout, RolloutRequest, SamplingParams
-from lvr_trainer.rollout.remote import RemoteRolloutEngine, RolloutServerError, StaleWeights, _Transfer
+from lvr_trainer.rollout.client import RemoteRolloutEngine, RolloutServerError, StaleWeights, _Transfer
 from lvr_trainer.rollout.server import ServerLimits, create_app
 from lvr_trainer.rollout.weights import gather_bucket, load_into, parameter_shapes, plan_transfer
 from lvr_trainer.rollout.wire import encode_generate, encode_manifest, safetensors_chunks

@@ -46,7 +46,7 @@ def test_two_ranks_share_one_sidecar_and_push_once_per_step(tmp_path, tiny_data,
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), data=str(tiny_data), out=str(out), url=url))
     try:
-        from lvr_trainer.rollout.remote import RemoteRolloutEngine
+        from lvr_trainer.rollout.client import RemoteRolloutEngine
 
         RemoteRolloutEngine(url).wait_ready(120, poll_s=0.3)
         res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

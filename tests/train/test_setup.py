@@ -40,7 +40,7 @@ def _record(i: int, video: str):
 
 
 def test_unreadable_videos_are_replaced_counted_and_bounded(capsys):
-    from lvr_trainer.data.remote import VideoUnavailable
+    from lvr_trainer.data.s3_videos import VideoUnavailable
     from lvr_trainer.data.video import VideoError
     from lvr_trainer.train.setup import UnreadableVideos
 

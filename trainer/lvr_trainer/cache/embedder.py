@@ -97,7 +97,7 @@ class VideoEmbedder:
     def embed(self, path: str) -> VideoEmbedding:
         """The video's embeddings (from the cache when possible); `path` may be an s3:// URI (fetched to
         the local video cache first). Raises VideoError for bad or missing videos."""
-        from lvr_trainer.data.remote import local_video, named_as
+        from lvr_trainer.data.s3_videos import local_video, named_as
 
         local = local_video(path)
         with named_as(path, local):

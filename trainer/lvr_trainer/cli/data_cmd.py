@@ -50,7 +50,7 @@ def _validate(args) -> int:
     from lvr_trainer.cli import CLIError
     from lvr_trainer.config import FrameSampling
     from lvr_trainer.data.location import DatasetUnavailable
-    from lvr_trainer.data.remote import VideoUnavailable
+    from lvr_trainer.data.s3_videos import VideoUnavailable
     from lvr_trainer.data.validate import ERROR_KINDS, validate_file
     from lvr_trainer.utils.table import format_table
 

@@ -122,7 +122,7 @@ def _embed_all(embedder, videos: list[str], leader: bool) -> tuple[int, list[tup
     endpoint stops the command (CLIError): it is no fault of the dataset."""
     from lvr_trainer.storage.errors import StoreError
     from lvr_trainer.cli import CLIError
-    from lvr_trainer.data.remote import VideoUnavailable
+    from lvr_trainer.data.s3_videos import VideoUnavailable
     from lvr_trainer.data.video import VideoError
     from lvr_trainer.utils.progress import Progress
 

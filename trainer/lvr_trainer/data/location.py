@@ -75,7 +75,7 @@ def open_dataset(location: str | Path, video_root: str | Path | None = None,
 
 def fetch_jsonl(uri: str, timeout_s: float = 10.0) -> str:
     """A fresh local copy of the s3:// JSONL `uri` (in the video cache directory, `data.remote`)."""
-    from lvr_trainer.data.remote import VideoUnavailable, fetch
+    from lvr_trainer.data.s3_videos import VideoUnavailable, fetch
     from lvr_trainer.data.video import VideoError
 
     hint = "upload the JSONL to that key or correct the dataset URI (list the prefix to see what is there)"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lvr_trainer.config import FrameSampling
 from lvr_trainer.data.location import open_dataset
-from lvr_trainer.data.remote import (
+from lvr_trainer.data.s3_videos import (
     VideoUnavailable,
     is_remote,
     local_video,

@@ -16,7 +16,7 @@ import torch
 from lvr_trainer.cache.embedder import VideoEmbedder, plan_frames
 from lvr_trainer.cache.front import EmbeddingCache
 from lvr_trainer.config import CacheConfig, FrameSampling
-from lvr_trainer.data.remote import local_video
+from lvr_trainer.data.s3_videos import local_video
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.data.video import sample_frames
 from lvr_trainer.model.processor import VideoProcessor

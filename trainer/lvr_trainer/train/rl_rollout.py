@@ -38,7 +38,7 @@ def make_engine(job: TrainerConfig, model, tokenizer, batch_size: int, seed: int
     `sync_weights` before each rollout."""
     cfg = job.rollout
     if cfg.mode == RolloutMode.sidecar:
-        from lvr_trainer.rollout.remote import RemoteRolloutEngine, is_weight_pusher
+        from lvr_trainer.rollout.client import RemoteRolloutEngine, is_weight_pusher
 
         # the server's model is loaded in model.dtype: the weights travel in it (bf16 halves the bytes)
         engine = RemoteRolloutEngine(cfg.sidecar_url, request_timeout_s=cfg.request_timeout_s,

@@ -85,7 +85,7 @@ class UnreadableVideos:
         return [self._readable(i, records, source) for i in indices]
 
     def _readable(self, i: int, records: list[VideoQARecord], source) -> int:
-        from lvr_trainer.data.remote import VideoUnavailable
+        from lvr_trainer.data.s3_videos import VideoUnavailable
         from lvr_trainer.data.video import VideoError
 
         for j in (k % self.total for k in range(i, i + self.total)):

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from lvr_trainer.config import FrameSampling
 from lvr_trainer.data.location import is_s3
-from lvr_trainer.data.remote import local_video, named_as
+from lvr_trainer.data.s3_videos import local_video, named_as
 from lvr_trainer.data.video import VideoError, VideoInfo, probe, read_frames, uniform_indices
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
@@ -92,7 +92,7 @@ def list_videos(root: str) -> list[VideoSource]:
 def _list_s3(root: str) -> list[VideoSource]:
     from lvr_trainer.storage.s3 import S3Store
     from lvr_trainer.storage.errors import StoreError
-    from lvr_trainer.data.remote import remote_unsupported_reason
+    from lvr_trainer.data.s3_videos import remote_unsupported_reason
 
     reason = remote_unsupported_reason()
     if reason:

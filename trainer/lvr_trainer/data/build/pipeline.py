@@ -44,7 +44,7 @@ from lvr_trainer.data.build.questions import (
     repair_request,
 )
 from lvr_trainer.data.build.summary import BuildStats
-from lvr_trainer.data.remote import VideoUnavailable
+from lvr_trainer.data.s3_videos import VideoUnavailable
 from lvr_trainer.data.video import VideoError
 
 

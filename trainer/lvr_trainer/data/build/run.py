@@ -17,7 +17,7 @@ from lvr_trainer.data.build.journal import CallJournal
 from lvr_trainer.data.build.pipeline import Builder, BuildConfig, EndpointUnusable, VideoResult
 from lvr_trainer.data.build.summary import BuildStats, summary_text
 from lvr_trainer.data.build.writer import split_videos, upload_dir, write_dataset
-from lvr_trainer.data.remote import VideoUnavailable
+from lvr_trainer.data.s3_videos import VideoUnavailable
 
 
 class BuildFailed(Exception):
