@@ -305,7 +305,7 @@ def test_an_rl_run_with_vllm_in_process_samples_on_policy(tmp_path):
         "output": {"dir": str(tmp_path / "run"), "tensorboard": False},
         "rl": {"group_size": 4, "max_new_tokens": 12, "kl_coef": 0.0,
                "rewards": [{"name": "format", "weight": 1.0},
-                           {"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}]},
+                           {"name": "lvr_trainer.algo.shaped_rewards:format_progress", "weight": 1.0}]},
         "rollout": {"engine": "vllm", "max_model_len": 1024}})
     summary = run_rl(cfg)
     assert summary["steps"] == 2

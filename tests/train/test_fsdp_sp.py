@@ -34,7 +34,7 @@ cfg = tiny_config(Path({data!r}), Path({out!r}),
                   optim={{"lr": 0.01, "warmup_steps": 0, "grad_clip": 1000.0}},
                   rl={{"group_size": 4, "max_new_tokens": 8, "kl_coef": 0.05, "shared_prefix": True,
                       "rewards": [{{"name": "format", "weight": 1.0}},
-                      {{"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}}]}},
+                      {{"name": "lvr_trainer.algo.shaped_rewards:format_progress", "weight": 1.0}}]}},
                   parallel={{"strategy": {strategy!r}, "sequence_parallel": {sp}}})
 summary = (run_rl if {stage!r} == "rl" else run_sft)(cfg, resume={resume})
 rank = dist.get_rank() if dist.is_initialized() else 0

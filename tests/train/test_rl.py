@@ -16,7 +16,7 @@ from lvr_trainer.train.setup import load_policy
 
 # The strict `format` reward is 0 for every reply of a random-init model (no signal); the shaped
 # `format_progress` (partial credit) varies within groups, so GRPO's advantages are non-zero.
-SHAPED = [{"name": "format", "weight": 1.0}, {"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}]
+SHAPED = [{"name": "format", "weight": 1.0}, {"name": "lvr_trainer.algo.shaped_rewards:format_progress", "weight": 1.0}]
 
 
 def rl_config(make_config, **sections):
@@ -102,7 +102,7 @@ def test_format_reward_rises_from_random_init(make_config):
                     optim={"lr": 4e-3, "warmup_steps": 0, "grad_clip": 1.0},
                     rl={"max_new_tokens": 8, "kl_coef": 0.0})
     history = run_rl(cfg)["history"]
-    key = "reward/lvr_trainer.train.rl_rewards:format_progress"
+    key = "reward/lvr_trainer.algo.shaped_rewards:format_progress"
     start = sum(h[key] for h in history[:10]) / 10
     end = sum(h[key] for h in history[-10:]) / 10
     assert start < 0.15 and end > 0.4 and end > start + 0.3, (start, end)

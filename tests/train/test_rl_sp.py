@@ -23,7 +23,7 @@ if int(os.environ.get("RANK", "0")) != 0:  # SP peers receive the first rank's r
         raise AssertionError("an SP peer sampled its own replies instead of receiving the group's")
     rollout.sample_groups = no_sampling
 rewards = [{{"name": "format", "weight": 1.0}},
-           {{"name": "lvr_trainer.train.rl_rewards:format_progress", "weight": 1.0}}]
+           {{"name": "lvr_trainer.algo.shaped_rewards:format_progress", "weight": 1.0}}]
 cfg = tiny_config(Path({data!r}), Path({out!r}),
                   train={{"steps": 2, "batch_size": 2, "grad_accum": 1, "torch_threads": 1, "eval_every": 1}},
                   optim={{"lr": 0.01, "warmup_steps": 0, "grad_clip": 1000.0}},

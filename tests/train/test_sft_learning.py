@@ -94,9 +94,9 @@ def test_grpo_from_the_sft_checkpoint_moves_the_policy_towards_its_reward(sft_ru
     raw["model"]["path"] = str(Path(summary["checkpoint"]) / "model")
     raw["train"].update(steps=60, batch_size=8, grad_accum=2, eval_every=0, save_every=0)
     raw["optim"]["lr"] = 2e-4
-    raw["rl"].update(kl_coef=0.0, rewards=[{"name": "lvr_trainer.train.rl_rewards:answers_c", "weight": 1.0}])
+    raw["rl"].update(kl_coef=0.0, rewards=[{"name": "lvr_trainer.algo.shaped_rewards:answers_c", "weight": 1.0}])
     history = run_rl(parse_config(raw, "rl_tiny.yaml (probe)"))["history"]
-    share_c = [h["reward/lvr_trainer.train.rl_rewards:answers_c"] for h in history]
+    share_c = [h["reward/lvr_trainer.algo.shaped_rewards:answers_c"] for h in history]
     print("share of C answers per step:", [round(x, 2) for x in share_c])
     assert sum(share_c[:2]) / 2 < 0.5
     assert sum(share_c[-3:]) / 3 > 0.75

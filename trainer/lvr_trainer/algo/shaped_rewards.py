@@ -7,7 +7,7 @@ all 0. `format_progress` gives partial credit on the way there. Use it next to `
     rl:
       rewards:
         - {name: format, weight: 1.0}
-        - {name: "lvr_trainer.train.rl_rewards:format_progress", weight: 1.0}
+        - {name: "lvr_trainer.algo.shaped_rewards:format_progress", weight: 1.0}
 
 Standard library plus `lvr_trainer.algo.answers` (the reply parser training and eval share); same
 signature as every reward: fn(response, answer, kind) -> float.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lvr_trainer.algo.rewards import format_reward
-from lvr_trainer.train.rl_rewards import format_progress, tag_skeleton_similarity
+from lvr_trainer.algo.shaped_rewards import format_progress, tag_skeleton_similarity
 
 
 @pytest.mark.parametrize("reply", ["<think>a b</think><answer>B</answer>", " <think></think> <answer>(C)</answer>\n"])
@@ -30,7 +30,7 @@ def test_repeated_and_misordered_tags_lose_credit():
 
 
 def test_letter_probes_read_the_last_answer_letter():
-    from lvr_trainer.train.rl_rewards import answers_a, answers_c
+    from lvr_trainer.algo.shaped_rewards import answers_a, answers_c
 
     assert answers_a("<think>x</think><answer>A</answer>") == 1.0
     assert answers_a("<think>x</think><answer> (a) red</answer>") == 1.0
