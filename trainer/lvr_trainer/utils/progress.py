@@ -1,30 +1,25 @@
-"""Progress a person can follow: one updating line on a terminal, plain log lines otherwise."""
+"""Progress a person can follow: a tqdm bar on a terminal, a plain line every few seconds in a log."""
 
 from __future__ import annotations
 
 import sys
-import time
 
 
 class Progress:
-    """`update(done)` redraws `label done/total (rate/s, ETA)`; lines every `every` s when not a TTY."""
+    """`update(done, extra)`: `label done/total (rate, ETA) extra`. On a terminal a tqdm bar redrawn in place;
+    elsewhere (a pod's log) tqdm's own line, written as a line of its own at most every `every` seconds."""
 
     def __init__(self, total: int, label: str, stream=None, every: float = 10.0, initial: int = 0):
-        self.total, self.label, self.every, self.initial = total, label, every, initial
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = self.last = time.monotonic()
+        from tqdm import tqdm
+
+        stream = stream or sys.stderr
+        tty = stream.isatty()
+        line = None if tty else "{desc} {n_fmt}/{total_fmt} ({rate_fmt}, ETA {remaining}){postfix}\n"
+        self.bar = tqdm(total=total, desc=label, initial=initial, file=stream, bar_format=line, ascii=not tty,
+                        mininterval=0.2 if tty else every, dynamic_ncols=tty)
 
     def update(self, done: int, extra: str = "") -> None:
-        now = time.monotonic()
-        if not self.tty and now - self.last < self.every and done < self.total:
-            return
-        self.last = now
-        rate = (done - self.initial) / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        text = f"{self.label} {done}/{self.total} ({rate:.2f}/s, ETA {eta:.0f}s){' ' + extra if extra else ''}"
-        if self.tty:
-            self.stream.write("\r" + text + ("\n" if done >= self.total else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        self.bar.set_postfix_str(extra, refresh=False)
+        self.bar.update(done - self.bar.n)
+        if done >= self.bar.total and not self.bar.disable:
+            self.bar.close()
