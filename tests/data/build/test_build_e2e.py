@@ -203,3 +203,31 @@ def test_s3_videos_to_s3_dataset(videos, tmp_path, chat_server, s3_server, s3_en
     for name in SPLIT_FILES:
         assert main(["data", "validate", f"{base}/data/{name}", "--frames", "4"]) == 0
     assert main(build_args(videos, f"{base}/data2", url)) == 2  # local videos, s3:// out: refused, with why
+
+
+def test_an_s3_build_retried_on_a_new_disk_repeats_no_call(videos, tmp_path, chat_server, s3_server, s3_env,
+                                                           monkeypatch):
+    """A preparation pod that dies half way (here: its model server) and is retried on another node: the
+    journal kept next to the s3:// output (`OUT/.build/journal.jsonl`) is restored, no finished call repeats."""
+    import uuid
+
+    from minio import Minio
+
+    client = Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False)
+    prefix = f"retry-{uuid.uuid4().hex[:8]}"
+    for mp4 in sorted(videos.glob("*.mp4")):
+        client.fput_object(s3_server.bucket, f"{prefix}/videos/{mp4.name}", str(mp4))
+    base = f"s3://{s3_server.bucket}/{prefix}"
+    args = lambda url, *more: build_args(f"{base}/videos", f"{base}/data", url, "--no-blind-filter",  # noqa: E731
+                                         "--concurrency", "4", *more)
+    monkeypatch.setenv("LVR_BUILD_CACHE_DIR", str(tmp_path / "first-pod"))
+    url, dying = chat_server({"die_after": 10})
+    assert main(args(url, "--max-retries", "1")) == 2
+    first = answered(dying.requests())
+    assert 5 <= len(first) < 10
+    stored = client.get_object(s3_server.bucket, f"{prefix}/data/.build/journal.jsonl").read().decode()
+    assert {json.loads(line)["key"] for line in stored.splitlines()} == first   # every answered call is there
+    monkeypatch.setenv("LVR_BUILD_CACHE_DIR", str(tmp_path / "second-pod"))     # a new disk
+    url2, revived = chat_server()
+    assert main(args(url2)) == 0
+    assert not first & {e["key"] for e in revived.requests()}                    # nothing asked again

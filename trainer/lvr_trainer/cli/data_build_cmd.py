@@ -33,8 +33,9 @@ def add_parser(sub) -> None:
     b.add_argument("--json", action="store_true", help="print a compact JSON report on stdout (the summary "
                    "tables go to stderr): what a LongVideoDataset's preparation pod reports")
     b.add_argument("--journal", default=None, metavar="PATH",
-                   help="record of finished calls (default: DIR/build-journal.jsonl, or for an s3:// --out, "
-                        f"${BUILD_CACHE_ENV} or {DEFAULT_BUILD_CACHE}, one folder per --out)")
+                   help="record of finished calls (default: DIR/build-journal.jsonl; for an s3:// --out, "
+                        "OUT/.build/journal.jsonl next to the output, so a retried pod repeats no call, worked "
+                        f"on in ${BUILD_CACHE_ENV} or {DEFAULT_BUILD_CACHE}, one folder per --out)")
     b.set_defaults(func=run)
 
 

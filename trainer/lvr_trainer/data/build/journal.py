@@ -32,8 +32,9 @@ def request_key(body: dict) -> str:
 class CallJournal:
     """`get(key)` a finished call's Reply; `put(key, stage, reply, seconds)` records one durably."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, on_record=None):
         self.path = Path(path)
+        self.on_record = on_record          # called after each call is recorded (the S3 mirror's cue)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._replies: dict[str, Reply] = {}
@@ -72,6 +73,8 @@ class CallJournal:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._replies[key] = reply
+        if self.on_record is not None:
+            self.on_record()
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from lvr_trainer.data.build.pipeline import Builder, BuildConfig, EndpointUnusab
 from lvr_trainer.data.build.summary import BuildStats, summary_text
 from lvr_trainer.data.build.writer import split_videos, upload_dir, write_dataset
 from lvr_trainer.data.s3_videos import VideoUnavailable
+from lvr_trainer.storage.errors import StoreError
 
 
 class BuildFailed(Exception):
@@ -64,15 +65,19 @@ def build(args, api_key: str | None, journal_path: Path, work: Path) -> int:
     cfg = BuildConfig(cap_model, rea_model, args.clip_seconds, args.frames_per_clip, args.max_pixels,
                       args.questions_per_category, tuple(args.categories), args.concurrency,
                       not args.no_blind_filter, args.near_duplicate, args.structured_output)
-    journal = CallJournal(journal_path)
+    mirror = journal_mirror(args, journal_path)
+    journal = CallJournal(journal_path, on_record=mirror.changed if mirror else None)
     stats = BuildStats(videos_found=len(sources))
+    where = f"{journal_path}" + (f", mirrored to {mirror.uri}" if mirror else "")
     print(f"build: {len(sources)} videos; captioner {cap_model} at {captioner.url}; reasoner {rea_model} at "
-          f"{reasoner.url}; journal {journal_path} ({len(journal)} finished calls)", file=sys.stderr)
+          f"{reasoner.url}; journal {where} ({len(journal)} finished calls)", file=sys.stderr)
     try:
         results = run_pipeline(Builder(cfg, captioner, reasoner, journal, stats, cancel), sources, stats)
     finally:
         stats.retries = captioner.counters.retries + reasoner.counters.retries
         journal.close()
+        if mirror:
+            mirror.close()
     kept, drops = gather(results, stats, args.letter_slack)
     stats.wall_seconds = time.monotonic() - t0
     split = split_videos(sorted({d.video_id for d in kept}), args.val_fraction, args.test_fraction, args.seed)
@@ -93,6 +98,23 @@ def build(args, api_key: str | None, journal_path: Path, work: Path) -> int:
     if args.json:
         print(json.dumps(compact_report(stats, manifest, args.out)))
     return 0
+
+
+def journal_mirror(args, journal_path: Path):
+    """For an s3:// --out without --journal: the journal kept next to the output (restored now, mirrored
+    while the build runs), so that a retried pod on a new disk repeats no finished call."""
+    if args.journal or not args.out.startswith("s3://"):
+        return None
+    from lvr_trainer.data.build.journal_mirror import JournalMirror
+
+    try:
+        mirror = JournalMirror(args.out, journal_path)
+        if mirror.restore():
+            print(f"build: journal restored from {mirror.uri}", file=sys.stderr)
+    except StoreError as err:
+        raise BuildFailed(f"--out {args.out}: the build journal kept there cannot be read: {err}") from None
+    mirror.start()
+    return mirror
 
 
 def compact_report(stats: BuildStats, manifest: dict, out: str) -> dict:
