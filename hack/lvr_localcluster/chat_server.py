@@ -26,6 +26,7 @@ the build journal's key), status, fault, t.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -144,7 +145,11 @@ class ChatHandler(BaseHTTPRequestHandler):
         kind = request_kind(body)
         n, nth = srv.count(kind)
         fault = srv.fault_for(kind, nth)
+        late = srv.config.get("die_after") is not None and n > srv.config["die_after"]
+        if late or srv.dying.is_set():  # the process is about to end: nothing more is answered
+            time.sleep(60)
         if fault.get("fault") == "die" or n == srv.config.get("die_after"):
+            srv.stop_answering()        # replies already on their way are logged before the process ends
             srv.log({"n": n, "kind": kind, "key": key, "status": None, "fault": "die"})
             os._exit(3)
         want = srv.config.get("require_key")
@@ -166,11 +171,12 @@ class ChatHandler(BaseHTTPRequestHandler):
         self._answer(n, kind, key, 200, reply, fault.get("fault"))
 
     def _answer(self, n, kind, key, status, payload, fault, headers=None) -> None:
-        try:
-            self._send(status, payload, headers)
-        except OSError:  # the client gave up (a slow reply past its timeout)
-            status = "client_gone"
-        self.server.log({"n": n, "kind": kind, "key": key, "status": status, "fault": fault})
+        with self.server.answering():
+            try:
+                self._send(status, payload, headers)
+            except OSError:  # the client gave up (a slow reply past its timeout)
+                status = "client_gone"
+            self.server.log({"n": n, "kind": kind, "key": key, "status": status, "fault": fault})
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -192,6 +198,9 @@ class ChatHTTPServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), ChatHandler)
         self.config = config
         self._lock = threading.Lock()
+        self._answers = threading.Condition()
+        self.dying = threading.Event()
+        self._in_flight = 0
         self._total = 0
         self._kinds: Counter = Counter()
         self._log = open(log_path, "a", encoding="utf-8")
@@ -205,6 +214,26 @@ class ChatHTTPServer(ThreadingHTTPServer):
 
     def fault_for(self, kind: str, nth: int) -> dict:
         return next((f for f in self.config.get("faults", []) if f["kind"] == kind and nth in f["nth"]), {})
+
+    @contextlib.contextmanager
+    def answering(self):
+        """A reply being sent and logged: `wait_for_answers` lets it finish first."""
+        with self._answers:
+            if self.dying.is_set():     # no reply starts once the process has decided to end
+                self._answers.wait()    # (forever: the process exits)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._answers:
+                self._in_flight -= 1
+                self._answers.notify_all()
+
+    def stop_answering(self, timeout_s: float = 5.0) -> None:
+        """No new reply starts from now on; the ones being sent are sent and logged first."""
+        with self._answers:
+            self.dying.set()
+            self._answers.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
 
     def log(self, entry: dict) -> None:
         with self._lock:

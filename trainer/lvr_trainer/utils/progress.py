@@ -10,8 +10,15 @@ class Progress:
     elsewhere (a pod's log) tqdm's own line, written as a line of its own at most every `every` seconds."""
 
     def __init__(self, total: int, label: str, stream=None, every: float = 10.0, initial: int = 0):
+        import threading
+
         from tqdm import tqdm
 
+        # tqdm's defaults start a monitor thread and a multiprocessing lock (which forks a resource-tracker
+        # process): neither is wanted in a process that also serves and forks workers
+        tqdm.monitor_interval = 0
+        if not isinstance(getattr(tqdm, "_lock", None), type(threading.RLock())):
+            tqdm.set_lock(threading.RLock())
         stream = stream or sys.stderr
         tty = stream.isatty()
         line = None if tty else "{desc} {n_fmt}/{total_fmt} ({rate_fmt}, ETA {remaining}){postfix}\n"

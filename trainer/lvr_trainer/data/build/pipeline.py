@@ -95,6 +95,9 @@ class Builder:
                  stats: BuildStats, cancel: threading.Event):
         self.cfg, self.captioner, self.reasoner = cfg, captioner, reasoner
         self.journal, self.stats, self.cancel = journal, stats, cancel
+        # the first unusable-endpoint error: raised by `run` even when every video that met it returned
+        # early (a video whose other call saw the cancel first stops quietly and drops the error)
+        self.fatal: EndpointUnusable | None = None
         self.calls = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="lvr-build-call")
 
     def call(self, client: ChatClient, stage: str, body: dict) -> Reply:
@@ -110,18 +113,17 @@ class Builder:
         try:
             reply = client.chat(body)
         except (AuthenticationError, NotFoundError) as err:
-            self.cancel.set()
             hint = ("check --api-key-env/--api-key-file" if isinstance(err, AuthenticationError)
                     else "check the URL (it should end in /v1) and the model name")
-            raise EndpointUnusable(f"{err}; {hint}, then rerun the same command: {self._resume}") from None
+            raise self._stop_all(EndpointUnusable(f"{err}; {hint}, then rerun the same command: {self._resume}"))
         except APIConnectionError as err:
             if isinstance(err, APITimeoutError):
                 self.stats.record_failure(stage, str(err))
                 raise _CallFailed(str(err)) from None
-            self.cancel.set()
             n = client.policy.max_retries
-            raise EndpointUnusable(f"{err} (after {n} retr{'y' if n == 1 else 'ies'}). Start the server (or fix "
-                                   f"the URL) and rerun the same command: {self._resume}") from None
+            raise self._stop_all(EndpointUnusable(
+                f"{err} (after {n} retr{'y' if n == 1 else 'ies'}). Start the server (or fix the URL) and rerun "
+                f"the same command: {self._resume}"))
         except ChatError as err:
             self.stats.record_failure(stage, str(err))
             raise _CallFailed(str(err)) from None
@@ -134,6 +136,13 @@ class Builder:
     def _resume(self) -> str:
         return f"finished calls are kept in the journal {self.journal.path} and not repeated"
 
+    def _stop_all(self, err: EndpointUnusable) -> EndpointUnusable:
+        """Remember the first fatal error and stop every new call; returns `err` for the caller to raise."""
+        if self.fatal is None:
+            self.fatal = err
+        self.cancel.set()
+        return err
+
     def run(self, sources: list[VideoSource], on_video=None) -> list[VideoResult]:
         """Every video through the stages; results in `sources` order. Ctrl-C or EndpointUnusable stop new
         calls at once (calls in flight finish and are journaled) and propagate."""
@@ -145,6 +154,8 @@ class Builder:
                 results[futures[fut]] = fut.result()
                 if on_video:
                     on_video(done, results[futures[fut]])
+            if self.fatal is not None:
+                raise self.fatal
         except BaseException:
             self.cancel.set()
             videos.shutdown(wait=False, cancel_futures=True)
