@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,7 +30,7 @@ _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threadin
 # so two jobs never both count the same free GPUs; the created (still unbound) pods then count as used for
 # the next job until they are bound (capacity.free_slots), which is the reservation.
 _admission = threading.Lock()
-latencies: list[float] = []      # seconds per reconcile, read by bench/operator.py
+latencies: deque[float] = deque(maxlen=100_000)   # seconds per recent reconcile, read by bench/operator.py
 
 
 def _failed_logs(cluster: Cluster, pods: list[dict[str, Any]], settings: OperatorSettings) -> dict[str, str]:
@@ -55,12 +55,12 @@ def _gpu_spec(job: dict[str, Any], model: type) -> JobSpecBase | None:
     return spec if spec.resources.gpus_per_node > 0 else None
 
 
-def _count_slots(cluster: Cluster, spec: JobSpecBase) -> tuple[int, list[str]]:
-    """(workers of this spec that fit now, who holds the GPUs)."""
+def _count_slots(cluster: Cluster, spec: JobSpecBase, namespace: str) -> tuple[int, list[str]]:
+    """(workers of this spec that fit now, who holds the GPUs: named in `namespace`, counted elsewhere)."""
     nodes, pods = cluster.nodes_and_active_pods()
     slots = free_slots(nodes, pods, spec.resources.gpus_per_node, spec.placement.effective_node_selector(),
                        spec.placement.effective_tolerations())
-    return slots, gpu_holders(pods)
+    return slots, gpu_holders(pods, namespace=namespace)
 
 
 def _nodes(spec: dict[str, Any]) -> int:
@@ -135,7 +135,7 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
             gpu_spec = _gpu_spec(obj, kind_by_name(kind).spec_model) if _gated(obj, obs) else None
             if gpu_spec is not None:                # this reconcile may admit a gang: count and create atomically
                 with _admission:
-                    obs.free_slots, obs.gpu_holders = _count_slots(cluster, gpu_spec)
+                    obs.free_slots, obs.gpu_holders = _count_slots(cluster, gpu_spec, namespace)
                     plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)
             else:
                 plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)

@@ -56,6 +56,11 @@ def test_gpu_holders_name_our_jobs_and_other_pods_most_gpus_first():
     pods = [owned("sftjob", "big", 8, "w0"), owned("sftjob", "big", 8, "w1"), owned("rljob", "done", 8, phase="Succeeded"),
             other, _pod(0, "a")]
     assert gpu_holders(pods) == ["SFTJob ns/big (2 pods, 16 GPUs)", "pod team/notebook (1 pod, 2 GPUs)"]
+    # a job's status names only holders in its own namespace; the others are counted
+    assert gpu_holders(pods, namespace="team") == ["pods in other namespaces (2 pods, 16 GPUs)",
+                                                   "pod team/notebook (1 pod, 2 GPUs)"]
+    assert gpu_holders(pods, namespace="ns") == ["SFTJob ns/big (2 pods, 16 GPUs)",
+                                                 "pods in other namespaces (1 pod, 2 GPUs)"]
 
 
 def test_native_sidecar_and_init_container_gpus_count():

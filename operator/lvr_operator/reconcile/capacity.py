@@ -64,9 +64,10 @@ def node_fits(node: dict[str, Any], selector: dict[str, str], tolerations: list[
     return ready is not None and ready.get("status") == "True"
 
 
-def gpu_holders(pods: list[dict[str, Any]], limit: int = 3) -> list[str]:
+def gpu_holders(pods: list[dict[str, Any]], limit: int = 3, namespace: str | None = None) -> list[str]:
     """Who holds GPUs now, most first: `SFTJob ns/name (2 pods, 16 GPUs)` for our jobs' pods, `pod ns/name`
-    for anyone else's; at most `limit` entries."""
+    for anyone else's; at most `limit` entries. With `namespace` (the asking job's), holders elsewhere are
+    counted but not named: a job's status is readable by its namespace's users, not the cluster's."""
     held: dict[str, list[int]] = {}
     for p in pods:
         gpus = pod_gpus(p)
@@ -76,8 +77,11 @@ def gpu_holders(pods: list[dict[str, Any]], limit: int = 3) -> list[str]:
         labels = meta.get("labels") or {}
         ns = meta.get("namespace", "")
         owner = labels.get(f"{GROUP}/owner")
-        key = (f"{_KINDS.get(labels.get(f'{GROUP}/kind', ''), 'job')} {ns}/{owner}" if owner
-               else f"pod {ns}/{meta.get('name', '?')}")
+        if namespace is not None and ns != namespace:
+            key = "pods in other namespaces"
+        else:
+            key = (f"{_KINDS.get(labels.get(f'{GROUP}/kind', ''), 'job')} {ns}/{owner}" if owner
+                   else f"pod {ns}/{meta.get('name', '?')}")
         held.setdefault(key, []).append(gpus)
     ranked = sorted(held.items(), key=lambda kv: -sum(kv[1]))[:limit]
     return [f"{key} ({len(v)} pod{'s' if len(v) > 1 else ''}, {sum(v)} GPUs)" for key, v in ranked]
