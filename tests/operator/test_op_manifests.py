@@ -49,6 +49,17 @@ def test_trainer_config_rejects_unknown_key_with_hint_and_bad_sp():
         build_trainer_config(spec, DS, "s3://m", "spec.trainer")
 
 
+def test_rollout_settings_have_one_place_spec_rollout():
+    """The pods are built from spec.rollout: spec.trainer.rollout may tune the trainer's own rollout keys
+    (max_model_len, timeouts, weight buckets) but not say a second time what spec.rollout says."""
+    _, spec = _spec(rollout={"mode": "sidecar"}, trainer={"rollout": {"mode": "inprocess"}})
+    with pytest.raises(ConfigError, match=r"rollout.mode.*set `spec.rollout.mode` instead"):
+        build_trainer_config(spec, DS, "s3://m", "spec.trainer")
+    _, spec = _spec(rollout={"mode": "sidecar"}, trainer={"rollout": {"max_model_len": 4096, "weight_bucket_mb": 64}})
+    cfg = build_trainer_config(spec, DS, "s3://m", "spec.trainer")
+    assert (cfg.rollout.mode.value, cfg.rollout.max_model_len, cfg.rollout.weight_bucket_mb) == ("sidecar", 4096, 64)
+
+
 def test_config_map_round_trips_through_the_trainer_models():
     obj, spec = _spec()
     cm = config_map(obj, build_trainer_config(spec, DS, "s3://m", "x"))

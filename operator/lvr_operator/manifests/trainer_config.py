@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvr_trainer.config import FrameSampling, TrainerConfig, parse_config
+from lvr_trainer.config import ConfigError, FrameSampling, TrainerConfig, parse_config
 from lvr_trainer.runnable import attention_heads, check_runnable
 
 from lvr_operator.api.dataset import LongVideoDatasetSpec
@@ -75,11 +75,27 @@ def derived_sections(spec: JobSpecBase, ds: LongVideoDatasetSpec | None, model_u
     return out
 
 
+# The trainer's `rollout` keys that `spec.rollout` owns: the pods are built from those (a sidecar container or
+# not, its engine, image and GPUs), so a second spelling in `spec.trainer.rollout` could only contradict them.
+ROLLOUT_KEYS_OF_THE_SPEC = {"engine": "engine", "mode": "mode", "gpu_memory_utilization": "gpuMemoryUtilization",
+                            "tensor_parallel": "tensorParallel", "sidecar_url": "port"}
+
+
+def check_rollout_owned(trainer: dict[str, Any], source: str) -> None:
+    """ConfigError when `spec.trainer.rollout` sets what `spec.rollout` says (one place for each setting)."""
+    rollout = trainer.get("rollout") if isinstance(trainer.get("rollout"), dict) else {}
+    for key, field in ROLLOUT_KEYS_OF_THE_SPEC.items():
+        if key in rollout:
+            raise ConfigError(f"{source}: key 'rollout.{key}': the pods are built from spec.rollout; set "
+                              f"`spec.rollout.{field}` instead (and remove spec.trainer.rollout.{key})")
+
+
 def build_trainer_config(spec: JobSpecBase, ds: LongVideoDatasetSpec | None, model_uri: str | None,
                          source: str) -> TrainerConfig:
     """Derived sections overlaid by `spec.trainer`, checked with the trainer's own rules
     (`lvr_trainer.runnable`: what `lvr sft|rl` would refuse at run time); raises ConfigError naming
     `source` and the key."""
+    check_rollout_owned(spec.trainer, source)
     merged = deep_merge(derived_sections(spec, ds, model_uri), spec.trainer)
     cfg = parse_config(merged, source)
     world = spec.resources.nodes * max(spec.trainer_gpus(), 1)
