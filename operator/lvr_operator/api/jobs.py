@@ -49,7 +49,8 @@ class JobSpecBase(CamelModel):
     trainer: dict[str, Any] = Field(
         default_factory=dict, json_schema_extra={TRAINER_SCHEMA_MARK: True},
         description="The trainer's config (see `lvr config schema`): train, optim, parallel, ... "
-        "`model.path`, `data.train`, `cache.uri` and `output.dir` are filled in by the operator. Mutable, read "
+        "`model.path`, `data.train`, `cache.uri` and `output.dir` are filled in by the operator; an RLJob's rollout "
+        "engine, mode, GPU share and tensor parallelism are `spec.rollout`'s (refused here). Mutable, read "
         "when the gang starts: a change while pods run is reported (condition TrainerConfigChanged) and applies "
         "at the gang's next start (a restart, a preemption, or runPolicy.suspend true then false). Default {}.")
     resources: JobResourcesSpec = Field(default_factory=JobResourcesSpec,
