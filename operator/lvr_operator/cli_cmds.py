@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="seconds between periodic reconciles of every object (default 10)")
     r.add_argument("--liveness", metavar="URL",
                    help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz (default: none)")
+    r.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics (reconciles and their latency by kind and outcome, resources by "
+                   "phase, API errors, admission waits) on this port at /metrics (default: none)")
     r.add_argument("--peering", metavar="NAME",
                    help="join kopf peering NAME (a ClusterKopfPeering, or a KopfPeering in each --namespace; it "
                    "must exist) so that a second replica pauses instead of acting twice (default: standalone)")
@@ -90,4 +93,4 @@ def _run(args) -> int:
     settings = OperatorSettings(trainer_image=args.trainer_image, rollout_image=args.rollout_image,
                                 native_sidecars=native, resync_seconds=args.resync)
     return run_operator(settings, namespaces=args.namespace, verbose=args.verbose, liveness=args.liveness,
-                        peering=args.peering)
+                        peering=args.peering, metrics_port=args.metrics_port)

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from kubernetes.client.rest import ApiException
 
+from lvr_operator import metrics
 from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import KINDS
 from lvr_operator.cluster import Cluster, RetryLater
@@ -28,6 +29,7 @@ _KIND_BY_LABEL = {k.kind.lower(): k.kind for k in KINDS}
 def _cluster() -> Cluster:
     if CONFIG["cluster"] is None:
         CONFIG["cluster"] = Cluster()
+        metrics.count_api_errors(CONFIG["cluster"].api)
     return CONFIG["cluster"]
 
 

@@ -24,10 +24,13 @@ def kopf_run_kwargs(namespaces: list[str] | None, liveness: str | None, peering:
 
 
 def run_operator(settings: OperatorSettings, namespaces: list[str] | None = None, verbose: bool = False,
-                 liveness: str | None = None, peering: str | None = None) -> int:
+                 liveness: str | None = None, peering: str | None = None, metrics_port: int | None = None) -> int:
     import kopf
 
-    from lvr_operator import handlers
+    from lvr_operator import handlers, metrics
+
+    if metrics_port:
+        metrics.serve(metrics_port)
 
     handlers.register_all(settings)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,

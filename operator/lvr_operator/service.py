@@ -12,6 +12,7 @@ from collections import defaultdict, deque
 from datetime import datetime, timezone
 from typing import Any
 
+from lvr_operator import metrics
 from lvr_operator.api.jobs import JobSpecBase
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import is_terminal
@@ -122,26 +123,41 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
     """One full reconcile of one object; None when it is gone or being deleted."""
     with _locks[(kind, namespace, name)]:
         started = time.monotonic()
-        obj = cluster.get_cr(kind, namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return None
-        now = now or datetime.now(timezone.utc)
-        if name_problem(kind, name) is not None:     # nothing can exist under this name: nothing to list
-            plan = (reconcile_job(obj, JobObserved(now), settings) if kind_by_name(kind).is_job
-                    else reconcile_dataset(obj, DatasetObserved(now), settings))
-            plan = apply_plan(cluster, obj, plan, [], now, settings)
-        elif kind_by_name(kind).is_job:
-            obs = observe_job(cluster, obj, settings, now)
-            gpu_spec = _gpu_spec(obj, kind_by_name(kind).spec_model) if _gated(obj, obs) else None
-            if gpu_spec is not None:                # this reconcile may admit a gang: count and create atomically
-                with _admission:
-                    obs.free_slots, obs.gpu_holders = _count_slots(cluster, gpu_spec, namespace)
-                    plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)
-            else:
+        try:
+            return _reconcile_locked(cluster, kind, namespace, name, settings, now, started)
+        except Exception:
+            metrics.RECONCILES.labels(kind, "error").inc()
+            raise
+
+
+def _reconcile_locked(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,
+                      now: datetime | None, started: float) -> Plan | None:
+    """The body of `reconcile_object`, under the object's lock."""
+    obj = cluster.get_cr(kind, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        metrics.forget(kind, namespace, name)
+        return None
+    now = now or datetime.now(timezone.utc)
+    if name_problem(kind, name) is not None:     # nothing can exist under this name: nothing to list
+        plan = (reconcile_job(obj, JobObserved(now), settings) if kind_by_name(kind).is_job
+                else reconcile_dataset(obj, DatasetObserved(now), settings))
+        plan = apply_plan(cluster, obj, plan, [], now, settings)
+    elif kind_by_name(kind).is_job:
+        obs = observe_job(cluster, obj, settings, now)
+        gpu_spec = _gpu_spec(obj, kind_by_name(kind).spec_model) if _gated(obj, obs) else None
+        if gpu_spec is not None:                # this reconcile may admit a gang: count and create atomically
+            with _admission:
+                obs.free_slots, obs.gpu_holders = _count_slots(cluster, gpu_spec, namespace)
+                if obs.free_slots is not None and obs.free_slots < gpu_spec.resources.nodes:
+                    metrics.ADMISSION_WAITS.labels(kind).inc()
                 plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)
         else:
-            pods = cluster.pods(obj)
-            plan = reconcile_dataset(obj, DatasetObserved(now, pods, _failed_logs(cluster, pods, settings)), settings)
-            plan = apply_plan(cluster, obj, plan, pods, now, settings)
-        latencies.append(time.monotonic() - started)
-        return plan
+            plan = apply_plan(cluster, obj, reconcile_job(obj, obs, settings), obs.pods, now, settings)
+    else:
+        pods = cluster.pods(obj)
+        plan = reconcile_dataset(obj, DatasetObserved(now, pods, _failed_logs(cluster, pods, settings)), settings)
+        plan = apply_plan(cluster, obj, plan, pods, now, settings)
+    seconds = time.monotonic() - started
+    latencies.append(seconds)
+    metrics.record_reconcile(kind, namespace, name, seconds, metrics.outcome(plan), (plan.status or {}).get("phase"))
+    return plan

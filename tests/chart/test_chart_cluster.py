@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 
 import pytest
@@ -47,7 +48,7 @@ def install(helm, kube_cluster, spaces):
     """Installs the release once for the module (uninstalled at the end if a test did not)."""
     release_ns, watched, _ = spaces
     values = {"watchNamespaces": [watched], "minio": {"enabled": False},
-              "operator": {"healthPort": free_port(), "resyncSeconds": 2}}
+              "operator": {"healthPort": free_port(), "metricsPort": free_port(), "resyncSeconds": 2}}
     kubeconfig = str(kube_cluster.kubeconfig)
     out = helm_release(helm, kubeconfig, "install", RELEASE, release_ns, values)
     yield {"values": values, "notes": out, "kubeconfig": kubeconfig}
@@ -88,6 +89,10 @@ def test_install_brings_the_operator_up(kube_api, spaces, install):
     assert f"It watches the namespaces: {watched}" in install["notes"]
     for plural in PLURALS:
         assert kube_api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.{G}")
+    # its Prometheus metrics, scraped where the chart's port says (the local cluster's pods share the host's ports)
+    port = install["values"]["operator"]["metricsPort"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "# TYPE lvr_operator_reconcile_seconds histogram" in text and "lvr_operator_api_errors_total" in text
 
 
 def test_operator_account_may_do_its_work(operator_api, spaces):

@@ -119,7 +119,7 @@ def test_minio_on_by_default_and_off(render):
     off = render({"minio": {"enabled": False}})
     assert not [d for d in off if d["metadata"]["name"].startswith("lvr-longvideo-rl-minio")]
     assert {d["kind"] for d in off} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
-                                        "ClusterKopfPeering"}
+                                        "ClusterKopfPeering", "Service"}        # the Service: the operator's metrics
 
 
 def test_minio_overrides(render):
@@ -197,4 +197,22 @@ def test_chart_args_parse_with_the_real_cli_into_kopf_run(render, values, kwargs
     args = build_parser().parse_args([*c["command"][1:], *c["args"]])
     got = kopf_run_kwargs(args.namespace, args.liveness, args.peering)
     assert got == {**kwargs, "liveness_endpoint": "http://0.0.0.0:8080/healthz"}
+    assert args.metrics_port == 8081
     assert args.trainer_image == f"longvideo-rl/trainer:{VERSION}" and args.resync == 10
+
+
+def test_metrics_are_served_and_exposed_and_a_service_monitor_is_optional(render):
+    docs = render({})
+    c = operator_container(docs)
+    assert "--metrics-port=8081" in c["args"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
+    svc = one(docs, "Service", "lvr-longvideo-rl-operator-metrics")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}]
+    dep = one(docs, "Deployment", "lvr-longvideo-rl-operator")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert not find(docs, "ServiceMonitor")
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}}}})
+    mon = one(docs, "ServiceMonitor")
+    assert mon["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert mon["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()   # it finds the Service
