@@ -106,9 +106,9 @@ def install_operator(kubeconfig: Path, release: str, namespace: str, *, watch: l
     MinIO); the operator's pod runs `lvr operator run` from this machine's venv."""
     from lvr_localcluster.ports import free_port
 
-    # every pod of the local cluster shares 127.0.0.1: the liveness endpoint gets a free port
+    # every pod of the local cluster shares 127.0.0.1: the liveness and metrics endpoints get free ports
     values = {"minio": {"enabled": False}, "watchNamespaces": watch or [],
-              "operator": {"resyncSeconds": resync_seconds, "healthPort": free_port()}}
+              "operator": {"resyncSeconds": resync_seconds, "healthPort": free_port(), "metricsPort": free_port()}}
     values_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"lvr-values-{release}.json"
     values_file.write_text(json.dumps(values))
     return helm("upgrade", "--install", release, str(CHART), "--namespace", namespace, "--create-namespace",

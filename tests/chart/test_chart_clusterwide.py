@@ -25,7 +25,7 @@ def release(helm, kube_cluster):
     ns = kube_cluster.create_namespace(f"lvr-cw-{uuid.uuid4().hex[:5]}")
     kubeconfig = str(kube_cluster.kubeconfig)
     helm_release(helm, kubeconfig, "install", "lvr", ns,
-                 {"minio": {"enabled": False}, "operator": {"healthPort": free_port()}})
+                 {"minio": {"enabled": False}, "operator": {"healthPort": free_port(), "metricsPort": free_port()}})
     yield ns, kubeconfig
     helm_run(helm, "uninstall", "lvr", "-n", ns, "--kubeconfig", kubeconfig, "--wait", check=False)
     with contextlib.suppress(ApiError):
