@@ -1,7 +1,7 @@
 """The packages' layers, read from the source (every import, those inside functions included): no import
 cycle between the trainer's packages, the trainer never imports the operator, and the operator imports
 only the trainer's contracts (its config and runnable check, the checkpoint layout, the memory plan, the
-progress wire and the preemption exit), never its training internals."""
+progress wire, the preemption exit and the output ownership mark), never its training internals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER, OPERATOR = ROOT / "trainer" / "lvr_trainer", ROOT / "operator" / "lvr_operator"
 OPERATOR_MAY_IMPORT = {"lvr_trainer.config", "lvr_trainer.runnable", "lvr_trainer.layout", "lvr_trainer.plan",
-                       "lvr_trainer.cli", "lvr_trainer.train.pod_progress", "lvr_trainer.train.preemption"}
+                       "lvr_trainer.cli", "lvr_trainer.train.pod_progress", "lvr_trainer.train.preemption",
+                       "lvr_trainer.train.ownership"}
 
 
 def imports_of(package: Path) -> dict[str, set[tuple[str, str]]]:

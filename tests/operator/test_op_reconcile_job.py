@@ -151,6 +151,17 @@ def test_a_trainer_whose_memory_plan_does_not_fit_fails_the_job_at_once_naming_t
     assert [a.name for a in plan.actions] == ["r1-rl-worker-1"]
 
 
+def test_a_trainer_refused_another_jobs_output_fails_the_job_at_once_naming_the_owner():
+    from lvr_trainer.train.ownership import OUTPUT_IN_USE_MARK
+
+    obj, pods = _started()
+    why = f"{OUTPUT_IN_USE_MARK}: output s3://c/runs belongs to 'SFTJob/ns/other', not 'RLJob/ns/r1': ..."
+    plan = run(obj, observed(pod_in(pods[0], "failed", exit_code=1, message=why), pod_in(pods[1], "running")))
+    cond = _cond(plan, "Failed")
+    assert plan.status["phase"] == "Failed" and cond["reason"] == "OutputInUse"
+    assert "belongs to 'SFTJob/ns/other'" in cond["message"] and not plan.status.get("restarts")
+
+
 def test_the_trainer_config_carries_the_gpu_memory_and_whether_to_admit_beyond_the_plan():
     from lvr_operator.api import RLJobSpec
     from lvr_operator.manifests.trainer_config import build_trainer_config

@@ -177,7 +177,9 @@ class RunPolicy(CamelModel):
 class OutputSpec(CamelModel):
     """Where checkpoints and logs go."""
 
-    uri: str = Field(..., min_length=1, description="s3://bucket/prefix (or a path on a shared volume). Required.")
+    uri: str = Field(..., min_length=1, description="s3://bucket/prefix (or a path on a shared volume). The first "
+                     "job to train there owns it (`.lvr-owner`): another job pointed at it fails with reason "
+                     "OutputInUse instead of sharing its checkpoints; the same job started again resumes. Required.")
 
 
 class Condition(CamelModel):

@@ -110,6 +110,7 @@ class Reason:
     BACKOFF = "Backoff"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DOES_NOT_FIT = "DoesNotFit"             # the trainer's memory plan exceeds resources.gpuMemory: no restart
+    OUTPUT_IN_USE = "OutputInUse"           # output.uri belongs to another job: no restart
     POD_GROUP_API_MISSING = "PodGroupAPIMissing"
     WAITING_FOR_ADMISSION = "WaitingForAdmission"   # pods held at a scheduling gate (Kueue) until admitted
     PREEMPTION_LIMIT_EXCEEDED = "PreemptionLimitExceeded"

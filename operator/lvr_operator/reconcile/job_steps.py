@@ -24,6 +24,7 @@ from lvr_operator.reconcile.model import Create, Delete, rfc3339, tail
 from lvr_trainer.config import ConfigError
 from lvr_trainer.layout import checkpoint_model_uri
 from lvr_trainer.plan import DOES_NOT_FIT_MARK
+from lvr_trainer.train.ownership import OUTPUT_IN_USE_MARK
 from lvr_trainer.train.pod_progress import parse_report
 
 __all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "handle_preemption",
@@ -269,6 +270,11 @@ def handle_failure(ctx: Ctx, spec: Any, current: list) -> Any:
         f" ({bad.end.reason})" if bad.end and bad.end.reason else "") + (f": {why}" if why else "")
     if sidecar := next((w.sidecar for w in sorted(current, key=lambda w: w.rank) if w.sidecar), None):
         what += f"; its {sidecar}"     # the cause, when the trainer died of its sidecar's crash
+    if bad.end and OUTPUT_IN_USE_MARK in bad.end.message:   # another job's output: a restart cannot help
+        ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.pod_active and not w.deleting]
+        why = bad.end.message.strip().splitlines()[-1][:1500]
+        ctx.fail(R.OUTPUT_IN_USE, f"worker {bad.rank} (pod {bad.name}) stopped before training: {why}")
+        return ctx.finish()
     if bad.end and DOES_NOT_FIT_MARK in bad.end.message:     # (under torchrun the exit code is its own)
         # the same plan on the same GPUs gives the same verdict: a restart cannot help
         ctx.plan.actions += [Delete("Pod", w.name) for w in current if w.pod_active and not w.deleting]

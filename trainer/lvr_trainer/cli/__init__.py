@@ -13,6 +13,7 @@ import os
 import sys
 
 from lvr_trainer.plan import EXIT_DOES_NOT_FIT, DoesNotFit
+from lvr_trainer.train.ownership import OutputInUse
 from lvr_trainer.train.preemption import EXIT_PREEMPTED, Preempted
 
 COMMAND_MODULES = (
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as err:
         print(f"lvr: error: {err}", file=sys.stderr)
         _termination_message(str(err))
+        return 2
+    except OutputInUse as err:
+        print(f"lvr: error: {err}", file=sys.stderr)
+        _termination_message(str(err))          # the operator's condition quotes it; restarting cannot help
         return 2
     except DoesNotFit as err:
         print(f"lvr: {err}", file=sys.stderr)

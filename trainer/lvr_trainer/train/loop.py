@@ -27,6 +27,7 @@ from lvr_trainer.train import heartbeat
 from lvr_trainer.inputs.features import VideoFeatureSource
 from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, NodeShare, is_remote,
                                       local_output_dir, pull_latest)
+from lvr_trainer.train.ownership import claim_output, job_identity
 from lvr_trainer.train.preemption import Preempted, StopOnSigterm
 from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
 from lvr_trainer.parallel import collectives
@@ -82,6 +83,8 @@ def start_run(cfg: TrainerConfig, resume: bool, stage: str = "sft") -> RunStart:
         check_memory_plan(cfg, stage, grid)
     output = local_output_dir(cfg.output.dir)
     _forget_uploader(output)    # an earlier run in this process (tests) may still be uploading here
+    if grid.rank == 0 and (job := job_identity()) is not None:
+        claim_output(cfg.output.dir, job)      # another job's checkpoints are neither resumed nor pruned
     ckpt = resume_point(cfg, output) if resume else None
     model, tokenizer, processor = load_trained_policy(cfg, grid, ckpt)
     model.train()
