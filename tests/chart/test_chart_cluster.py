@@ -91,7 +91,13 @@ def test_install_brings_the_operator_up(kube_api, spaces, install):
         assert kube_api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.{G}")
     # its Prometheus metrics, scraped where the chart's port says (the local cluster's pods share the host's ports)
     port = install["values"]["operator"]["metricsPort"]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    def scrape() -> str | None:            # the pod reads Ready before its process has started listening
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+    text = wait_until(scrape, 60, "the operator's /metrics")
     assert "# TYPE lvr_operator_reconcile_seconds histogram" in text and "lvr_operator_api_errors_total" in text
 
 
