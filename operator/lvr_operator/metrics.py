@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 RECONCILES = Counter("lvr_operator_reconciles", "Reconciles by kind and outcome", ["kind", "result"],
@@ -84,6 +84,3 @@ def count_api_errors(api_client) -> None:
 def serve(port: int) -> None:
     start_http_server(port, registry=REGISTRY)
 
-
-def exposition() -> str:
-    return generate_latest(REGISTRY).decode()

@@ -11,6 +11,7 @@ order; a rank that does not send drops each gathered tensor at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,10 +30,7 @@ class WeightEntry:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * getattr(torch, self.dtype).itemsize
+        return math.prod(self.shape) * getattr(torch, self.dtype).itemsize
 
 
 def _is_vision(name: str) -> bool:

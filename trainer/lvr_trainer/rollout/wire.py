@@ -161,10 +161,6 @@ def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str
             yield memoryview(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
 
 
-def body_size(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
-    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in safetensors_chunks(tensors, metadata))
-
-
 def encode_manifest(version: int, buckets: list[list[WeightEntry]]) -> dict:
     return {"weight_version": version,
             "buckets": [[[e.name, list(e.shape), e.dtype] for e in b] for b in buckets]}
