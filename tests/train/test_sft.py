@@ -127,6 +127,8 @@ summary = run_sft(cfg)
 import torch.distributed as dist
 if not dist.is_initialized() or dist.get_rank() == 0:
     print("LOSSES", summary["losses"])
+from lvr_trainer.train.distributed import leave_world
+leave_world()     # as `lvr rl|sft` ends: every rank leaves its process groups together
 """
 
 

@@ -36,10 +36,14 @@ def load_trainer_config(path: str, stage: str):
 
 
 def run_reporting(fn, *errors: type[Exception]):
-    """`fn()`, with the listed user-facing errors turned into a CLIError (message, no traceback)."""
+    """`fn()`, with the listed user-facing errors turned into a CLIError (message, no traceback); a run that
+    returns leaves its process groups together with the other ranks."""
     from lvr_trainer.cli import CLIError
+    from lvr_trainer.train.distributed import leave_world
 
     try:
-        return fn()
+        result = fn()
     except errors as err:
         raise CLIError(str(err)) from None
+    leave_world()
+    return result

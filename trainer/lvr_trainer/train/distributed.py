@@ -4,6 +4,7 @@ which setting to change."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -59,6 +60,22 @@ def _init_world(timeout_s: float) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         backend = "nccl"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    atexit.register(_destroy_world)
+
+
+def leave_world() -> None:
+    """End a run that finished on every rank: wait for the others, then destroy the process groups. A rank
+    whose gloo groups are still alive when its interpreter exits can abort (`terminate called without an
+    active exception`) while a peer tears its own down; torch asks programs to destroy them first."""
+    if dist.is_initialized():
+        collectives.barrier()
+        _destroy_world()
+
+
+def _destroy_world() -> None:
+    """Destroy every process group (no barrier: also the exit path of a failed rank)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _set_group_timeout(group, timeout_s: float) -> None:

@@ -33,9 +33,10 @@ def _save_group():
     """A process group of its own for the background saves: their collectives must never interleave with
     the training step's on the same group. Created once, by every rank together (the first save)."""
     global _SAVE_GROUP
-    if _SAVE_GROUP is None:
-        _SAVE_GROUP = dist.new_group(backend="gloo")
-    return _SAVE_GROUP
+    world = dist.group.WORLD
+    if _SAVE_GROUP is None or _SAVE_GROUP[0] is not world:      # none yet, or made for a destroyed world
+        _SAVE_GROUP = (world, dist.new_group(backend="gloo"))
+    return _SAVE_GROUP[1]
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
