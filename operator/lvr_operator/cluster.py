@@ -1,5 +1,9 @@
-"""The I/O adapter: reads what `reconcile_*` needs from the API and applies a Plan. The only module
-here that talks to Kubernetes (besides kopf itself). Every call is counted, for bench/operator.py."""
+"""The I/O adapter: reads what `reconcile_*` needs and applies a Plan. The only module here that talks to
+Kubernetes (besides kopf itself). Every API call is counted, for bench/operator.py.
+
+With a ready `WatchCache` (the kopf operator's), pods, children and dependencies are read from the watch
+instead of listed, and every child created or pod deleted is told to the cache; without one (a plain
+client, tests driving `reconcile_object` directly) they are listed from the API server."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import Reason as R
+from lvr_operator.cache import CHILD_INDEXES, WatchCache
 from lvr_operator.manifests.common import (PODGROUP_API, PODGROUP_PLURAL, PODGROUP_VERSION, namespace_of,
                                            owner_selector)
 from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteOwner, Event, Plan, set_condition,
@@ -75,8 +80,8 @@ def load_client() -> client.ApiClient:
 
 
 class Cluster:
-    def __init__(self, api: client.ApiClient | None = None):
-        self.api = api or load_client()
+    def __init__(self, api: client.ApiClient | None = None, cache: WatchCache | None = None):
+        self.api, self.cache = api or load_client(), cache
         self.core, self.rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.calls: Counter[str] = Counter()
@@ -91,7 +96,11 @@ class Cluster:
         resp = fn(*args, _preload_content=False, **kw)
         return json.loads(resp.data)
 
+    def _cached(self) -> WatchCache | None:
+        return self.cache if self.cache is not None and self.cache.ready else None
+
     def get_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the API server has it now (the one being reconciled: its status decides)."""
         try:
             return self._raw("get", self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
                              kind_by_name(kind).plural, name)
@@ -100,11 +109,25 @@ class Cluster:
                 return None
             raise
 
+    def dependency(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A custom resource another one depends on (a job's dataset or SFT job): from the watch when cached."""
+        cache = self._cached()
+        return cache.get(kind, namespace, name) if cache else self.get_cr(kind, namespace, name)
+
     def pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
+        cache = self._cached()
+        return cache.pods(owner) if cache else self._list_pods(owner)
+
+    def children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
+        """(kind, name) of the owner's children other than pods (ConfigMap, Service, RBAC objects)."""
+        cache = self._cached()
+        return cache.children(owner) if cache else self._list_children(owner)
+
+    def _list_pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
         return self._raw("list", self.core.list_namespaced_pod, namespace_of(owner),
                          label_selector=owner_selector(owner))["items"]
 
-    def children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
+    def _list_children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
         ns, sel, found = namespace_of(owner), owner_selector(owner), set()
         for kind in CHILD_KINDS:
             api = self.rbac if kind.startswith("Role") else self.core
@@ -194,24 +217,27 @@ class Cluster:
                 kind = action.obj["kind"]
                 api = self.rbac if kind.startswith("Role") else self.core
                 self._count("create")
-                getattr(api, f"create_namespaced_{_SNAKE[kind]}")(ns, action.obj)
+                self._created(owner, self.api.sanitize_for_serialization(
+                    getattr(api, f"create_namespaced_{_SNAKE[kind]}")(ns, action.obj)))
             elif isinstance(action, Delete):
                 api = self.rbac if action.kind.startswith("Role") else self.core
                 self._count("delete")
                 getattr(api, f"delete_namespaced_{_SNAKE[action.kind]}")(action.name, ns)
+                self._deleted(owner, action)
             elif isinstance(action, DeleteOwner):
                 self._count("delete")
                 self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
                                                             owner["metadata"]["name"])
         except ApiException as err:
             if isinstance(action, Create) and err.status == 409:
-                self._check_owner(owner, action.obj)
+                self._created(owner, self._check_owner(owner, action.obj))
                 if action.replace:
                     self._replace(ns, action.obj)
                 return
             if isinstance(action, Create) and err.status in (400, 403, 422):
                 raise CreateFailed(_refusal(*action.key, err)) from err
             if err.status in (404, 409):      # gone already: the goal is met
+                self._deleted(owner, action)
                 return
             delay = _retry_after(err)
             if delay is not None:
@@ -238,27 +264,37 @@ class Cluster:
         self._count("replace")
         getattr(api, f"replace_namespaced_{_SNAKE[obj['kind']]}")(obj["metadata"]["name"], namespace, obj)
 
-    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> None:
-        """An object of the child's name exists: ours (this owner's UID as its controller) is success; any
-        other is a conflict, never adopted."""
+    def _created(self, owner: dict[str, Any], obj: dict[str, Any] | None) -> None:
+        """Tell the cache about a child that exists now (before its watch event)."""
+        if self._cached() and obj and (obj.get("kind") == "Pod" or obj.get("kind") in CHILD_INDEXES):
+            self.cache.created(owner, obj)
+
+    def _deleted(self, owner: dict[str, Any], action: Any) -> None:
+        if self._cached() and isinstance(action, Delete):
+            self.cache.deleted(owner, action.kind, action.name)
+
+    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any] | None:
+        """An object of the child's name exists: ours (this owner's UID as its controller) is success (it is
+        returned); any other is a conflict, never adopted."""
         existing = self._read(namespace_of(owner), obj)
         if existing is None:                  # deleted meanwhile: the next reconcile creates it
-            return
+            return None
         refs = existing["metadata"].get("ownerReferences") or []
         controller = next((r for r in refs if r.get("controller")), None)
         if controller is not None and controller.get("uid") == owner["metadata"].get("uid"):
-            return
+            return existing
         holder = (f"is controlled by {controller.get('kind')} '{controller.get('name')}'" if controller
                   else "has no controller")
         raise CreateFailed(CreateFailure(obj["kind"], obj["metadata"]["name"], 409, holder, conflict=True))
 
     def delete_children(self, owner: dict[str, Any]) -> int:
-        """Delete every owned object by label (works without a garbage collector)."""
+        """Delete every owned object by label (works without a garbage collector). Listed from the API server,
+        not the cache: a child an earlier process created just before it stopped is found too."""
         n = 0
-        for pod in self.pods(owner):
+        for pod in self._list_pods(owner):
             self._act(owner, Delete("Pod", pod["metadata"]["name"]))
             n += 1
-        for kind, name in sorted(self.children(owner)):
+        for kind, name in sorted(self._list_children(owner)):
             self._act(owner, Delete(kind, name))
             n += 1
         return n

@@ -72,9 +72,11 @@ def _nodes(spec: dict[str, Any]) -> int:
 
 
 def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSettings, now: datetime) -> JobObserved:
-    """Read what `reconcile_job` needs, and no more: other children are listed only while the gang is
-    incomplete (5 list calls), dependencies only while the job can still start pods. The free GPU slots
-    are not counted here: `_count_slots` does it under the admission lock (reconcile_object)."""
+    """Read what `reconcile_job` needs, and no more: other children only while the gang is incomplete,
+    dependencies only while the job can still start pods (all from the watch cache when the operator has
+    one, else listed: 5 list calls for the children). The free GPU slots are not counted here:
+    `_count_slots` lists them from the API server under the admission lock (reconcile_object), since a
+    gang admitted a moment ago must count even before the watch shows its pods."""
     ns, spec, status = job["metadata"]["namespace"], job.get("spec") or {}, job.get("status") or {}
     obs = JobObserved(now=now, pods=cluster.pods(job))
     settled = is_terminal(status.get("phase")) and status.get("observedGeneration") == job["metadata"].get("generation")
@@ -83,9 +85,9 @@ def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSetting
     if len(obs.pods) < _nodes(spec):
         obs.children = cluster.children(job)
     if (spec.get("datasetRef") or {}).get("name"):
-        obs.dataset = cluster.get_cr("LongVideoDataset", ns, spec["datasetRef"]["name"])
+        obs.dataset = cluster.dependency("LongVideoDataset", ns, spec["datasetRef"]["name"])
     if (spec.get("model") or {}).get("fromSFTJob"):
-        obs.sft_job = cluster.get_cr("SFTJob", ns, spec["model"]["fromSFTJob"])
+        obs.sft_job = cluster.dependency("SFTJob", ns, spec["model"]["fromSFTJob"])
     phase = status.get("phase")
     run_policy = spec.get("runPolicy") or {}
     if not obs.pods and not is_terminal(phase) and not run_policy.get("suspend") \
