@@ -1,7 +1,9 @@
 """The shared-prefix sampler: one prefill per prompt for its n samples, log-probs taken as sampled, one
-random stream per call; greedy replies equal transformers' own `generate`."""
+random stream per request; greedy replies equal transformers' own `generate`."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -123,16 +125,23 @@ def test_each_prompt_is_prefilled_once_and_its_kv_cache_is_shared_by_its_samples
     assert caches[-1][0] == len(reqs) and caches[-1][2] == longest + 8 * steps  # the prompt once, then replies
 
 
-def test_one_random_stream_across_chunks(setup):
-    """The same prompt in two chunks of one call gets different samples (no reseeding per chunk), and the
-    call is reproducible from its seed."""
+def test_each_requests_replies_come_from_its_own_stream_whatever_shares_its_call(setup):
+    """Request i samples from `seed + i * n` (the engines' contract): the same prompt twice in one call gets
+    different replies, a call is reproducible, and splitting a call (other batches, other callers, each
+    part seeded as its place in the whole, as SP ranks do) changes no reply."""
     model, tok, reqs = setup
-    engine = TransformersEngine(model, tok, batch_size=4)          # 4 sequences per call: one prompt x 4
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=9)
-    a = engine.generate([reqs[0], reqs[0]], params)
-    assert [r.token_ids for r in a[0]] != [r.token_ids for r in a[1]]
-    b = engine.generate([reqs[0], reqs[0]], params)
-    assert [[r.token_ids for r in g] for g in a] == [[r.token_ids for r in g] for g in b]
+    whole = TransformersEngine(model, tok, batch_size=8).generate([reqs[0], reqs[1]], params)   # one batch
+    one_by_one = TransformersEngine(model, tok, batch_size=4)                                   # a prompt each
+    parts = (one_by_one.generate([reqs[0]], params)
+             + one_by_one.generate([reqs[1]], dataclasses.replace(params, seed=params.seed + params.n)))
+    assert [[r.token_ids for r in g] for g in whole] == [[r.token_ids for r in g] for g in parts]
+    for g, h in zip(whole, parts):
+        for r, q in zip(g, h):
+            assert r.logprobs == pytest.approx(q.logprobs, abs=1e-5)
+    twice = one_by_one.generate([reqs[0], reqs[0]], params)
+    assert [r.token_ids for r in twice[0]] != [r.token_ids for r in twice[1]]
+    assert [r.token_ids for r in twice[0]] == [r.token_ids for r in whole[0]]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():

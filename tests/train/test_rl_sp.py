@@ -18,10 +18,12 @@ from conftest import tiny_config
 from pathlib import Path
 import lvr_trainer.train.rl_rollout as rollout
 from lvr_trainer.train.rl import run_rl
-if int(os.environ.get("RANK", "0")) != 0:  # SP peers receive the first rank's replies, never sample
-    def no_sampling(*args, **kwargs):
-        raise AssertionError("an SP peer sampled its own replies instead of receiving the group's")
-    rollout.sample_groups = no_sampling
+if int(os.environ.get("RANK", "0")) != 0:  # an SP peer samples its share of the group's prompts only
+    sample = rollout.sample_groups
+    def its_share(engine, model, tokenizer, records, *args):
+        assert len(records) == 1, f"an SP peer sampled {{len(records)}} prompts, not its share (1 of 2)"
+        return sample(engine, model, tokenizer, records, *args)
+    rollout.sample_groups = its_share
 rewards = [{{"name": "format", "weight": 1.0}},
            {{"name": "lvr_trainer.algo.shaped_rewards:format_progress", "weight": 1.0}}]
 cfg = tiny_config(Path({data!r}), Path({out!r}),
@@ -63,13 +65,14 @@ def test_sequence_parallel_rl_equals_single_process(tmp_path, tiny_data, assert_
     scores with the shared prefix (each prompt once, its replies attending to the gathered prompt through
     the grouped mask), the single process one sequence per reply, so this also checks SP x shared prefix.
 
-    Replies are sampled on the SP group's first rank and broadcast, so both SP ranks report the very
-    rewards of the single process (same seed, same prompts). Policy and reference log-probs come from
+    The group's 2 prompts are spread over its ranks, each sampling one (seeded as its place in the whole
+    call) and all-gathering the replies, so both SP ranks report the very rewards of the single process,
+    which samples both prompts in one call (same seed, same prompts). Policy and reference log-probs come from
     the Ulysses prefill, so losses and the reference KL agree to 1e-5. After 2 AdamW steps the weights
     agree up to float summation order: the SP gradient is a sum of per-shard parts, and Adam divides by
     sqrt(v), which magnifies rounding on near-zero gradients; a wrong reduction (SP parts not summed, or
     averaged) would differ by the size of the update itself, so the tolerance is 2% of the largest update.
-    Rank 1 cannot sample at all (its `sample_groups` raises), so its replies can only be the broadcast ones.
+    Rank 1 may sample one prompt only (its `sample_groups` asserts it).
     Validation (eval_every=1) runs on every rank (each scores a share; the counts are summed).
     """
     one, one_dir = _run(tmp_path, tiny_data, "one", nproc=1, shared=False)

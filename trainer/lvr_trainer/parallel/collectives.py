@@ -77,5 +77,10 @@ def broadcast_object_list(objects: list, group=None, group_src: int = 0) -> None
     dist.broadcast_object_list(objects, group=group, group_src=group_src)
 
 
+def all_gather_object(out: list, obj, group=None) -> None:
+    """Every rank's picklable `obj` into `out` (one slot per rank of the group, in rank order)."""
+    dist.all_gather_object(out, obj, group=group)
+
+
 def barrier(group=None) -> None:
     dist.barrier(group=group)

@@ -11,7 +11,11 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """n replies per prompt; temperature 0 means greedy (then n must be 1)."""
+    """n replies per prompt; temperature 0 means greedy (then n must be 1).
+
+    `seed`: request i of a call samples its n replies from a stream seeded `seed + i * n`, in every engine,
+    so a request's replies do not depend on which other requests share its call (or its batch): a caller
+    that splits a call into parts passes part k the seed `seed + start_k * n`."""
 
     n: int = 1
     temperature: float = 1.0

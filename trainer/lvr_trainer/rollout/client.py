@@ -45,6 +45,9 @@ class RemoteRolloutEngine:
     barrier) keeps every rank from generating before the push is done. `transfer`: "auto" (a shared volume
     when the server's marker is visible from here, else HTTP), "http" or "shared"."""
 
+    # one server per pod, running one engine call at a time: its ranks' calls would only queue behind each other
+    shared_by_ranks = True
+
     def __init__(self, url: str, request_timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
                  retries: int = 3, backoff_s: float = 0.5, pushes_weights: bool = True, after_push=None,
                  weight_dtype: torch.dtype | None = None, bucket_bytes: int = 512 << 20, transfer: str = "auto",

@@ -58,20 +58,23 @@ class TransformersEngine:
         load_into(self.model, named_tensors, checked=checked)
 
     def generate(self, requests: list[RolloutRequest], params: SamplingParams) -> list[list[Rollout]]:
-        """One random stream for the whole call (seeded once from params.seed), however it is chunked."""
+        """Request i's replies from a stream of its own, seeded `params.seed + i * n` (the engines' common
+        contract, `SamplingParams`), however the call is chunked into batches."""
         out: list[list[Rollout]] = []
         per_call = max(1, self.batch_size // params.n)
         device = next(self.model.parameters()).device
-        generator = None
+        streams: list[torch.Generator] | None = None
         if params.seed is not None and params.temperature > 0:
-            generator = torch.Generator(device=device).manual_seed(params.seed)
+            streams = [torch.Generator(device=device).manual_seed(params.seed + i * params.n)
+                       for i in range(len(requests))]
         for start in range(0, len(requests), per_call):
-            out.extend(self._generate(requests[start:start + per_call], params, generator))
+            chunk = slice(start, start + per_call)
+            out.extend(self._generate(requests[chunk], params, streams[chunk] if streams else None))
         return out
 
     @torch.no_grad()
     def _generate(self, requests: list[RolloutRequest], params: SamplingParams,
-                  generator: torch.Generator | None) -> list[list[Rollout]]:
+                  generator: list[torch.Generator] | None) -> list[list[Rollout]]:
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
         ids = left_pad([r.input_ids for r in requests], tok.pad_token_id).to(device)

@@ -48,9 +48,16 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs (B, V), from `generator`'s stream (on its device)."""
+    on_cpu = generator is not None and generator.device.type == "cpu"
+    return torch.multinomial(probs.cpu() if on_cpu else probs, 1, generator=generator).squeeze(-1).to(probs.device)
+
+
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, suppress: list[int],
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B,), their log-probs (B,)) from one step's logits (B, V)."""
+                generator: torch.Generator | list[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (B,), their log-probs (B,)) from one step's logits (B, V). A list of generators splits the
+    rows evenly among them: generator k draws rows k*B/K .. (k+1)*B/K - 1 (one prompt's replies)."""
     logits = logits.float()
     scaled = logits / temperature if temperature > 0 else logits
     allowed = scaled.clone()
@@ -59,8 +66,11 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, suppress
         tokens = allowed.argmax(-1)
     else:
         probs = top_p_filter(allowed, top_p).softmax(-1)
-        tokens = torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu"
-                                   else probs, 1, generator=generator).squeeze(-1).to(logits.device)
+        if isinstance(generator, list):
+            rows = probs.shape[0] // len(generator)
+            tokens = torch.cat([_draw(part, g) for part, g in zip(probs.split(rows), generator)])
+        else:
+            tokens = _draw(probs, generator)
     logprobs = scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logprobs
 
@@ -78,9 +88,11 @@ def sample_shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
                          mm_token_type_ids: torch.Tensor, video_embeds: torch.Tensor, video_grid_thw: torch.Tensor,
                          second_per_grid_ts: torch.Tensor | None, *, n: int, max_new_tokens: int,
                          temperature: float, top_p: float, suppress: list[int], eos_id: int, pad_id: int,
-                         generator: torch.Generator | None = None, keep_stepping=None) -> SampledBatch:
+                         generator: torch.Generator | list[torch.Generator] | None = None,
+                         keep_stepping=None) -> SampledBatch:
     """n replies for each of P left-padded prompts (input_ids, attention_mask, mm_token_type_ids: (P, S);
-    video_embeds: (N, hidden) row-major; video_grid_thw: (P, 3)).
+    video_embeds: (N, hidden) row-major; video_grid_thw: (P, 3)). `generator`: one stream for every row, or
+    one per prompt (P of them) drawing that prompt's n rows.
 
     `keep_stepping(any_unfinished: bool) -> bool`: under FSDP every rank must run the same number of
     forwards (each all-gathers), so the caller makes this a collective OR over ranks; default: stop when

@@ -7,6 +7,7 @@ p*G .. p*G+G-1, as `algo.grpo.group_advantages` expects); S = padded prompt + re
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from lvr_trainer.algo.grpo import ADVANTAGES
 from lvr_trainer.algo.rewards import WeightedReward, accuracy_reward
 from lvr_trainer.config import GRPOConfig, RolloutEngineKind, RolloutMode, TrainerConfig
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.model.encode import split_groups
 from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.fsdp import is_sharded
 from lvr_trainer.parallel.grid import ProcessGrid
@@ -74,11 +76,16 @@ def reward_from_config(cfg: GRPOConfig) -> WeightedReward:
     return WeightedReward.from_weights({t.name: t.weight for t in cfg.rewards}, rel_tol=cfg.number_rel_tol)
 
 
+SEED_STRIDE = 1 << 20    # request i of a call samples from seed + i * G: a step's streams stay below the next's
+
+
 def sampling_params(cfg: GRPOConfig, seed: int, step: int) -> SamplingParams:
     """G replies per prompt; the seed is a pure function of (run seed, step) so a resumed run samples
-    exactly what the uninterrupted run would."""
+    exactly what the uninterrupted run would. Steps are `SEED_STRIDE` apart, so no prompt of one step samples
+    from the stream of a prompt of another (with steps 1 apart, prompt i at step k + G would reuse prompt
+    i + 1's stream of step k)."""
     return SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
-                          max_new_tokens=cfg.max_new_tokens, seed=seed * 1_000_003 + step)
+                          max_new_tokens=cfg.max_new_tokens, seed=(seed * 1_000_003 + step) * SEED_STRIDE)
 
 
 def sample_groups(engine: RolloutEngine, model, tokenizer, records: list[VideoQARecord], source,
@@ -91,24 +98,36 @@ def sample_groups(engine: RolloutEngine, model, tokenizer, records: list[VideoQA
 
 def sample_for_sp_group(engine: RolloutEngine, model, tokenizer, records: list[VideoQARecord], source,
                         params: SamplingParams, think: bool, grid: ProcessGrid) -> list[Rollout]:
-    """`sample_groups` on the SP group's first rank, broadcast to the group's other ranks.
+    """`sample_groups` for the SP group's shared prompts, the same rollouts on every rank of the group.
 
-    Sequence-parallel prefill splits one sequence over the SP group, so every rank of the group must
-    score the very same replies; broadcasting them (token ids, log-probs, texts, finished flags) makes
-    that hold by construction rather than by identical sampling seeds and kernels. Rewards are then
-    computed from the same texts on every rank. SP = 1: every rank samples its own prompts.
+    Sequence-parallel prefill splits one sequence over the SP group, so every rank of the group must score
+    the very same replies: they are exchanged (token ids, log-probs, texts, finished flags) rather than
+    trusted to identical sampling. Rewards are then computed from the same texts on every rank.
 
-    An engine that generates with the policy itself while it is FSDP-sharded over every rank needs every rank
-    in each forward (each all-gathers a layer): then the SP peers generate the same replies in step, and the
-    first rank's are still the ones kept.
+    - An engine of its own on each rank (vLLM in process, or the policy unsharded): the prompts are spread
+      over the group's ranks, each samples its contiguous share (seeded as its place in the whole call, so the
+      replies equal one rank sampling all of them) and the shares are all-gathered in order.
+    - The policy itself, FSDP-sharded over every rank: every forward all-gathers layers from all ranks, so
+      the peers sample all the prompts in step and the first rank's replies are kept.
+    - A sidecar shared by the pod's ranks (it runs one call at a time): the first rank samples all the prompts
+      in one call and sends them to its peers.
+    SP = 1: every rank samples its own prompts.
     """
     if grid.sp_size == 1:
         return sample_groups(engine, model, tokenizer, records, source, params, think)
     lockstep = getattr(engine, "model", None) is model and is_sharded(model)
-    box = [sample_groups(engine, model, tokenizer, records, source, params, think)
-           if grid.sp_rank == 0 or lockstep else None]
-    collectives.broadcast_object_list(box, group=grid.sp_group, group_src=0)
-    return box[0]
+    if lockstep or getattr(engine, "shared_by_ranks", False):
+        box = [sample_groups(engine, model, tokenizer, records, source, params, think)
+               if grid.sp_rank == 0 or lockstep else None]
+        collectives.broadcast_object_list(box, group=grid.sp_group, group_src=0)
+        return box[0]
+    start, stop = split_groups(len(records), grid.sp_size)[grid.sp_rank]     # contiguous, balanced
+    seed = None if params.seed is None else params.seed + start * params.n
+    mine = sample_groups(engine, model, tokenizer, records[start:stop], source,
+                         dataclasses.replace(params, seed=seed), think) if stop > start else []
+    shares: list = [None] * grid.sp_size
+    collectives.all_gather_object(shares, mine, group=grid.sp_group)
+    return [ro for share in shares for ro in share]
 
 
 @dataclass
