@@ -53,20 +53,34 @@ def build(shape: str, layers: int, attn: str, device: torch.device):
     return model
 
 
-def make_micro(model, tokens: int, group: int, reply_tokens: int, device):
-    """One prompt of about `tokens` video tokens (a frame pair = PATCH_SIDE^2 tokens) and `group` random replies,
-    packed by the trainer (`micro_batches` with group_size: one row [prompt | G replies])."""
+def video_grid(tokens: int) -> tuple[int, int]:
+    """(frame pairs, merged patches per side) of a video of about `tokens` tokens."""
+    side = PATCH_SIDE if tokens >= PATCH_SIDE ** 2 else 4
+    return max(1, round(tokens / side ** 2)), side
+
+
+def workload(tokens: int, group: int, reply_tokens: int):
+    """The plan's `Workload` of the prompt `make_examples` builds: the same video and text tokens."""
+    from lvr_trainer.plan import Workload
+
+    pairs, side = video_grid(tokens)
+    return Workload(frames=2 * pairs, max_pixels=(side * 28) ** 2, group_size=group, reply_tokens=reply_tokens,
+                    shared_prefix=group > 1)
+
+
+def make_examples(model, tokens: int, group: int, reply_tokens: int):
+    """One prompt of about `tokens` video tokens and the plan's text allowance around them, and `group` random
+    replies: (examples, rollouts, advantages) as the trainer builds them before packing."""
     from lvr_trainer.inputs.examples import IGNORE, Example
     from lvr_trainer.inputs.features import VideoFeatures
     from lvr_trainer.model.prompt import VIDEO, rope_positions
+    from lvr_trainer.plan import PROMPT_TEXT_TOKENS
     from lvr_trainer.rollout.base import Rollout
-    from lvr_trainer.train.rl_rollout import micro_batches
 
     cfg = model.config
     text_cfg = getattr(cfg, "text_config", cfg)
     merge = cfg.vision_config.spatial_merge_size
-    side = PATCH_SIDE if tokens >= PATCH_SIDE ** 2 else 4
-    t = max(1, round(tokens / side ** 2))
+    t, side = video_grid(tokens)
     grid = torch.tensor([[t, side * merge, side * merge]])
     video = t * side * side
     g = torch.Generator().manual_seed(0)
@@ -77,7 +91,7 @@ def make_micro(model, tokens: int, group: int, reply_tokens: int, device):
         return ordinary[torch.randint(0, len(ordinary), (n,), generator=g)]
     prompt = torch.cat([text_ids(8), torch.tensor([cfg.vision_start_token_id]),
                         torch.full((video,), cfg.video_token_id), torch.tensor([cfg.vision_end_token_id]),
-                        text_ids(24)])
+                        text_ids(PROMPT_TEXT_TOKENS - 10)])
     mm_prompt = torch.zeros_like(prompt)
     mm_prompt[9:9 + video] = VIDEO
     features = VideoFeatures(torch.randn(video, text_cfg.hidden_size, generator=g) * 0.02, grid, 1.0)
@@ -90,8 +104,16 @@ def make_micro(model, tokens: int, group: int, reply_tokens: int, device):
         examples.append(Example(ids, torch.cat([torch.full_like(prompt, IGNORE), reply]), mm, positions[:, 0],
                                 features, len(prompt)))
         rollouts.append(Rollout(reply.tolist(), [0.0] * reply_tokens, "", True))
-    advantages = torch.randn(group, generator=g)
-    return micro_batches(examples, rollouts, advantages, group, 0, device, group_size=group), len(prompt)
+    return examples, rollouts, torch.randn(group, generator=g)
+
+
+def make_micro(model, tokens: int, group: int, reply_tokens: int, device):
+    """The examples of `make_examples` packed by the trainer (`micro_batches` with group_size: one row
+    [prompt | G replies]); and the prompt's length."""
+    from lvr_trainer.train.rl_rollout import micro_batches
+
+    examples, rollouts, advantages = make_examples(model, tokens, group, reply_tokens)
+    return micro_batches(examples, rollouts, advantages, group, 0, device, group_size=group), examples[0].prompt_len
 
 
 def timed(device, fn):
@@ -113,16 +135,14 @@ def useful_flops(params: int, layers: int, hidden: int, prompt: int, group: int,
     return (2 * params * tokens + attention) * (3 if backward else 1)
 
 
-def plan_gib(model, prompt_tokens: int, group: int, reply: int) -> float:
+def plan_gib(model, tokens: int, group: int, reply: int) -> float:
     """`lvr plan`'s bytes for this step on one unsharded GPU, without the runtime share, in GiB."""
-    from lvr_trainer.plan import Layout, Workload, components, shape_from_config
+    from lvr_trainer.plan import Layout, components, shape_from_config
 
     shape = shape_from_config(model.config.to_dict())
-    frames = 2 * max(1, round((prompt_tokens - 34) / PATCH_SIDE ** 2))
-    workload = Workload(frames=frames, max_pixels=(PATCH_SIDE * 28) ** 2, group_size=group, reply_tokens=reply)
     layout = Layout(gpus=1, sharded=False, checkpointing=True, reference=False, rollout="none")
-    parts = components(shape, workload, layout, 80 * 2**30)
-    return sum(c.bytes for c in parts if c.name not in ("runtime", "rollout", "reference")) / 2**30
+    parts = components(shape, workload(tokens, group, reply), layout, 80 * 2**30)
+    return sum(c.bytes for c in parts if c.name != "runtime") / 2**30
 
 
 def trainer_config(device):
@@ -173,7 +193,7 @@ def main(argv=None) -> int:
     for tokens in args.tokens:
         micros, prompt = make_micro(model, tokens, args.group, args.reply_tokens, device)
         total = prompt + args.group * args.reply_tokens
-        planned = plan_gib(model, prompt, args.group, args.reply_tokens)
+        planned = plan_gib(model, tokens, args.group, args.reply_tokens)
         for phase in ("old_logprobs", "update"):
             if time.perf_counter() - t_start > args.time_limit:
                 print(f"| {prompt} | {phase} | skipped (time limit) | | | | |")

@@ -64,7 +64,7 @@ def test_a_layout_that_cannot_fit_exits_3_naming_the_part_and_what_fits(tmp_path
     assert main(["plan", "--config", whole]) == 3
     out = capsys.readouterr().out
     assert "does not fit" in out and "the largest part is activations" in out
-    assert "parallel.strategy: fsdp + parallel.sequence_parallel: 2 (together)" in out, out
+    assert "parallel.strategy: fsdp + parallel.sequence_parallel: 4 (together)" in out, out
     inprocess = _variant(tmp_path, rollout={"engine": "vllm", "mode": "inprocess", "sidecar_url": None,
                                             "gpu_memory_utilization": 0.5})
     assert main(["plan", "--config", inprocess, "--json"]) == 3

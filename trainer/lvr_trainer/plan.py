@@ -7,17 +7,22 @@ meta device), and the job's layout and workload give bytes per GPU by component:
     weights      trained weights as float32 master copies (sharded under fsdp/hsdp) + the frozen vision tower
     gradients    float32, laid out like the weights
     optimizer    AdamW's two float32 moments
-    reference    the frozen reference model (bf16, laid out like the policy; 0 when rl.kl_coef is 0 or offloaded)
+    reference    the frozen reference model (bf16 under bf16-mixed, laid out like the policy; 0 when rl.kl_coef
+                 is 0 or offloaded)
     activations  one forward + backward of this rank's tokens: with per-layer checkpointing every layer's input
-                 plus one layer recomputed, without it every layer's intermediates
-    attention    Ulysses' all-to-all buffers and the grouped attention's per-reply key/value copies (one layer)
-    lm_head      one chunk of float32 logits and its gradient (4,096 positions x vocabulary)
+                 plus one layer recomputed with its gradients, without it every layer's intermediates; and the
+                 cached video embeddings (whole on every SP rank)
+    attention    Ulysses' all-to-all buffers and the grouped attention's per-reply key/value copies, with their
+                 gradients (one layer); on CPU also each reply's materialised causal mask
+    lm_head      one chunk of float32 logits and its gradient (at most 4,096 scored positions x vocabulary)
     rollout      an in-process engine's KV cache (transformers: each prompt's cache once, shared by its G
                  samples, plus their replies) or vLLM's reserved share; a sidecar has GPUs of its own
     runtime      CUDA context, NCCL buffers and allocator slack: 2 GiB + 5% of the GPU
 
-Estimates of the activations and runtime are just that; the state is exact (tests: within 1% of the real
-sharded plan on the meta device).
+The state is exact (tests: within 1% of the real sharded plan on the meta device). Activations and attention
+are estimates, checked against the measured peak of the trainer's own SFT and RL steps on the CPU (fp32, SP 1
+and 2: `bench/plan_check.py`, within 20% in `tests/test_plan_measured.py`); the runtime share is a GPU
+allowance nothing here measures.
 """
 
 from __future__ import annotations
@@ -139,6 +144,10 @@ class Layout:
     reference_offload: bool = False
     rollout: str = "transformers"   # transformers | vllm (in process) | sidecar | none (SFT)
     vllm_share: float = 0.5
+    compute_bytes: int = COMPUTE_BYTES  # activations, KV and frozen weights: bf16 under bf16-mixed, 4 under fp32
+    # GPU SDPA kernels take a reply's lower-right causal mask as a flag; on CPU, SDPA builds it, (L, P + L) in
+    # float32 per reply, and the backward keeps it
+    fused_attention: bool = True
 
 
 @dataclass(frozen=True)
@@ -212,12 +221,17 @@ def state_bytes(counts: ModelCounts, world: int, *, sharded: bool, vision_bytes:
 
 def checkpointed_activation_bytes(tokens_per_rank: int, hidden: int, intermediate: int, layers: int,
                                   act_bytes: int = COMPUTE_BYTES) -> int:
-    """Activations of one forward + backward with activation checkpointing per decoder layer, per rank: every
-    layer's saved input (tokens x hidden), plus the one layer being recomputed (its MLP's gate, up and activated
-    intermediates, and the attention block's q, k, v, output and residual)."""
+    """Activations of one forward + backward with activation checkpointing per decoder layer, per rank, at the
+    backward's peak: the input embeddings, every layer's saved input (tokens x hidden), and the layer being
+    recomputed: its forward intermediates (the MLP's gate, up and
+    activated products; the attention block's q, k, v, output and residual) and the gradients in flight through
+    it (one MLP intermediate, two hidden-wide). Checked against the CPU allocator's measured peak of the
+    trainer's own step (`bench/plan_check.py`)."""
+    inputs = tokens_per_rank * hidden
     saved = layers * tokens_per_rank * hidden
-    one_layer = tokens_per_rank * (3 * intermediate + 5 * hidden)
-    return (saved + one_layer) * act_bytes
+    recomputed = tokens_per_rank * (3 * intermediate + 5 * hidden)
+    gradients = tokens_per_rank * (intermediate + 2 * hidden)
+    return (inputs + saved + recomputed + gradients) * act_bytes
 
 
 def checkpointing_by_default(hidden: int, layers: int) -> bool:
@@ -226,13 +240,15 @@ def checkpointing_by_default(hidden: int, layers: int) -> bool:
     return hidden * layers > 384 * 4
 
 
-def activation_bytes(shape: ModelShape, tokens_per_rank: int, checkpointing: bool) -> int:
-    """Activations of one forward + backward of `tokens_per_rank` tokens (bf16)."""
+def activation_bytes(shape: ModelShape, tokens_per_rank: int, checkpointing: bool,
+                     act_bytes: int = COMPUTE_BYTES) -> int:
+    """Activations of one forward + backward of `tokens_per_rank` tokens (bf16 unless `act_bytes` says)."""
     if checkpointing:
-        return checkpointed_activation_bytes(tokens_per_rank, shape.hidden, shape.intermediate, shape.layers)
+        return checkpointed_activation_bytes(tokens_per_rank, shape.hidden, shape.intermediate, shape.layers,
+                                             act_bytes)
     kv = shape.kv_heads * shape.head_dim
     per_layer = tokens_per_rank * (6 * shape.hidden + 2 * kv + 4 * shape.intermediate)
-    return shape.layers * per_layer * COMPUTE_BYTES
+    return shape.layers * per_layer * act_bytes
 
 
 def plan_memory(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes: int) -> Plan:
@@ -247,34 +263,48 @@ def components(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes:
     sp = layout.sequence_parallel
     ranks = (layout.shard_ranks or layout.gpus) if layout.sharded else 1
     counts = ModelCounts(shape.language_params, shape.vision_params)
-    state = state_bytes(counts, ranks, sharded=layout.sharded, reference=layout.reference)
+    cb = layout.compute_bytes
+    state = state_bytes(counts, ranks, sharded=layout.sharded, vision_bytes=cb, reference=layout.reference,
+                        reference_bytes=cb)
     reference = state.reference if layout.reference and not layout.reference_offload else 0
     tokens = workload.sequence_tokens
     tokens_rank = math.ceil(tokens / sp)
     heads_rank, kv_rank = shape.heads // sp, max(1, shape.kv_heads // sp)
-    ulysses = 2 * tokens * (heads_rank + 2 * kv_rank) * shape.head_dim * COMPUTE_BYTES if sp > 1 else 0
+    # the all-to-all's inputs and outputs (q, k, v in; the attention's output back) and their gradients
+    ulysses = 4 * tokens * (heads_rank + 2 * kv_rank) * shape.head_dim * cb if sp > 1 else 0
     grouped = 0
     if workload.shared_prefix and workload.group_size > 1:
-        per_reply = 2 * (workload.prompt_tokens + workload.reply_tokens) * kv_rank * shape.head_dim * COMPUTE_BYTES
-        grouped = workload.group_size * workload.prompts_per_micro_batch * per_reply
+        per_reply = 2 * (workload.prompt_tokens + workload.reply_tokens) * kv_rank * shape.head_dim * cb
+        grouped = 2 * workload.group_size * workload.prompts_per_micro_batch * per_reply    # copies + their grads
+        if not layout.fused_attention:
+            replies, reply = workload.group_size * workload.prompts_per_micro_batch, workload.reply_tokens
+            grouped += replies * reply * (workload.prompt_tokens + reply) * 4
+    # the cached video embeddings of the micro-batch's prompts, whole on every rank of the SP group
+    video_embeds = workload.prompts_per_micro_batch * workload.video_tokens * shape.hidden * cb
+    # the LM head runs on the positions that predict a reply token only (parallel.sp_forward.token_logprobs)
+    scored_rank = math.ceil(workload.prompts_per_micro_batch * workload.group_size * workload.reply_tokens / sp)
     kv_cache = 0
     if layout.rollout == "transformers":
         # every layer's keys and values of each prompt once (shared by its G samples) and of the G replies
-        per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * COMPUTE_BYTES
+        per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * cb
         per_prompt = workload.prompt_tokens + workload.group_size * workload.reply_tokens
         kv_cache = workload.prompts_per_micro_batch * per_prompt * per_token
     elif layout.rollout == "vllm":
         kv_cache = int(layout.vllm_share * gpu_bytes)
     runtime = RUNTIME_FIXED + int(RUNTIME_SHARE * gpu_bytes)
+    compute = "bf16" if cb == 2 else "fp32"
     return [
-        Component("weights", state.weights, f"fp32 master{' shards' if layout.sharded else ''} + bf16 vision tower"),
+        Component("weights", state.weights,
+                  f"fp32 master{' shards' if layout.sharded else ''} + {compute} vision tower"),
         Component("gradients", state.gradients, "fp32"),
         Component("optimizer", state.optimizer, "AdamW, 2 fp32 moments"),
-        Component("reference", reference, "bf16" if reference else ("in host memory" if layout.reference else "none")),
-        Component("activations", activation_bytes(shape, tokens_rank, layout.checkpointing),
-                  f"{tokens_rank} tokens per rank, {'checkpointed' if layout.checkpointing else 'not checkpointed'}"),
-        Component("attention", ulysses + grouped, "Ulysses buffers + grouped-attention key/value copies"),
-        Component("lm_head", 2 * LM_HEAD_CHUNK * shape.vocab * MASTER_BYTES, "one fp32 logits chunk and gradient"),
+        Component("reference", reference, compute if reference else ("in host memory" if layout.reference else "none")),
+        Component("activations", activation_bytes(shape, tokens_rank, layout.checkpointing, cb) + video_embeds,
+                  f"{tokens_rank} tokens per rank, {'checkpointed' if layout.checkpointing else 'not checkpointed'}; "
+                  "the cached video embeddings whole"),
+        Component("attention", ulysses + grouped, "Ulysses buffers + grouped-attention key/value copies, with grads"),
+        Component("lm_head", 2 * min(LM_HEAD_CHUNK, scored_rank) * shape.vocab * MASTER_BYTES,
+                  "one fp32 logits chunk and gradient"),
         Component("rollout", kv_cache, {"transformers": "KV cache, the prompt shared by its G samples",
                                         "vllm": f"vLLM's {layout.vllm_share:.0%} of the GPU",
                                         "sidecar": "sidecar on GPUs of its own", "none": ""}[layout.rollout]),
@@ -306,7 +336,8 @@ def advise(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes: int
     total = lambda w, lay: sum(c.bytes for c in components(shape, w, lay, gpu_bytes))  # noqa: E731
     out = [label for label, changed in _changes(shape, layout) if total(workload, changed) <= gpu_bytes]
     if not out:
-        taken, current = [], layout
+        taken: dict[str, str] = {}          # setting -> its last value (SP doubled twice reads "4", not "2 + 4")
+        current = layout
         while total(workload, current) > gpu_bytes:
             options = _changes(shape, current)
             if not options:
@@ -314,10 +345,10 @@ def advise(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes: int
             label, best = min(options, key=lambda o: total(workload, o[1]))
             if total(workload, best) >= total(workload, current):
                 break
-            taken.append(label)
+            taken[label.split(":")[0]] = label
             current = best
         if taken and total(workload, current) <= gpu_bytes:
-            out.append(" + ".join(taken) + " (together)")
+            out.append(" + ".join(taken.values()) + " (together)")
     frames = workload.frames
     while frames > 2:
         frames = frames * 3 // 4

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lvr_trainer.config import ModelConfig, ParallelStrategy, RolloutEngineKind, RolloutMode, TrainerConfig
-from lvr_trainer.plan import Layout, ModelShape, Plan, Workload, checkpointing_by_default, shape_from_config
+from lvr_trainer.config import (ModelConfig, ParallelStrategy, Precision, RolloutEngineKind, RolloutMode,
+                                TrainerConfig)
+from lvr_trainer.plan import (COMPUTE_BYTES, Layout, ModelShape, Plan, Workload, checkpointing_by_default,
+                              shape_from_config)
 
 SFT_REPLY_TOKENS = 512      # a chain-of-thought answer
 
@@ -61,7 +63,8 @@ def layout_of(cfg: TrainerConfig, stage: str, gpus: int, gpus_per_node: int | No
                   shard_ranks=(gpus_per_node or gpus) if par.strategy == ParallelStrategy.hsdp else None,
                   checkpointing=checkpointing, reference=rl and cfg.rl.kl_coef > 0,
                   reference_offload=rl and cfg.rl.reference_offload, rollout=rollout,
-                  vllm_share=cfg.rollout.gpu_memory_utilization)
+                  vllm_share=cfg.rollout.gpu_memory_utilization,
+                  compute_bytes=4 if cfg.train.precision == Precision.fp32 else COMPUTE_BYTES)
 
 
 ROLLOUT_TEXT_ALLOWANCE = 1024   # the prompt's text (question, options, template) with room to spare
