@@ -20,7 +20,7 @@ import uuid
 import numpy as np
 import torch
 
-from lvr_trainer.cache.front import EmbeddingCache
+from lvr_trainer.cache.embedding_cache import EmbeddingCache
 from lvr_trainer.cache.local import LocalStore
 from lvr_trainer.cache.payload import CachedVideo
 from lvr_trainer.storage.s3 import S3Store

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lvr_trainer.cache.embedder import VideoEmbedder
-from lvr_trainer.cache.front import EmbeddingCache
+from lvr_trainer.cache.embedding_cache import EmbeddingCache
 from lvr_trainer.cache.local import LocalStore
 from lvr_trainer.config import FrameSampling, ModelConfig
 from lvr_trainer.data.synth import SynthSpec, synthesise

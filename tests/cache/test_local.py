@@ -4,7 +4,7 @@ import multiprocessing as mp
 import os
 import time
 
-from lvr_trainer.cache.front import EmbeddingCache
+from lvr_trainer.cache.embedding_cache import EmbeddingCache
 from lvr_trainer.cache.local import LocalStore
 from lvr_trainer.cache.payload import pack, unpack
 from lvr_trainer.cache.store import EmbeddingStore, open_store

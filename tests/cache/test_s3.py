@@ -11,7 +11,7 @@ import uuid
 import pytest
 from minio import Minio
 
-from lvr_trainer.cache.front import EmbeddingCache
+from lvr_trainer.cache.embedding_cache import EmbeddingCache
 from lvr_trainer.storage.s3 import S3Store, s3_settings
 from lvr_trainer.cache.store import EmbeddingStore, open_store
 from lvr_trainer.storage.errors import StoreError, StoreUnavailable

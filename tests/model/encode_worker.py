@@ -25,7 +25,7 @@ CASES = {"even_groups": (8, 112, 84), "odd_groups": (10, 56, 112), "one_group": 
 def embedder_case(model, proc, video: str, cache_dir: str) -> dict:
     """Both ranks miss, encode together, rank 0 stores; then both hit with no vision pass."""
     from lvr_trainer.cache.embedder import VideoEmbedder
-    from lvr_trainer.cache.front import EmbeddingCache
+    from lvr_trainer.cache.embedding_cache import EmbeddingCache
     from lvr_trainer.cache.local import LocalStore
     from lvr_trainer.config import FrameSampling
 

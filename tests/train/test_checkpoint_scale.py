@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from lvr_trainer.storage.s3 import S3Store
-from lvr_trainer.train import remote
+from lvr_trainer.train import checkpoint_upload as upload
 from lvr_trainer.train.checkpoint import save_model_dir, stale_checkpoints
 from lvr_trainer.train.loop import checkpoint_metrics
-from lvr_trainer.train.remote import CheckpointUploader, CheckpointUploadError, local_output_dir
+from lvr_trainer.train.checkpoint_upload import CheckpointUploader, CheckpointUploadError, local_output_dir
 from lvr_trainer.train.sft import run_sft
 from lvr_trainer.train.setup import load_policy
 
@@ -87,12 +87,12 @@ def _staged_checkpoint(make_config, s3, prefix: str) -> tuple[str, Path]:
 
 def test_upload_runs_while_training_goes_on(make_config, s3, monkeypatch):
     uri, local = _staged_checkpoint(make_config, s3, f"runs/bg-{uuid.uuid4().hex[:6]}")
-    release, real_put = threading.Event(), remote._put_once
+    release, real_put = threading.Event(), upload._put_once
 
     def slow_put(*args):
         release.wait(timeout=60)
         real_put(*args)
-    monkeypatch.setattr(remote, "_put_once", slow_put)
+    monkeypatch.setattr(upload, "_put_once", slow_put)
     uploader = CheckpointUploader(uri, local, keep_last=None)
     uploader.start(1)                       # returns at once: the thread waits on the store
     assert uploader._thread.is_alive() and uploader.stats.uploads == 0
@@ -121,7 +121,7 @@ def test_upload_is_retried_through_an_outage(make_config, s3, monkeypatch, capfd
 
 
 def test_a_checkpoint_that_cannot_be_uploaded_stops_the_run_with_the_reason(make_config, s3, monkeypatch):
-    monkeypatch.setattr(remote, "UPLOAD_BACKOFF_S", 0.01)
+    monkeypatch.setattr(upload, "UPLOAD_BACKOFF_S", 0.01)
     uri = f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/run"
     cfg = make_config(train={"steps": 3, "save_every": 1}, output={"dir": uri})
     with pytest.raises(CheckpointUploadError) as info:
@@ -261,7 +261,7 @@ def test_sharded_checkpoint_of_two_nodes_is_marked_latest_only_after_both_upload
     the rest and puts `latest` only after that (a marker before would name a checkpoint missing shards)."""
     import time
 
-    monkeypatch.setattr(remote, "NODE_POLL_S", 0.05)
+    monkeypatch.setattr(upload, "NODE_POLL_S", 0.05)
     uri = f"s3://{s3.bucket}/runs/two-nodes-{uuid.uuid4().hex[:6]}"
     stages = []
     for node in range(2):
@@ -279,14 +279,14 @@ def test_sharded_checkpoint_of_two_nodes_is_marked_latest_only_after_both_upload
     def node1() -> None:
         time.sleep(0.5)
         seen_before_node1.append("checkpoints/latest" in _names(s3, uri.split("/", 3)[3]))
-        remote.push_checkpoint(uri, stages[1], 4, node=remote.NodeShare(1, 2))
+        upload.push_checkpoint(uri, stages[1], 4, node=upload.NodeShare(1, 2))
     thread = threading.Thread(target=node1)
     thread.start()
-    sent = remote.push_checkpoint(uri, stages[0], 4, node=remote.NodeShare(0, 2))
+    sent = upload.push_checkpoint(uri, stages[0], 4, node=upload.NodeShare(0, 2))
     thread.join()
     names = _names(s3, uri.split("/", 3)[3])
     assert seen_before_node1 == [False]                      # node 0 waited for node 1
     assert {f"checkpoints/step-000004/state/__{r}_0.distcp" for r in range(4)} <= names
     assert "checkpoints/latest" in names and sent == 5       # 2 shards, metadata, trainer state, marker
-    with pytest.raises(remote.StoreError, match="node 1 did not upload its shards of step-000004"):
-        remote.push_checkpoint(f"{uri}-alone", stages[0], 4, node=remote.NodeShare(0, 2), wait_s=0.2)
+    with pytest.raises(upload.StoreError, match="node 1 did not upload its shards of step-000004"):
+        upload.push_checkpoint(f"{uri}-alone", stages[0], 4, node=upload.NodeShare(0, 2), wait_s=0.2)

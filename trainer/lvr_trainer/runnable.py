@@ -17,7 +17,7 @@ from typing import Literal
 from lvr_trainer.config import ConfigError, ModelConfig, ParallelConfig, ParallelStrategy, TrainerConfig
 
 Stage = Literal["sft", "rl"]
-# URI schemes the trainer reads and writes (train/remote.py, cache/store.py, data/s3_videos.py).
+# URI schemes the trainer reads and writes (train/checkpoint_upload.py, cache/store.py, data/s3_videos.py).
 REMOTE_SCHEMES = ("s3://",)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lvr_trainer.cache.front import EmbeddingCache
+from lvr_trainer.cache.embedding_cache import EmbeddingCache
 from lvr_trainer.cache.keys import embedding_key, file_digest
 from lvr_trainer.cache.payload import CachedVideo
 from lvr_trainer.config import FrameSampling

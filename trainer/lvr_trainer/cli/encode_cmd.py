@@ -97,7 +97,7 @@ def _embedder(args):
     import torch
 
     from lvr_trainer.cache.embedder import VideoEmbedder
-    from lvr_trainer.cache.front import EmbeddingCache
+    from lvr_trainer.cache.embedding_cache import EmbeddingCache
     from lvr_trainer.cache.store import open_store
     from lvr_trainer.storage.errors import StoreError
     from lvr_trainer.cli import CLIError

@@ -57,7 +57,7 @@ def _run(args) -> int:
                       think=args.think)
     base = FrameSampling() if args.max_pixels is None else FrameSampling(max_pixels=args.max_pixels,
                                                                          min_pixels=min(3136, args.max_pixels))
-    from lvr_trainer.cache.front import EmbeddingCache
+    from lvr_trainer.cache.embedding_cache import EmbeddingCache
 
     cache = EmbeddingCache.from_config(CacheConfig(uri=args.cache) if args.cache else CacheConfig())
     results, headrooms = {}, {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lvr_trainer.cache.embedder import VideoEmbedder, plan_frames
-from lvr_trainer.cache.front import EmbeddingCache
+from lvr_trainer.cache.embedding_cache import EmbeddingCache
 from lvr_trainer.config import CacheConfig, FrameSampling
 from lvr_trainer.data.s3_videos import local_video
 from lvr_trainer.data.schema import VideoQARecord

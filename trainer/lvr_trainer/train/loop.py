@@ -25,7 +25,7 @@ from lvr_trainer.train.distributed import (barrier, clip_grad_norm, distribute_w
 from lvr_trainer.train.sharded_checkpoint import PendingSave, export_model_dir, load_sharded, save_sharded
 from lvr_trainer.train import heartbeat
 from lvr_trainer.inputs.features import VideoFeatureSource
-from lvr_trainer.train.remote import (CheckpointUploader, CheckpointUploadError, NodeShare, is_remote,
+from lvr_trainer.train.checkpoint_upload import (CheckpointUploader, CheckpointUploadError, NodeShare, is_remote,
                                       local_output_dir, pull_latest)
 from lvr_trainer.train.ownership import claim_output, job_identity
 from lvr_trainer.train.preemption import Preempted, StopOnSigterm

@@ -87,7 +87,7 @@ class RLRun:
     cfg: TrainerConfig
     grid: ProcessGrid
     device: torch.device
-    output: Any                       # train.remote output (local dir + optional S3 mirror)
+    output: Any                       # train.checkpoint_upload output (local dir + optional S3 mirror)
     model: torch.nn.Module            # the policy (FSDP-wrapped when sharded)
     tokenizer: Any
     processor: Any

@@ -114,7 +114,7 @@ def make_feature_source(model, processor, cfg: TrainerConfig, base_dir: str | Pa
                         group=None) -> VideoFeatureSource:
     """Video features through the configured embedding cache (bypassed when the vision tower trains).
     `base_dir` resolves relative videos; `load_split`'s records have none left, so its base is only kept."""
-    from lvr_trainer.cache.front import EmbeddingCache
+    from lvr_trainer.cache.embedding_cache import EmbeddingCache
 
     trainable = not cfg.model.freeze_vision
     cache = EmbeddingCache.from_config(cfg.cache) if not trainable else None
