@@ -1,5 +1,5 @@
-"""The watch-fed cache: what the operator owns (pods and the other children of each job or dataset) and the
-custom resources jobs depend on, read from memory instead of listed on every reconcile.
+"""The watch-fed cache: what the operator owns (pods and the other children of each job or dataset) and our
+custom resources, read from memory instead of listed or fetched on every reconcile.
 
 kopf feeds it. Each watched kind has a kopf index (`@kopf.index`, registered in handlers.py; one watch
 per kind, filtered by our managed-by label on the server): `pod_entry`, `child_entry` and
@@ -14,8 +14,11 @@ deleted is answered as being deleted until the watch says so. A reconcile that r
 and its watch event therefore does not create the child again; and the API server stays the last
 guard, since child names are deterministic: a second create is refused with AlreadyExists.
 
-The object being reconciled is not read from here: its status decides what to do (which gang attempt
-is current), so `Cluster.get_cr` reads it from the API server on every reconcile.
+The object being reconciled is read from here only when the watched copy is the newest version this
+operator has seen (`known`: the reply to its last read or status write of it): its status decides what
+to do (which gang attempt is current), and an older copy could undo a decision already written. When
+anyone else changed it since (kopf's annotations, a user's spec), the versions differ and `Cluster`
+reads it from the API server. A dependency (a job's dataset) is read from here as the watch has it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ OwnerKey = tuple[str, str, str]           # (namespace, owner kind in lower case
 POD_INDEX = "lvr_pods"
 CHILD_INDEXES = {"ConfigMap": "lvr_configmaps", "Service": "lvr_services", "ServiceAccount": "lvr_serviceaccounts",
                  "Role": "lvr_roles", "RoleBinding": "lvr_rolebindings"}
-DEPENDENCY_INDEXES = {"LongVideoDataset": "lvr_longvideodatasets", "SFTJob": "lvr_sftjobs"}   # what a job reads
-INDEXES = (POD_INDEX, *CHILD_INDEXES.values(), *DEPENDENCY_INDEXES.values())
+RESOURCE_INDEXES = {"LongVideoDataset": "lvr_longvideodatasets", "SFTJob": "lvr_sftjobs", "RLJob": "lvr_rljobs"}
+INDEXES = (POD_INDEX, *CHILD_INDEXES.values(), *RESOURCE_INDEXES.values())
 PENDING_SECONDS = 30.0    # an own write the watch never confirmed (created and deleted at once) is dropped then
 
 
@@ -59,14 +62,21 @@ def pod_entry(body: Mapping[str, Any]) -> dict[OwnerKey, dict[str, Any]] | None:
     return None if key is None else {key: copy.deepcopy(dict(body))}
 
 
-def child_entry(body: Mapping[str, Any]) -> dict[OwnerKey, tuple[str, str, str]] | None:
-    """kopf index function of the other children: (kind, name, uid), under its owner."""
+def child_entry(body: Mapping[str, Any]) -> dict[OwnerKey, tuple[str, str, str, str]] | None:
+    """kopf index function of the other children: (kind, name, uid, its controller's uid), under its owner."""
     key = _filed_under(body)
-    return None if key is None else {key: (body["kind"], meta(body)["name"], meta(body).get("uid", ""))}
+    return None if key is None else {key: (body["kind"], meta(body)["name"], meta(body).get("uid", ""),
+                                           controller_uid(body))}
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str:
+    """The uid of the object's controller (its ownerReference with controller: true); "" when none."""
+    refs = meta(obj).get("ownerReferences") or []
+    return next((r.get("uid") or "" for r in refs if r.get("controller")), "")
 
 
 def resource_entry(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """kopf index function of the custom resources a job depends on: the object, by (namespace, name)."""
+    """kopf index function of our custom resources: the object, by (namespace, name)."""
     return {(namespace_of(body), meta(body)["name"]): copy.deepcopy(dict(body))}
 
 
@@ -100,6 +110,7 @@ class WatchCache:
         self._indices: dict[str, Mapping[Any, Iterable[Any]]] = {}
         self._created: dict[str, _Own] = {}      # uid -> a child we created
         self._deleting: dict[str, _Own] = {}     # uid -> a pod we deleted
+        self._known: dict[tuple[str, str, str], str] = {}   # (kind, namespace, name) -> newest resourceVersion seen
         self._lock = threading.Lock()
         self._clock = clock
 
@@ -112,7 +123,15 @@ class WatchCache:
     def ready(self) -> bool:
         return bool(self._indices)
 
-    # ---- our writes ----
+    # ---- our reads and writes ----
+    def known(self, kind: str, namespace: str, name: str, obj: Mapping[str, Any] | None) -> None:
+        """`obj` is the newest version of our custom resource (the API server's answer to a read or a write)."""
+        with self._lock:
+            if obj is None:
+                self._known.pop((kind, namespace, name), None)
+            else:
+                self._known[(kind, namespace, name)] = meta(obj).get("resourceVersion", "")
+
     def created(self, owner: Mapping[str, Any], obj: Mapping[str, Any]) -> None:
         """`obj` (the API server's reply) exists now: answer it until the watch shows it."""
         uid = meta(obj).get("uid")
@@ -156,13 +175,32 @@ class WatchCache:
         key = owner_key(owner)
         watched = [v for name in CHILD_INDEXES.values() for v in _values(self._indices[name], key)]
         with self._lock:
-            own = self._settle(key, {uid for _, _, uid in watched}, None)
-        return {(kind, name) for kind, name, _ in watched} | {(o["kind"], meta(o)["name"]) for o in own}
+            own = self._settle(key, {uid for _, _, uid, _ in watched}, None)
+        return {(kind, name) for kind, name, _, _ in watched} | {(o["kind"], meta(o)["name"]) for o in own}
+
+    def controlled(self, owner: Mapping[str, Any], kind: str, name: str) -> bool:
+        """Whether child `kind`/`name` exists (watched, or created by us) with `owner` as its controller."""
+        key, uid = owner_key(owner), meta(owner).get("uid")
+        index = self._indices.get(CHILD_INDEXES.get(kind, ""))
+        if index is not None and any(k == kind and n == name and c == uid for k, n, _, c in _values(index, key)):
+            return True
+        with self._lock:
+            return any(o.owner == key and o.kind == kind and meta(o.obj)["name"] == name and controller_uid(o.obj) == uid
+                       for o in self._created.values())
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One of our custom resources as the watch last showed it (a dependency: a few ms late is fine)."""
-        found = _values(self._indices[DEPENDENCY_INDEXES[kind]], (namespace, name))
+        found = _values(self._indices[RESOURCE_INDEXES[kind]], (namespace, name))
         return copy.deepcopy(found[0]) if found else None
+
+    def current(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The watched copy when it is the newest version `known`; None when it is not (read the API server)."""
+        found = _values(self._indices[RESOURCE_INDEXES[kind]], (namespace, name))
+        with self._lock:
+            newest = self._known.get((kind, namespace, name))
+        if not found or newest is None or meta(found[0]).get("resourceVersion") != newest:
+            return None
+        return copy.deepcopy(found[0])
 
     def _settle(self, key: OwnerKey, watched: set[str], kind: str | None) -> list[dict[str, Any]]:
         """Drop our writes of this owner that the watch now shows (or that expired); the rest, as copies.

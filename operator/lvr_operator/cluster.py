@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +29,8 @@ from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteO
                                           status_patch)
 
 log = logging.getLogger("lvr_operator")
+# The creates of one stage (see `_stages`) go to the API server together, from these threads.
+_CREATORS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lvr-create")
 CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
 _SNAKE = {"ConfigMap": "config_map", "Service": "service", "ServiceAccount": "service_account",
           "Role": "role", "RoleBinding": "role_binding", "Pod": "pod"}
@@ -100,7 +103,17 @@ class Cluster:
         return self.cache if self.cache is not None and self.cache.ready else None
 
     def get_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object as the API server has it now (the one being reconciled: its status decides)."""
+        """The object being reconciled, as new as the API server's: the watched copy when it is the newest
+        version this operator has read or written (cache.py, `known`), else read from the API server."""
+        cache = self._cached()
+        if cache and (obj := cache.current(kind, namespace, name)) is not None:
+            return obj
+        obj = self._read_cr(kind, namespace, name)
+        if cache:
+            cache.known(kind, namespace, name, obj)
+        return obj
+
+    def _read_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._raw("get", self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
                              kind_by_name(kind).plural, name)
@@ -112,7 +125,7 @@ class Cluster:
     def dependency(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A custom resource another one depends on (a job's dataset or SFT job): from the watch when cached."""
         cache = self._cached()
-        return cache.get(kind, namespace, name) if cache else self.get_cr(kind, namespace, name)
+        return cache.get(kind, namespace, name) if cache else self._read_cr(kind, namespace, name)
 
     def pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
         cache = self._cached()
@@ -159,7 +172,8 @@ class Cluster:
             return ""
 
     def apply(self, owner: dict[str, Any], plan: Plan) -> None:
-        """Status first (it records the intent: restarts, start time), then children, then events.
+        """Status first (it records the intent: restarts, start time), then children, then events. The
+        children other than pods are created together (`_stages`), then the pods one by one, rank order.
 
         Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
         gets its token): the status patch already recorded the transition, so the next reconcile would
@@ -175,22 +189,38 @@ class Cluster:
                 return
         created: list[tuple[str, str]] = []
         try:
-            for action in plan.actions:
-                self._act(owner, action)
-                if isinstance(action, Create):
-                    created.append(action.key)
+            for stage in _stages(plan.actions):
+                created += self._act_together(owner, stage)
         except CreateFailed as err:
-            err.created = created
+            err.created = created + err.created
             raise
         finally:
             for event in plan.events:
                 self.post_event(owner, event)
 
+    def _act_together(self, owner: dict[str, Any], stage: list[Any]) -> list[tuple[str, str]]:
+        """Run the actions of one stage at once; the (kind, name) created. Every action is tried; then the
+        first failure (in plan order) is raised, a CreateFailed naming what this stage created."""
+        if len(stage) == 1:
+            self._act(owner, stage[0])
+            return [stage[0].key] if isinstance(stage[0], Create) else []
+        futures = [_CREATORS.submit(self._act, owner, action) for action in stage]
+        errors = [f.exception() for f in futures]
+        created = [a.key for a, e in zip(stage, errors) if e is None and isinstance(a, Create)]
+        first = next((e for e in errors if e is not None), None)
+        if isinstance(first, CreateFailed):
+            first.created = created
+        if first is not None:
+            raise first
+        return created
+
     def _patch_status(self, owner: dict[str, Any], patch: dict[str, Any]) -> None:
         self._count("patch")
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace_of(owner),
-                                                          kind_by_name(owner["kind"]).plural,
-                                                          owner["metadata"]["name"], {"status": patch})
+        ns, name = namespace_of(owner), owner["metadata"]["name"]
+        reply = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
+                                                                  name, {"status": patch})
+        if self._cached() and isinstance(reply, dict):
+            self.cache.known(owner["kind"], ns, name, reply)
 
     def _report_refused_status(self, owner: dict[str, Any], err: ApiException) -> None:
         """The API server refused the status patch: say so in one condition (a small patch of text only), once
@@ -213,6 +243,9 @@ class Cluster:
                 self._count("create")
                 self.custom.create_namespaced_custom_object(PODGROUP_API, PODGROUP_VERSION, ns, PODGROUP_PLURAL,
                                                             action.obj)
+            elif isinstance(action, Create) and action.replace and self._cached() \
+                    and self.cache.controlled(owner, action.obj["kind"], action.obj["metadata"]["name"]):
+                self._replace(ns, action.obj)         # ours already (the watch says so): no create to refuse
             elif isinstance(action, Create):
                 kind = action.obj["kind"]
                 api = self.rbac if kind.startswith("Role") else self.core
@@ -313,6 +346,20 @@ class Cluster:
             self.core.create_namespaced_event(namespace_of(owner), body)
         except ApiException as err:
             log.warning("event for %s/%s not posted: %s", namespace_of(owner), meta["name"], err.reason)
+
+
+def _stages(actions: list[Any]) -> list[list[Any]]:
+    """Consecutive creates of children other than pods are one stage (they name each other only by name);
+    any other action, a pod create included (it needs its ServiceAccount, ConfigMap and PodGroup first), is a
+    stage of its own."""
+    stages: list[list[Any]] = []
+    for action in actions:
+        child = isinstance(action, Create) and action.obj["kind"] != "Pod"
+        if child and stages and isinstance(stages[-1][-1], Create) and stages[-1][-1].obj["kind"] != "Pod":
+            stages[-1].append(action)
+        else:
+            stages.append([action])
+    return stages
 
 
 def native_sidecars_in(version: dict[str, Any]) -> bool:

@@ -19,11 +19,11 @@ from kubernetes.client.rest import ApiException
 from lvr_operator import metrics
 from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import KINDS, kind_by_name
-from lvr_operator.cache import (CHILD_INDEXES, DEPENDENCY_INDEXES, POD_INDEX, WatchCache, child_entry, pod_entry,
+from lvr_operator.cache import (CHILD_INDEXES, POD_INDEX, RESOURCE_INDEXES, WatchCache, child_entry, pod_entry,
                                 resource_entry)
 from lvr_operator.cluster import Cluster, RetryLater
 from lvr_operator.manifests.common import LABEL_KIND, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, name_problem
-from lvr_operator.service import reconcile_object
+from lvr_operator.service import reconcile_after_event, reconcile_object
 from lvr_operator.settings import OperatorSettings
 
 log = logging.getLogger("lvr_operator")
@@ -37,6 +37,7 @@ _CHILD_RESOURCES = {"ConfigMap": ("", "v1", "configmaps"), "Service": ("", "v1",
                     "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
                     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings")}
 _OURS = {LABEL_MANAGED_BY: MANAGED_BY}
+RETRY_MAX_SECONDS = 30.0      # the longest wait before retrying a write the API server asked us to repeat
 
 
 def _cluster(indices: dict[str, Any] | None = None) -> Cluster:
@@ -69,8 +70,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def _reconcile(kind: str, namespace: str, name: str, raise_waits: bool, indices: dict[str, Any]) -> None:
     try:
         plan = reconcile_object(_cluster(indices), kind, namespace, name, CONFIG["settings"])
-    except RetryLater as err:
-        raise kopf.TemporaryError(str(err), delay=err.delay) from err
+    except RetryLater as err:     # backs off, doubling per retry of this handler up to RETRY_MAX_SECONDS
+        delay = max(err.delay, min(2.0 ** indices.get("retry", 0), RETRY_MAX_SECONDS))
+        raise kopf.TemporaryError(str(err), delay=delay) from err
     if plan is None or not raise_waits:
         return
     if plan.invalid:
@@ -134,7 +136,7 @@ def _register_indices() -> None:
     kopf.index("", "v1", "pods", labels=_OURS, id=POD_INDEX)(_index_pod)
     for kind, resource in _CHILD_RESOURCES.items():
         kopf.index(*resource, labels=_OURS, id=CHILD_INDEXES[kind])(_index_child)
-    for kind, index in DEPENDENCY_INDEXES.items():
+    for kind, index in RESOURCE_INDEXES.items():
         kopf.index(GROUP, VERSION, kind_by_name(kind).plural, id=index)(_index_resource)
 
 
@@ -161,6 +163,6 @@ def pod_changed(labels: kopf.Labels, meta: kopf.Meta, namespace: str, type: str 
     if type == "DELETED" and cluster.cache is not None:
         cluster.cache.forget(meta.get("uid", ""))
     try:
-        reconcile_object(cluster, kind, namespace, owner, CONFIG["settings"])
+        reconcile_after_event(cluster, kind, namespace, owner, CONFIG["settings"])
     except Exception as err:                                  # never crash the watch stream
         log.warning("reconcile of %s %s/%s after a pod event failed: %s", kind, namespace, owner, err)

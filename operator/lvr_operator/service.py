@@ -32,6 +32,9 @@ _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threadin
 # the next job until they are bound (capacity.free_slots), which is the reservation.
 _admission = threading.Lock()
 latencies: deque[float] = deque(maxlen=100_000)   # seconds per recent reconcile, read by bench/operator.py
+# Objects whose reconcile after a child's event waits for the object's lock and has read nothing yet.
+_queued: set[tuple[str, str, str]] = set()
+_queued_lock = threading.Lock()
 
 
 def _failed_logs(cluster: Cluster, pods: list[dict[str, Any]], settings: OperatorSettings) -> dict[str, str]:
@@ -124,12 +127,28 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
                      now: datetime | None = None) -> Plan | None:
     """One full reconcile of one object; None when it is gone or being deleted."""
     with _locks[(kind, namespace, name)]:
+        with _queued_lock:
+            _queued.discard((kind, namespace, name))
         started = time.monotonic()
         try:
             return _reconcile_locked(cluster, kind, namespace, name, settings, now, started)
         except Exception:
             metrics.RECONCILES.labels(kind, "error").inc()
             raise
+
+
+def reconcile_after_event(cluster: Cluster, kind: str, namespace: str, name: str,
+                          settings: OperatorSettings) -> Plan | None:
+    """`reconcile_object` for a watch event of one of the object's children; skipped (None) when a reconcile
+    of the object already waits for its lock and has read nothing yet: that one reads the cache after this
+    event was filed in it (kopf indexes an event before it calls the handlers), as a work queue holds a key
+    once. A burst of pod events thus costs one reconcile, not one each."""
+    key = (kind, namespace, name)
+    with _queued_lock:
+        if key in _queued:
+            return None
+        _queued.add(key)
+    return reconcile_object(cluster, kind, namespace, name, settings)
 
 
 def _reconcile_locked(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,

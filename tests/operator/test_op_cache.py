@@ -1,6 +1,7 @@
 """The watch-fed cache (lvr_operator/cache.py): it answers from watch events, forgets deleted objects, is
-whole again after a restart (kopf's initial listing), and a child created but not yet seen by the watch is
-not created again.
+whole again after a restart (kopf's initial listing), a child created but not yet seen by the watch is
+not created again, and the object being reconciled comes from the watch only when it is the newest
+version the operator has seen.
 
 The watch is kopf's own index store (`OperatorIndexer`, what `@kopf.index` fills at run time), fed the way
 kopf feeds it: an object's entry replaced on every event, dropped on DELETED. The API server behind
@@ -11,6 +12,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,15 +21,16 @@ from kopf._core.engines.indexing import OperatorIndexer
 from kubernetes import client
 
 from lvr_operator import service
-from lvr_operator.cache import (CHILD_INDEXES, DEPENDENCY_INDEXES, INDEXES, PENDING_SECONDS, POD_INDEX, WatchCache,
+from lvr_operator.cache import (CHILD_INDEXES, INDEXES, PENDING_SECONDS, POD_INDEX, RESOURCE_INDEXES, WatchCache,
                                 child_entry, pod_entry, resource_entry)
-from lvr_operator.cluster import Cluster
-from lvr_operator.manifests.job import trainer_rbac
+from lvr_operator.cluster import Cluster, _stages
+from lvr_operator.manifests.job import config_map, trainer_rbac
 from lvr_operator.manifests.job_pod import worker_pod
-from lvr_operator.reconcile.model import Delete, Plan
-from op_helpers import NOW, SETTINGS, dataset, job, pod_in
+from lvr_operator.reconcile.model import Create, Delete, Plan
+from op_helpers import NOW, SETTINGS, created_pods, dataset, job, observed, pod_in, run
 
 JOB = job(resources={"nodes": 1, "gpusPerNode": 0}, trainer={"train": {"steps": 10}})
+JOB["metadata"]["resourceVersion"] = "1"
 _uids = (f"uid-{i}" for i in itertools.count())
 
 
@@ -54,7 +58,7 @@ class Watch:
             return self.indexers[POD_INDEX], pod_entry(body)
         if body["kind"] in CHILD_INDEXES:
             return self.indexers[CHILD_INDEXES[body["kind"]]], child_entry(body)
-        return self.indexers[DEPENDENCY_INDEXES[body["kind"]]], resource_entry(body)
+        return self.indexers[RESOURCE_INDEXES[body["kind"]]], resource_entry(body)
 
     def event(self, type_: str | None, body: dict) -> None:
         indexer, entry = self._route(body)
@@ -74,12 +78,15 @@ class FakeApi:
         self.objects = {(o["kind"], o["metadata"]["name"]): copy.deepcopy(o) for o in objects}
         self.created: list[tuple[str, str]] = []
         self.deleted: list[str] = []
+        self.replaced: list[str] = []
 
     def __getattr__(self, name: str):
         if name.startswith("create_namespaced_"):
             return self._create
         if name.startswith("delete_namespaced_"):
             return lambda pod_name, ns: self.deleted.append(pod_name)
+        if name.startswith("replace_namespaced_"):
+            return lambda obj_name, ns, body: self.replaced.append(obj_name)
         raise AssertionError(f"the cache should have answered, not the API server ({name})")
 
     def _create(self, namespace: str, body: dict) -> dict:
@@ -95,7 +102,14 @@ class FakeApi:
         return SimpleNamespace(data=json.dumps(self.objects[("RLJob", name)]))
 
     def patch_namespaced_custom_object_status(self, group, version, ns, plural, name, body):
-        self.objects[("RLJob", name)].setdefault("status", {}).update(body["status"])
+        return self.change(name, lambda obj: obj.setdefault("status", {}).update(body["status"]))
+
+    def change(self, name: str, how) -> dict:
+        """Change the RLJob (a status patch, or someone else's write): a new resourceVersion."""
+        obj = self.objects[("RLJob", name)]
+        how(obj)
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(obj)
 
 
 def _cluster(api: FakeApi, watch: Watch | None) -> Cluster:
@@ -146,6 +160,26 @@ def test_a_reconcile_reads_nothing_from_the_api_server_but_the_object_itself():
     cluster = _cluster(api, watch)
     service.reconcile_object(cluster, "RLJob", "ns", "r1", SETTINGS, now=NOW)
     assert set(cluster.calls) == {"get", "create", "patch"} and cluster.calls["get"] == 1     # the RLJob only
+
+
+def test_the_reconciled_object_comes_from_the_watch_only_when_it_is_the_newest_version_seen():
+    api, watch = FakeApi(JOB), Watch()
+    for obj in (dataset(), JOB):
+        watch.event(None, obj)
+    cluster = _cluster(api, watch)
+
+    def reconcile_reads() -> int:
+        before = cluster.calls["get"]
+        service.reconcile_object(cluster, "RLJob", "ns", "r1", SETTINGS, now=NOW)
+        return cluster.calls["get"] - before
+
+    assert reconcile_reads() == 1                  # never read before: from the API server
+    assert cluster.get_cr("RLJob", "ns", "r1")["status"]["phase"] == "Created"     # not the watched Pending
+    watch.event("MODIFIED", api.objects[("RLJob", "r1")])                        # our status write, watched
+    assert reconcile_reads() == 0
+    watch.event("MODIFIED", api.change("r1", lambda o: o["metadata"].setdefault("annotations", {}).update(a="b")))
+    assert reconcile_reads() == 1                  # someone else wrote since: read it afresh
+    assert reconcile_reads() == 0
 
 
 def test_a_child_created_but_not_yet_watched_is_not_created_again():
@@ -211,3 +245,48 @@ def test_without_kopfs_indices_the_cluster_lists_from_the_api_server():
     cache = WatchCache()
     cache.follow({POD_INDEX: {}})                               # some indices only: not ready
     assert not cache.ready
+
+
+def test_a_config_the_watch_shows_as_ours_is_replaced_without_a_create_first():
+    watch = Watch()
+    cm = config_map(JOB, SimpleNamespace(model_dump=lambda mode: {"train": {"steps": 10}}))
+    watch.event("ADDED", {**cm, "metadata": {**cm["metadata"], "uid": next(_uids)}})
+    api = FakeApi(JOB)
+    _cluster(api, watch).apply(JOB, Plan({}, [Create(cm, replace=True)]))
+    assert api.replaced == ["r1-rl-config"] and api.created == []
+    stranger = {**JOB, "metadata": {**JOB["metadata"], "uid": "uid-other-job-of-that-name"}}
+    _cluster(api, watch).apply(stranger, Plan({}, [Create(cm, replace=True)]))
+    assert api.created == [("ConfigMap", "r1-rl-config")]      # not ours: created (a conflict, never adopted)
+
+
+def test_children_other_than_pods_are_created_together_then_the_pods_in_rank_order():
+    plan = run(job(), observed())                              # a 2-node gang, nothing created yet
+    stages = [[(a.obj["kind"], a.obj["metadata"]["name"]) for a in stage] for stage in _stages(plan.actions)]
+    assert [k for k, _ in stages[0]] == ["ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding"]
+    assert stages[1:] == [[("Pod", p["metadata"]["name"])] for p in created_pods(plan)]
+
+
+class _Gone:
+    """A Cluster whose object is gone: a reconcile reads it once and stops."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def get_cr(self, kind, namespace, name):
+        self.reads += 1
+
+
+def test_a_burst_of_pod_events_costs_one_reconcile():
+    cluster, key = _Gone(), ("RLJob", "ns", "burst")
+    with service._locks[key]:                                  # a reconcile of the job is running
+        waiting = threading.Thread(target=service.reconcile_after_event, args=(cluster, *key, SETTINGS))
+        waiting.start()
+        while key not in service._queued:
+            time.sleep(0.01)
+        for _ in range(3):                                     # more pod events meanwhile: skipped
+            assert service.reconcile_after_event(cluster, *key, SETTINGS) is None
+        assert cluster.reads == 0
+    waiting.join(5)
+    assert cluster.reads == 1 and key not in service._queued
+    service.reconcile_after_event(cluster, *key, SETTINGS)     # nothing waits now: a reconcile of its own
+    assert cluster.reads == 2
