@@ -459,3 +459,20 @@ def test_status_messages_are_bounded_and_keep_the_last_log_lines():
     assert plan.status["phase"] == "Failed" and len(plan.status["message"]) <= MAX_MESSAGE
     assert all(len(c["message"]) <= MAX_MESSAGE for c in plan.status["conditions"])
     assert plan.status["message"].endswith("CUDA out of memory") and "[...]" in plan.status["message"]
+
+
+def test_every_status_the_operator_writes_passes_its_typed_model():
+    """Ctx.finish checks the status against JobStatus / DatasetStatus (the CRDs' status schemas): a real
+    reconcile passes, a misspelt field or a wrong type is a StatusSchemaError naming it."""
+    import pytest
+
+    from lvr_operator.api.jobs import JobStatus
+    from lvr_operator.reconcile.context import Ctx, StatusSchemaError
+    from op_helpers import SETTINGS
+
+    JobStatus.model_validate(run(job(), observed()).status)
+    for bad in ({"workerz": 1}, {"restarts": "twice"}):
+        ctx = Ctx(job(), observed(), SETTINGS)
+        ctx.status.update(bad)
+        with pytest.raises(StatusSchemaError, match=next(iter(bad))):
+            ctx.finish()

@@ -90,8 +90,30 @@ class Ctx:
         if refused is not None and refused.get("status") == "True":    # this status is the one that goes now
             self.set(C.status_update_refused, False, R.STATUS_UPDATE_ACCEPTED, "")
         self.status["observedGeneration"] = self.generation
+        check_status(self.job.get("kind"), self.status)
         self.plan.status = self.status
         return self.plan
+
+
+class StatusSchemaError(RuntimeError):
+    """The operator built a status its own CRD schema (the typed status model) does not describe: a bug."""
+
+
+def check_status(kind: str | None, status: dict[str, Any]) -> None:
+    """Every status the operator writes passes its kind's typed model (`JobStatus`, `DatasetStatus`: the models
+    the CRDs' status schemas are generated from), so a misspelt field or a wrong type fails here, in the tests,
+    rather than being pruned or refused by the API server."""
+    from lvr_operator.api.dataset import DatasetStatus
+    from lvr_operator.api.jobs import JobStatus
+    from lvr_operator.api.kinds import kind_by_name
+
+    if kind is None:
+        return
+    model = JobStatus if kind_by_name(kind).is_job else DatasetStatus
+    try:
+        model.model_validate(status)
+    except ValidationError as err:
+        raise StatusSchemaError(f"{kind} status does not match {model.__name__}: {err}") from None
 
 
 def explain_validation(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
