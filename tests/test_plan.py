@@ -114,7 +114,8 @@ def test_a_run_on_gpus_refuses_to_start_beyond_its_plan_with_exit_3_and_the_plan
     import lvr_trainer.train.rl as rl
     from lvr_trainer.config import load_config
     from lvr_trainer.parallel.grid import ProcessGrid
-    from lvr_trainer.plan import DOES_NOT_FIT_MARK, DoesNotFit
+    from lvr_trainer.contracts.exits import DOES_NOT_FIT_MARK
+    from lvr_trainer.plan import DoesNotFit
     from lvr_trainer.train.loop import check_memory_plan
 
     small_gpus = _variant(tmp_path, parallel={"gpu_memory": "40GiB"})

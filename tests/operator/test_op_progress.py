@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 from lvr_operator.api.jobs import JobProgress
 from lvr_operator.cluster import Cluster
 from lvr_operator.reconcile.model import Create, Plan
-from lvr_trainer.train.pod_progress import ProgressReport
+from lvr_trainer.contracts.progress import ProgressReport
 from op_helpers import created_pods, job, observed, pod_in, run, with_status
 
 

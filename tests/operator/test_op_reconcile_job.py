@@ -138,7 +138,7 @@ def test_backoff_doubles_and_limit_fails_with_exit_code_and_logs():
 def test_a_trainer_whose_memory_plan_does_not_fit_fails_the_job_at_once_naming_the_fix():
     """The trainer's pre-flight (exit 3 under `lvr`, 1 under torchrun, its verdict in the termination message):
     the same plan on the same GPUs fails again, so the job fails without a restart, quoting the plan."""
-    from lvr_trainer.plan import DOES_NOT_FIT_MARK
+    from lvr_trainer.contracts.exits import DOES_NOT_FIT_MARK
 
     obj, pods = _started()
     verdict = (f"{DOES_NOT_FIT_MARK}: the plan needs 51.1 GiB per GPU of 40.0 (11.1 over; the largest part is "
@@ -152,7 +152,7 @@ def test_a_trainer_whose_memory_plan_does_not_fit_fails_the_job_at_once_naming_t
 
 
 def test_a_trainer_refused_another_jobs_output_fails_the_job_at_once_naming_the_owner():
-    from lvr_trainer.train.ownership import OUTPUT_IN_USE_MARK
+    from lvr_trainer.contracts.exits import OUTPUT_IN_USE_MARK
 
     obj, pods = _started()
     why = f"{OUTPUT_IN_USE_MARK}: output s3://c/runs belongs to 'SFTJob/ns/other', not 'RLJob/ns/r1': ..."

@@ -79,7 +79,7 @@ def test_a_nan_loss_is_left_out_and_the_annotation_is_strict_json():
 
 
 def test_the_wire_is_read_back_with_non_finite_wrong_and_oversized_values_counted():
-    from lvr_trainer.train.pod_progress import MAX_REPORT_CHARS, parse_report
+    from lvr_trainer.contracts.progress import MAX_REPORT_CHARS, parse_report
 
     report, dropped = parse_report('{"step": 4, "total_steps": 8, "loss": NaN, "reward": -Infinity, '
                                    '"accuracy": "high", "last_checkpoint": "s3://b/c/step-4"} trailing log')

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvr_trainer.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARK
+from lvr_trainer.contracts.exits import EXIT_PREEMPTED, PREEMPTED_MARK
 
 
 def _config(make_config, tmp_path, **train):

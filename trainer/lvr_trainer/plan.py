@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from lvr_trainer.contracts.exits import DOES_NOT_FIT_MARK
+
 GIB = 1024 ** 3
 MASTER_BYTES = 4            # float32 master weights, gradients and each AdamW moment
 ADAM_MOMENTS = 2
@@ -359,10 +361,8 @@ def advise(shape: ModelShape, workload: Workload, layout: Layout, gpu_bytes: int
     return out or ["more GPUs, or a smaller model: none of the settings above fits"]
 
 
-# ---- the trainer's pre-flight and the operator read the same verdict ----
+# ---- the trainer's pre-flight and the operator read the same verdict (its mark: contracts.exits) ----
 
-EXIT_DOES_NOT_FIT = 3          # `lvr plan`'s exit status, and a trainer's that refused to start
-DOES_NOT_FIT_MARK = "lvr-does-not-fit"
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "ki": 2 ** 10, "kib": 2 ** 10, "m": 1e6, "mb": 1e6, "mi": 2 ** 20,
           "mib": 2 ** 20, "g": 1e9, "gb": 1e9, "gi": 2 ** 30, "gib": 2 ** 30, "t": 1e12, "tb": 1e12,
           "ti": 2 ** 40, "tib": 2 ** 40}

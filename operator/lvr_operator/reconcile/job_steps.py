@@ -23,9 +23,8 @@ from lvr_operator.reconcile.context import Ctx, explain_validation
 from lvr_operator.reconcile.model import Create, Delete, rfc3339, tail
 from lvr_trainer.config import ConfigError
 from lvr_trainer.layout import checkpoint_model_uri
-from lvr_trainer.plan import DOES_NOT_FIT_MARK
-from lvr_trainer.train.ownership import OUTPUT_IN_USE_MARK
-from lvr_trainer.train.pod_progress import parse_report
+from lvr_trainer.contracts.exits import DOES_NOT_FIT_MARK, OUTPUT_IN_USE_MARK
+from lvr_trainer.contracts.progress import parse_report
 
 __all__ = ["Ctx", "Deps", "parse_job", "check_dependencies", "create_gang", "handle_failure", "handle_preemption",
            "mirror_progress", "note_config_change", "attempt_of"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lvr_operator.manifests.common import KUEUE_GATE, KUEUE_QUEUE, LABEL_ATTEMPT, LABEL_RANK
-from lvr_trainer.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARK
+from lvr_trainer.contracts.exits import EXIT_PREEMPTED, PREEMPTED_MARK
 
 
 @dataclass(frozen=True)

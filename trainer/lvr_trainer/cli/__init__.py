@@ -12,9 +12,10 @@ import importlib
 import os
 import sys
 
-from lvr_trainer.plan import EXIT_DOES_NOT_FIT, DoesNotFit
+from lvr_trainer.contracts.exits import EXIT_DOES_NOT_FIT, EXIT_PREEMPTED
+from lvr_trainer.plan import DoesNotFit
 from lvr_trainer.train.ownership import OutputInUse
-from lvr_trainer.train.preemption import EXIT_PREEMPTED, Preempted
+from lvr_trainer.train.preemption import Preempted
 
 COMMAND_MODULES = (
     "lvr_trainer.cli.data_cmd",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from lvr_trainer.plan import EXIT_DOES_NOT_FIT, parse_bytes
+from lvr_trainer.contracts.exits import EXIT_DOES_NOT_FIT
+from lvr_trainer.plan import parse_bytes
 
 
 def register(sub) -> None:

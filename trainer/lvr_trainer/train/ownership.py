@@ -11,8 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from lvr_trainer.contracts.exits import OUTPUT_IN_USE_MARK
+
 OWNER_FILE = ".lvr-owner"
-OUTPUT_IN_USE_MARK = "lvr-output-in-use"
 
 
 class OutputInUse(Exception):

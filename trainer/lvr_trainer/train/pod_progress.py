@@ -1,8 +1,8 @@
 """Progress for the operator: rank 0 writes a JSON annotation on its own pod, which the operator
 mirrors into the job's status (`kubectl get rljobs` shows step/total, reward, accuracy).
 
-`ProgressReport` is the annotation's one schema, for the writer here and the operator that reads it
-(lvr_operator.reconcile.job_steps.mirror_progress): snake_case keys, finite numbers, bounded sizes.
+The annotation's one schema, for the writer here and the operator that reads it, is
+`lvr_trainer.contracts.progress.ProgressReport`.
 
 Active only inside a pod started by the operator (LVR_POD_NAME and LVR_POD_NAMESPACE set); the pod's
 ServiceAccount may patch just its own pod. A failed report is logged once and never stops training.
@@ -18,69 +18,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from lvr_trainer.contracts.progress import DEFAULT_ANNOTATION, clean_report
 
-DEFAULT_ANNOTATION = "longvideo.dev/progress"
 # metric key -> progress field, first match wins
 _FIELDS = {"loss": ("train/loss",), "reward": ("reward/total",),
            "accuracy": ("val/accuracy", "rollout/accuracy")}
-
-
-MAX_REPORT_CHARS = 4096     # a longer annotation is not read at all
-MAX_TEXT = 1024             # a URI or digest longer than this is left out
-
-
-class ProgressReport(BaseModel):
-    """The progress annotation's JSON object. Serialised by alias (camelCase), it is the job's
-    status.progress fields of the same names."""
-
-    model_config = ConfigDict(extra="ignore", strict=True,
-                              alias_generator=AliasGenerator(serialization_alias=to_camel))
-
-    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
-    total_steps: int | None = Field(None, ge=0, description="Optimizer steps in the run.")
-    loss: float | None = Field(None, allow_inf_nan=False, description="Last logged training loss.")
-    reward: float | None = Field(None, allow_inf_nan=False, description="Mean reward of the last logged step.")
-    accuracy: float | None = Field(None, allow_inf_nan=False, description="Last evaluation or rollout accuracy.")
-    last_checkpoint: str | None = Field(None, max_length=MAX_TEXT, description="URI of the newest checkpoint.")
-    initial_weights: str | None = Field(None, max_length=128, description="sha256 of the starting weights.")
-    updated_at: str | None = Field(None, max_length=40, description="When rank 0 reported (RFC 3339).")
-
-    def status_fields(self) -> dict[str, Any]:
-        """The fields that are set, under their status.progress names."""
-        return self.model_dump(by_alias=True, exclude_none=True)
-
-
-def clean_report(raw: dict[str, Any]) -> tuple[ProgressReport, int]:
-    """(the report made of the fields of `raw` that fit the schema, how many set fields were dropped): a
-    NaN or infinite number, a value of the wrong type or out of bounds, an over-long text."""
-    kept, dropped = {}, 0
-    for name in ProgressReport.model_fields:
-        if raw.get(name) is None:
-            continue
-        try:
-            ProgressReport.model_validate({name: raw[name]})
-            kept[name] = raw[name]
-        except ValidationError:
-            dropped += 1
-    return ProgressReport.model_validate(kept), dropped
-
-
-def parse_report(text: str | None) -> tuple[ProgressReport | None, int]:
-    """(report, fields dropped) from an annotation's text; (None, 1) for text too long or not a JSON
-    object, (None, 0) for none."""
-    if not text:
-        return None, 0
-    if len(text) > MAX_REPORT_CHARS:
-        return None, 1
-    try:
-        raw, _ = json.JSONDecoder().raw_decode(text.strip())
-    except ValueError:
-        return None, 1
-    if not isinstance(raw, dict):
-        return None, 1
-    return clean_report(raw)
 
 
 def progress_payload(step: int, total: int, values: dict[str, float], checkpoint: str | None,

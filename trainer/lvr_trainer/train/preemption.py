@@ -15,8 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 
-EXIT_PREEMPTED = 83
-PREEMPTED_MARK = "lvr-preempted"
+from lvr_trainer.contracts.exits import EXIT_PREEMPTED, PREEMPTED_MARK
 
 
 class Preempted(Exception):
