@@ -77,6 +77,7 @@ def reward_from_config(cfg: GRPOConfig) -> WeightedReward:
 
 
 SEED_STRIDE = 1 << 20    # request i of a call samples from seed + i * G: a step's streams stay below the next's
+SEED_RANGE = 1 << 62     # what torch generators take (below 2^63), with room for the requests' offsets
 
 
 def sampling_params(cfg: GRPOConfig, seed: int, step: int) -> SamplingParams:
@@ -85,7 +86,8 @@ def sampling_params(cfg: GRPOConfig, seed: int, step: int) -> SamplingParams:
     from the stream of a prompt of another (with steps 1 apart, prompt i at step k + G would reuse prompt
     i + 1's stream of step k)."""
     return SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
-                          max_new_tokens=cfg.max_new_tokens, seed=(seed * 1_000_003 + step) * SEED_STRIDE)
+                          max_new_tokens=cfg.max_new_tokens,
+                          seed=(seed * 1_000_003 + step) * SEED_STRIDE % SEED_RANGE)
 
 
 def sample_groups(engine: RolloutEngine, model, tokenizer, records: list[VideoQARecord], source,
