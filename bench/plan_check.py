@@ -1,6 +1,6 @@
 """The memory plan against measurement, on any machine: the trainer's own SFT or RL step (forward, backward
 with per-layer checkpointing, the optimizer step) at small shapes on the CPU, its peak from the CPU allocator's
-allocations and frees as torch's profiler records them (the counterpart of the CUDA allocator's statistics),
+running total as torch's profiler records it (the counterpart of the CUDA allocator's statistics),
 next to `lvr_trainer.plan`'s figure for the same step, model, workload and layout (fp32 compute, SDPA's CPU
 kernels, no runtime share: nothing of a GPU's context is measured here).
 
@@ -88,19 +88,24 @@ def state_bytes_now(model, optimizer) -> int:
 
 def measured_peak(model, optimizer, fn) -> int:
     """The most bytes of live tensors at any moment of `fn()`: what lived before it began, plus the highest
-    running sum of the CPU allocator's allocations and frees inside it (the profiler's memory events, in
-    time order: the allocator's own statistics, as `torch.cuda.max_memory_allocated` on a GPU)."""
+    running total of the CPU allocator during it. The allocator keeps that total itself, under its lock, and
+    the profiler records it with every allocation and free (`Total Allocated` of its memory events): the
+    counterpart of `torch.cuda.max_memory_allocated`, exact whatever the threads (gloo's included) do."""
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     before = state_bytes_now(model, optimizer)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
-    current = peak = 0
-    for _, delta in changes:
-        current += delta
-        peak = max(peak, current)
-    return before + peak
+    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+        prof.export_chrome_trace(trace.name)
+        events = json.loads(Path(trace.name).read_text())["traceEvents"]
+    memory = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    if not memory:
+        return before
+    start = memory[0]["Total Allocated"] - memory[0]["Bytes"]        # the total as the step began
+    return before + max(m["Total Allocated"] for m in memory) - start
 
 
 def planned(model, stage: str, tokens: int, group: int, reply: int, sp: int) -> tuple[int, dict[str, int]]:

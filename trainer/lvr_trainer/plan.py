@@ -20,9 +20,9 @@ meta device), and the job's layout and workload give bytes per GPU by component:
     runtime      CUDA context, NCCL buffers and allocator slack: 2 GiB + 5% of the GPU
 
 The state is exact (tests: within 1% of the real sharded plan on the meta device). Activations and attention
-are estimates, checked against the measured peak of the trainer's own SFT and RL steps on the CPU (fp32, SP 1
-and 2: `bench/plan_check.py`, within 20% in `tests/test_plan_measured.py`); the runtime share is a GPU
-allowance nothing here measures.
+are estimates, compared with the measured peak of the trainer's own SFT and RL steps on the CPU by
+`bench/plan_check.py` (fp32, SP 1 and 2; BENCHMARKS.md has the figures); the runtime share is a GPU allowance
+nothing here measures.
 """
 
 from __future__ import annotations
@@ -225,10 +225,9 @@ def checkpointed_activation_bytes(tokens_per_rank: int, hidden: int, intermediat
                                   act_bytes: int = COMPUTE_BYTES) -> int:
     """Activations of one forward + backward with activation checkpointing per decoder layer, per rank, at the
     backward's peak: the input embeddings, every layer's saved input (tokens x hidden), and the layer being
-    recomputed: its forward intermediates (the MLP's gate, up and
-    activated products; the attention block's q, k, v, output and residual) and the gradients in flight through
-    it (one MLP intermediate, two hidden-wide). Checked against the CPU allocator's measured peak of the
-    trainer's own step (`bench/plan_check.py`)."""
+    recomputed: its forward intermediates (the MLP's gate, up and activated products; the attention block's q,
+    k, v, output and residual) and the gradients in flight through it (one MLP intermediate, two hidden-wide).
+    Compared with the measured peak of the trainer's own step by `bench/plan_check.py`."""
     inputs = tokens_per_rank * hidden
     saved = layers * tokens_per_rank * hidden
     recomputed = tokens_per_rank * (3 * intermediate + 5 * hidden)
