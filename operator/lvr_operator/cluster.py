@@ -1,9 +1,5 @@
-"""The I/O adapter: reads what `reconcile_*` needs and applies a Plan. The only module here that talks to
-Kubernetes (besides kopf itself). Every API call is counted, for bench/operator.py.
-
-With a ready `WatchCache` (the kopf operator's), pods, children and dependencies are read from the watch
-instead of listed, and every child created or pod deleted is told to the cache; without one (a plain
-client, tests driving `reconcile_object` directly) they are listed from the API server."""
+"""The I/O adapter: reads what `reconcile_*` needs from the API and applies a Plan. The only module
+here that talks to Kubernetes (besides kopf itself). Every call is counted, for bench/operator.py."""
 
 from __future__ import annotations
 
@@ -11,7 +7,6 @@ import json
 import logging
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,15 +17,12 @@ from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import Reason as R
-from lvr_operator.cache import CHILD_INDEXES, WatchCache
 from lvr_operator.manifests.common import (PODGROUP_API, PODGROUP_PLURAL, PODGROUP_VERSION, namespace_of,
                                            owner_selector)
 from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteOwner, Event, Plan, set_condition,
                                           status_patch)
 
 log = logging.getLogger("lvr_operator")
-# The creates of one stage (see `_stages`) go to the API server together, from these threads.
-_CREATORS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lvr-create")
 CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
 _SNAKE = {"ConfigMap": "config_map", "Service": "service", "ServiceAccount": "service_account",
           "Role": "role", "RoleBinding": "role_binding", "Pod": "pod"}
@@ -83,8 +75,8 @@ def load_client() -> client.ApiClient:
 
 
 class Cluster:
-    def __init__(self, api: client.ApiClient | None = None, cache: WatchCache | None = None):
-        self.api, self.cache = api or load_client(), cache
+    def __init__(self, api: client.ApiClient | None = None):
+        self.api = api or load_client()
         self.core, self.rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.calls: Counter[str] = Counter()
@@ -99,21 +91,7 @@ class Cluster:
         resp = fn(*args, _preload_content=False, **kw)
         return json.loads(resp.data)
 
-    def _cached(self) -> WatchCache | None:
-        return self.cache if self.cache is not None and self.cache.ready else None
-
     def get_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object being reconciled, as new as the API server's: the watched copy when it is the newest
-        version this operator has read or written (cache.py, `known`), else read from the API server."""
-        cache = self._cached()
-        if cache and (obj := cache.current(kind, namespace, name)) is not None:
-            return obj
-        obj = self._read_cr(kind, namespace, name)
-        if cache:
-            cache.known(kind, namespace, name, obj)
-        return obj
-
-    def _read_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._raw("get", self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
                              kind_by_name(kind).plural, name)
@@ -122,25 +100,11 @@ class Cluster:
                 return None
             raise
 
-    def dependency(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """A custom resource another one depends on (a job's dataset or SFT job): from the watch when cached."""
-        cache = self._cached()
-        return cache.get(kind, namespace, name) if cache else self._read_cr(kind, namespace, name)
-
     def pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
-        cache = self._cached()
-        return cache.pods(owner) if cache else self._list_pods(owner)
-
-    def children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
-        """(kind, name) of the owner's children other than pods (ConfigMap, Service, RBAC objects)."""
-        cache = self._cached()
-        return cache.children(owner) if cache else self._list_children(owner)
-
-    def _list_pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
         return self._raw("list", self.core.list_namespaced_pod, namespace_of(owner),
                          label_selector=owner_selector(owner))["items"]
 
-    def _list_children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
+    def children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
         ns, sel, found = namespace_of(owner), owner_selector(owner), set()
         for kind in CHILD_KINDS:
             api = self.rbac if kind.startswith("Role") else self.core
@@ -172,8 +136,7 @@ class Cluster:
             return ""
 
     def apply(self, owner: dict[str, Any], plan: Plan) -> None:
-        """Status first (it records the intent: restarts, start time), then children, then events. The
-        children other than pods are created together (`_stages`), then the pods one by one, rank order.
+        """Status first (it records the intent: restarts, start time), then children, then events.
 
         Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
         gets its token): the status patch already recorded the transition, so the next reconcile would
@@ -189,38 +152,22 @@ class Cluster:
                 return
         created: list[tuple[str, str]] = []
         try:
-            for stage in _stages(plan.actions):
-                created += self._act_together(owner, stage)
+            for action in plan.actions:
+                self._act(owner, action)
+                if isinstance(action, Create):
+                    created.append(action.key)
         except CreateFailed as err:
-            err.created = created + err.created
+            err.created = created
             raise
         finally:
             for event in plan.events:
                 self.post_event(owner, event)
 
-    def _act_together(self, owner: dict[str, Any], stage: list[Any]) -> list[tuple[str, str]]:
-        """Run the actions of one stage at once; the (kind, name) created. Every action is tried; then the
-        first failure (in plan order) is raised, a CreateFailed naming what this stage created."""
-        if len(stage) == 1:
-            self._act(owner, stage[0])
-            return [stage[0].key] if isinstance(stage[0], Create) else []
-        futures = [_CREATORS.submit(self._act, owner, action) for action in stage]
-        errors = [f.exception() for f in futures]
-        created = [a.key for a, e in zip(stage, errors) if e is None and isinstance(a, Create)]
-        first = next((e for e in errors if e is not None), None)
-        if isinstance(first, CreateFailed):
-            first.created = created
-        if first is not None:
-            raise first
-        return created
-
     def _patch_status(self, owner: dict[str, Any], patch: dict[str, Any]) -> None:
         self._count("patch")
-        ns, name = namespace_of(owner), owner["metadata"]["name"]
-        reply = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
-                                                                  name, {"status": patch})
-        if self._cached() and isinstance(reply, dict):
-            self.cache.known(owner["kind"], ns, name, reply)
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace_of(owner),
+                                                          kind_by_name(owner["kind"]).plural,
+                                                          owner["metadata"]["name"], {"status": patch})
 
     def _report_refused_status(self, owner: dict[str, Any], err: ApiException) -> None:
         """The API server refused the status patch: say so in one condition (a small patch of text only), once
@@ -243,34 +190,28 @@ class Cluster:
                 self._count("create")
                 self.custom.create_namespaced_custom_object(PODGROUP_API, PODGROUP_VERSION, ns, PODGROUP_PLURAL,
                                                             action.obj)
-            elif isinstance(action, Create) and action.replace and self._cached() \
-                    and self.cache.controlled(owner, action.obj["kind"], action.obj["metadata"]["name"]):
-                self._replace(ns, action.obj)         # ours already (the watch says so): no create to refuse
             elif isinstance(action, Create):
                 kind = action.obj["kind"]
                 api = self.rbac if kind.startswith("Role") else self.core
                 self._count("create")
-                self._created(owner, self.api.sanitize_for_serialization(
-                    getattr(api, f"create_namespaced_{_SNAKE[kind]}")(ns, action.obj)))
+                getattr(api, f"create_namespaced_{_SNAKE[kind]}")(ns, action.obj)
             elif isinstance(action, Delete):
                 api = self.rbac if action.kind.startswith("Role") else self.core
                 self._count("delete")
                 getattr(api, f"delete_namespaced_{_SNAKE[action.kind]}")(action.name, ns)
-                self._deleted(owner, action)
             elif isinstance(action, DeleteOwner):
                 self._count("delete")
                 self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, kind_by_name(owner["kind"]).plural,
                                                             owner["metadata"]["name"])
         except ApiException as err:
             if isinstance(action, Create) and err.status == 409:
-                self._created(owner, self._check_owner(owner, action.obj))
+                self._check_owner(owner, action.obj)
                 if action.replace:
                     self._replace(ns, action.obj)
                 return
             if isinstance(action, Create) and err.status in (400, 403, 422):
                 raise CreateFailed(_refusal(*action.key, err)) from err
             if err.status in (404, 409):      # gone already: the goal is met
-                self._deleted(owner, action)
                 return
             delay = _retry_after(err)
             if delay is not None:
@@ -297,37 +238,27 @@ class Cluster:
         self._count("replace")
         getattr(api, f"replace_namespaced_{_SNAKE[obj['kind']]}")(obj["metadata"]["name"], namespace, obj)
 
-    def _created(self, owner: dict[str, Any], obj: dict[str, Any] | None) -> None:
-        """Tell the cache about a child that exists now (before its watch event)."""
-        if self._cached() and obj and (obj.get("kind") == "Pod" or obj.get("kind") in CHILD_INDEXES):
-            self.cache.created(owner, obj)
-
-    def _deleted(self, owner: dict[str, Any], action: Any) -> None:
-        if self._cached() and isinstance(action, Delete):
-            self.cache.deleted(owner, action.kind, action.name)
-
-    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any] | None:
-        """An object of the child's name exists: ours (this owner's UID as its controller) is success (it is
-        returned); any other is a conflict, never adopted."""
+    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> None:
+        """An object of the child's name exists: ours (this owner's UID as its controller) is success; any
+        other is a conflict, never adopted."""
         existing = self._read(namespace_of(owner), obj)
         if existing is None:                  # deleted meanwhile: the next reconcile creates it
-            return None
+            return
         refs = existing["metadata"].get("ownerReferences") or []
         controller = next((r for r in refs if r.get("controller")), None)
         if controller is not None and controller.get("uid") == owner["metadata"].get("uid"):
-            return existing
+            return
         holder = (f"is controlled by {controller.get('kind')} '{controller.get('name')}'" if controller
                   else "has no controller")
         raise CreateFailed(CreateFailure(obj["kind"], obj["metadata"]["name"], 409, holder, conflict=True))
 
     def delete_children(self, owner: dict[str, Any]) -> int:
-        """Delete every owned object by label (works without a garbage collector). Listed from the API server,
-        not the cache: a child an earlier process created just before it stopped is found too."""
+        """Delete every owned object by label (works without a garbage collector)."""
         n = 0
-        for pod in self._list_pods(owner):
+        for pod in self.pods(owner):
             self._act(owner, Delete("Pod", pod["metadata"]["name"]))
             n += 1
-        for kind, name in sorted(self._list_children(owner)):
+        for kind, name in sorted(self.children(owner)):
             self._act(owner, Delete(kind, name))
             n += 1
         return n
@@ -346,20 +277,6 @@ class Cluster:
             self.core.create_namespaced_event(namespace_of(owner), body)
         except ApiException as err:
             log.warning("event for %s/%s not posted: %s", namespace_of(owner), meta["name"], err.reason)
-
-
-def _stages(actions: list[Any]) -> list[list[Any]]:
-    """Consecutive creates of children other than pods are one stage (they name each other only by name);
-    any other action, a pod create included (it needs its ServiceAccount, ConfigMap and PodGroup first), is a
-    stage of its own."""
-    stages: list[list[Any]] = []
-    for action in actions:
-        child = isinstance(action, Create) and action.obj["kind"] != "Pod"
-        if child and stages and isinstance(stages[-1][-1], Create) and stages[-1][-1].obj["kind"] != "Pod":
-            stages[-1].append(action)
-        else:
-            stages.append([action])
-    return stages
 
 
 def native_sidecars_in(version: dict[str, Any]) -> bool:

@@ -2,9 +2,6 @@
 its Plan: a wait raises TemporaryError(delay), an unusable spec PermanentError (after the InvalidSpec
 condition is written). Pod events re-reconcile the owning custom resource.
 
-kopf indices feed the watch cache (cache.py): pods and the other children by owner, our custom resources
-by name. Every handler hands kopf's indices to `_cluster`, which reads from them.
-
 `runner.run_operator` calls `register_all(settings)` before kopf starts.
 """
 
@@ -18,12 +15,10 @@ from kubernetes.client.rest import ApiException
 
 from lvr_operator import metrics
 from lvr_operator.api.common import GROUP, VERSION
-from lvr_operator.api.kinds import KINDS, kind_by_name
-from lvr_operator.cache import (CHILD_INDEXES, POD_INDEX, RESOURCE_INDEXES, WatchCache, child_entry, pod_entry,
-                                resource_entry)
+from lvr_operator.api.kinds import KINDS
 from lvr_operator.cluster import Cluster, RetryLater
 from lvr_operator.manifests.common import LABEL_KIND, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, name_problem
-from lvr_operator.service import reconcile_after_event, reconcile_object
+from lvr_operator.service import reconcile_object
 from lvr_operator.settings import OperatorSettings
 
 log = logging.getLogger("lvr_operator")
@@ -31,26 +26,11 @@ CONFIG: dict[str, Any] = {"settings": OperatorSettings(), "cluster": None}
 _KIND_BY_LABEL = {k.kind.lower(): k.kind for k in KINDS}
 
 
-# The children's kinds as kopf selects them (group, version, plural), with the index each one feeds.
-_CHILD_RESOURCES = {"ConfigMap": ("", "v1", "configmaps"), "Service": ("", "v1", "services"),
-                    "ServiceAccount": ("", "v1", "serviceaccounts"),
-                    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
-                    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings")}
-_OURS = {LABEL_MANAGED_BY: MANAGED_BY}
-RETRY_MAX_SECONDS = 30.0      # the longest wait before retrying a write the API server asked us to repeat
-
-
-def _cluster(indices: dict[str, Any] | None = None) -> Cluster:
-    """The API adapter; with the watch cache on, bound to this operator's kopf indices (a handler's kwargs)."""
+def _cluster() -> Cluster:
     if CONFIG["cluster"] is None:
         CONFIG["cluster"] = Cluster()
         metrics.count_api_errors(CONFIG["cluster"].api)
-    cluster: Cluster = CONFIG["cluster"]
-    if indices is not None and CONFIG["settings"].watch_cache:
-        if cluster.cache is None:
-            cluster.cache = WatchCache()
-        cluster.cache.follow(indices)
-    return cluster
+    return CONFIG["cluster"]
 
 
 @kopf.on.startup()
@@ -62,17 +42,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING      # our own Events describe transitions
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
-    # the API server sends only our own pods and children (the other objects of a namespace never reach us)
-    for resource in [("", "v1", "pods"), *_CHILD_RESOURCES.values()]:
-        settings.watching.label_selectors[resource] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
-def _reconcile(kind: str, namespace: str, name: str, raise_waits: bool, indices: dict[str, Any]) -> None:
+def _reconcile(kind: str, namespace: str, name: str, raise_waits: bool) -> None:
     try:
-        plan = reconcile_object(_cluster(indices), kind, namespace, name, CONFIG["settings"])
-    except RetryLater as err:     # backs off, doubling per retry of this handler up to RETRY_MAX_SECONDS
-        delay = max(err.delay, min(2.0 ** indices.get("retry", 0), RETRY_MAX_SECONDS))
-        raise kopf.TemporaryError(str(err), delay=delay) from err
+        plan = reconcile_object(_cluster(), kind, namespace, name, CONFIG["settings"])
+    except RetryLater as err:
+        raise kopf.TemporaryError(str(err), delay=err.delay) from err
     if plan is None or not raise_waits:
         return
     if plan.invalid:
@@ -82,11 +58,11 @@ def _reconcile(kind: str, namespace: str, name: str, raise_waits: bool, indices:
 
 
 def _register(kind: str, plural: str) -> None:
-    def on_change(name: str, namespace: str, **kwargs: Any) -> None:
-        _reconcile(kind, namespace, name, raise_waits=True, indices=kwargs)
+    def on_change(name: str, namespace: str, **_: Any) -> None:
+        _reconcile(kind, namespace, name, raise_waits=True)
 
-    def on_timer(name: str, namespace: str, **kwargs: Any) -> None:
-        _reconcile(kind, namespace, name, raise_waits=False, indices=kwargs)
+    def on_timer(name: str, namespace: str, **_: Any) -> None:
+        _reconcile(kind, namespace, name, raise_waits=False)
 
     def on_delete(body: kopf.Body, retry: int, **_: Any) -> None:
         _delete_children(kind, dict(body), retry)
@@ -110,7 +86,7 @@ def _delete_children(kind: str, body: dict[str, Any], retry: int) -> None:
     if name_problem(kind, meta["name"]) is not None:      # no child could be created under this name
         return
     try:
-        removed = _cluster().delete_children(body)       # listed from the API server: no cache
+        removed = _cluster().delete_children(body)
     except Exception as err:  # noqa: BLE001 - any failure: retry a few times, never block the deletion
         if isinstance(err, ApiException) and err.status in (400, 403, 422) or retry + 1 >= DELETE_TRIES:
             log.warning("%s %s/%s: children not deleted (%s); left to the garbage collector", kind,
@@ -126,43 +102,17 @@ def register_all(settings: OperatorSettings) -> None:
     if not CONFIG.get("registered"):
         for kind in KINDS:
             _register(kind.kind, kind.plural)
-        if settings.watch_cache:
-            _register_indices()
         CONFIG["registered"] = True
 
 
-def _register_indices() -> None:
-    """The watch cache's kopf indices: kopf lists each kind before any handler runs, then keeps it current."""
-    kopf.index("", "v1", "pods", labels=_OURS, id=POD_INDEX)(_index_pod)
-    for kind, resource in _CHILD_RESOURCES.items():
-        kopf.index(*resource, labels=_OURS, id=CHILD_INDEXES[kind])(_index_child)
-    for kind, index in RESOURCE_INDEXES.items():
-        kopf.index(GROUP, VERSION, kind_by_name(kind).plural, id=index)(_index_resource)
-
-
-def _index_pod(body: kopf.Body, **_: Any) -> Any:
-    return pod_entry(body)
-
-
-def _index_child(body: kopf.Body, **_: Any) -> Any:
-    return child_entry(body)
-
-
-def _index_resource(body: kopf.Body, **_: Any) -> Any:
-    return resource_entry(body)
-
-
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def pod_changed(labels: kopf.Labels, meta: kopf.Meta, namespace: str, type: str | None, **kwargs: Any) -> None:
+def pod_changed(labels: kopf.Labels, namespace: str, type: str | None, **_: Any) -> None:
     """A child pod moved: reconcile its owner (progress, failures, completion) right away."""
     kind = _KIND_BY_LABEL.get(labels.get(LABEL_KIND, ""))
     owner = labels.get(LABEL_OWNER)
     if kind is None or owner is None or type is None:       # type None: the initial listing
         return
-    cluster = _cluster(kwargs)
-    if type == "DELETED" and cluster.cache is not None:
-        cluster.cache.forget(meta.get("uid", ""))
     try:
-        reconcile_after_event(cluster, kind, namespace, owner, CONFIG["settings"])
+        reconcile_object(_cluster(), kind, namespace, owner, CONFIG["settings"])
     except Exception as err:                                  # never crash the watch stream
         log.warning("reconcile of %s %s/%s after a pod event failed: %s", kind, namespace, owner, err)

@@ -1,6 +1,5 @@
 """Entry for `kopf run -m lvr_operator.main` (tests, KopfRunner): registers the handlers with settings
-from the environment (LVR_TRAINER_IMAGE, LVR_ROLLOUT_IMAGE, LVR_RESYNC_SECONDS,
-LVR_WATCH_CACHE)."""
+from the environment (LVR_TRAINER_IMAGE, LVR_VLLM_IMAGE, LVR_RESYNC_SECONDS)."""
 
 from lvr_operator.handlers import register_all
 from lvr_operator.settings import OperatorSettings

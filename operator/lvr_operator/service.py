@@ -32,9 +32,6 @@ _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threadin
 # the next job until they are bound (capacity.free_slots), which is the reservation.
 _admission = threading.Lock()
 latencies: deque[float] = deque(maxlen=100_000)   # seconds per recent reconcile, read by bench/operator.py
-# Objects whose reconcile after a child's event waits for the object's lock and has read nothing yet.
-_queued: set[tuple[str, str, str]] = set()
-_queued_lock = threading.Lock()
 
 
 def _failed_logs(cluster: Cluster, pods: list[dict[str, Any]], settings: OperatorSettings) -> dict[str, str]:
@@ -75,11 +72,9 @@ def _nodes(spec: dict[str, Any]) -> int:
 
 
 def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSettings, now: datetime) -> JobObserved:
-    """Read what `reconcile_job` needs, and no more: other children only while the gang is incomplete,
-    dependencies only while the job can still start pods (all from the watch cache when the operator has
-    one, else listed: 5 list calls for the children). The free GPU slots are not counted here:
-    `_count_slots` lists them from the API server under the admission lock (reconcile_object), since a
-    gang admitted a moment ago must count even before the watch shows its pods."""
+    """Read what `reconcile_job` needs, and no more: other children are listed only while the gang is
+    incomplete (5 list calls), dependencies only while the job can still start pods. The free GPU slots
+    are not counted here: `_count_slots` does it under the admission lock (reconcile_object)."""
     ns, spec, status = job["metadata"]["namespace"], job.get("spec") or {}, job.get("status") or {}
     obs = JobObserved(now=now, pods=cluster.pods(job))
     settled = is_terminal(status.get("phase")) and status.get("observedGeneration") == job["metadata"].get("generation")
@@ -88,9 +83,9 @@ def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSetting
     if len(obs.pods) < _nodes(spec):
         obs.children = cluster.children(job)
     if (spec.get("datasetRef") or {}).get("name"):
-        obs.dataset = cluster.dependency("LongVideoDataset", ns, spec["datasetRef"]["name"])
+        obs.dataset = cluster.get_cr("LongVideoDataset", ns, spec["datasetRef"]["name"])
     if (spec.get("model") or {}).get("fromSFTJob"):
-        obs.sft_job = cluster.dependency("SFTJob", ns, spec["model"]["fromSFTJob"])
+        obs.sft_job = cluster.get_cr("SFTJob", ns, spec["model"]["fromSFTJob"])
     phase = status.get("phase")
     run_policy = spec.get("runPolicy") or {}
     if not obs.pods and not is_terminal(phase) and not run_policy.get("suspend") \
@@ -127,28 +122,12 @@ def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, set
                      now: datetime | None = None) -> Plan | None:
     """One full reconcile of one object; None when it is gone or being deleted."""
     with _locks[(kind, namespace, name)]:
-        with _queued_lock:
-            _queued.discard((kind, namespace, name))
         started = time.monotonic()
         try:
             return _reconcile_locked(cluster, kind, namespace, name, settings, now, started)
         except Exception:
             metrics.RECONCILES.labels(kind, "error").inc()
             raise
-
-
-def reconcile_after_event(cluster: Cluster, kind: str, namespace: str, name: str,
-                          settings: OperatorSettings) -> Plan | None:
-    """`reconcile_object` for a watch event of one of the object's children; skipped (None) when a reconcile
-    of the object already waits for its lock and has read nothing yet: that one reads the cache after this
-    event was filed in it (kopf indexes an event before it calls the handlers), as a work queue holds a key
-    once. A burst of pod events thus costs one reconcile, not one each."""
-    key = (kind, namespace, name)
-    with _queued_lock:
-        if key in _queued:
-            return None
-        _queued.add(key)
-    return reconcile_object(cluster, kind, namespace, name, settings)
 
 
 def _reconcile_locked(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,
