@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 from lvr_trainer.contracts.progress import DEFAULT_ANNOTATION, clean_report
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from lvr_trainer.contracts.exits import EXIT_PREEMPTED, PREEMPTED_MARK
+from lvr_trainer.contracts.exits import PREEMPTED_MARK
 
 
 class Preempted(Exception):
