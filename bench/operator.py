@@ -9,12 +9,16 @@ engine `hf` (no sidecar). Two runs, each in a fresh namespace:
 - `restart`: apply N jobs; when half of them have their pod, stop the operator and start a new one
   (fresh client, fresh state); wait as above. Counts pods created twice for one (job, rank, attempt).
 
+Reads (`--reads`, one per invocation): `cache` (the default) reads the custom resources, pods and
+children from the operator's watch-fed cache (lvr_operator/cache.py); `list` gets and lists them from the
+API server on every reconcile.
+
 Reported: seconds from the first apply to all pods created and to all jobs Succeeded, reconciles and
 their p50/p99 latency (`service.latencies`: read + compute + write of one object), API calls per job
 made by the operator's adapter (`Cluster.calls`; kopf's own watch and bookkeeping calls not counted),
 and duplicate pods.
 
-    .venv/bin/python bench/operator.py [--jobs 50] [--steps 2] [--sleep 0.5]
+    .venv/bin/python bench/operator.py [--jobs 50] [--reads cache|list] [--steps 2] [--sleep 0.5]
 """
 
 from __future__ import annotations
@@ -167,7 +171,7 @@ def run(cluster, k8s, ns: str, args: argparse.Namespace, restart: bool) -> dict:
         pods.stop()
     calls += op.cluster.calls
     lat = sorted(service.latencies)
-    return {"run": "restart" if restart else "clean", "jobs": n, "pods_s": t_pods - t0, "done_s": t_done - t0,
+    return {"run": "restart" if restart else "clean", "reads": args.reads, "jobs": n, "pods_s": t_pods - t0, "done_s": t_done - t0,
             "reconciles": len(lat), "p50_ms": 1000 * lat[len(lat) // 2],
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
             "calls": {k: v / n for k, v in calls.items()}, "dupes": pods.duplicates()}
@@ -177,25 +181,29 @@ def report(results: list[dict]) -> str:
     from lvr_trainer.utils.table import format_table
 
     main = format_table(
-        ["run", "jobs", "all pods created (s)", "all Succeeded (s)", "reconciles", "p50 reconcile (ms)",
+        ["run", "reads", "jobs", "all pods created (s)", "all Succeeded (s)", "reconciles", "p50 reconcile (ms)",
          "p99 reconcile (ms)", "API calls / job", "duplicate pods"],
-        [[r["run"], r["jobs"], round(r["pods_s"], 1), round(r["done_s"], 1), r["reconciles"], round(r["p50_ms"], 1),
+        [[r["run"], r["reads"], r["jobs"], round(r["pods_s"], 1), round(r["done_s"], 1), r["reconciles"], round(r["p50_ms"], 1),
           round(r["p99_ms"], 1), round(sum(r["calls"].values()), 1), r["dupes"]] for r in results])
     verbs = sorted({v for r in results for v in r["calls"]})
-    by_verb = format_table(["run", *[f"{v} / job" for v in verbs]],
-                           [[r["run"], *[round(r["calls"].get(v, 0.0), 1) for v in verbs]] for r in results])
+    by_verb = format_table(["run", "reads", *[f"{v} / job" for v in verbs]],
+                           [[r["run"], r["reads"], *[round(r["calls"].get(v, 0.0), 1) for v in verbs]]
+                            for r in results])
     return main + "\n\n" + by_verb
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=50)
+    p.add_argument("--reads", choices=("cache", "list"), default="cache",
+                   help="cache: objects, pods and children from the watch-fed cache; list: read per reconcile")
     p.add_argument("--steps", type=int, default=2, help="mock trainer steps per job")
     p.add_argument("--sleep", type=float, default=0.5, help="mock trainer seconds per step")
     p.add_argument("--resync", type=float, default=5.0, help="operator resync interval, seconds")
     p.add_argument("--timeout", type=float, default=300)
     args = p.parse_args()
     os.environ["LVR_RESYNC_SECONDS"] = str(args.resync)
+    os.environ["LVR_WATCH_CACHE"] = "1" if args.reads == "cache" else "0"
     from lvr_localcluster.cluster import LocalCluster
 
     with tempfile.TemporaryDirectory(prefix="lvr-bench-op-") as tmp, LocalCluster(tmp) as cluster:

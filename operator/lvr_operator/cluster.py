@@ -1,5 +1,9 @@
-"""The I/O adapter: reads what `reconcile_*` needs from the API and applies a Plan. The only module
-here that talks to Kubernetes (besides kopf itself). Every call is counted, for bench/operator.py."""
+"""The I/O adapter: reads what `reconcile_*` needs and applies a Plan. The only module here that talks to
+Kubernetes (besides kopf itself). Every call is counted, for bench/operator.py.
+
+Reads come from the watch-fed cache (cache.py) when the running operator has bound one (`cache`), else from
+the API server: a get of the object and its dependencies and a list of its pods (and other children) per
+reconcile. Every write is told to the cache, so a reconcile right after it reads what it wrote."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,6 +22,7 @@ from lvr_operator.api.common import GROUP, VERSION
 from lvr_operator.api.kinds import kind_by_name
 from lvr_operator.api.phases import ConditionType as C
 from lvr_operator.api.phases import Reason as R
+from lvr_operator.cache import WatchCache
 from lvr_operator.manifests.common import (PODGROUP_API, PODGROUP_PLURAL, PODGROUP_VERSION, namespace_of,
                                            owner_selector)
 from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteOwner, Event, Plan, set_condition,
@@ -24,6 +30,7 @@ from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteO
 
 log = logging.getLogger("lvr_operator")
 CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
+CHILD_WRITERS = 16      # threads per adapter creating children other than pods together, and posting events
 _SNAKE = {"ConfigMap": "config_map", "Service": "service", "ServiceAccount": "service_account",
           "Role": "role", "RoleBinding": "role_binding", "Pod": "pod"}
 
@@ -80,7 +87,9 @@ class Cluster:
         self.core, self.rbac = client.CoreV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.calls: Counter[str] = Counter()
+        self.cache: WatchCache | None = None
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=CHILD_WRITERS, thread_name_prefix="lvr-create")
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -92,6 +101,8 @@ class Cluster:
         return json.loads(resp.data)
 
     def get_cr(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.cache is not None:
+            return self.cache.resource(kind, namespace, name)
         try:
             return self._raw("get", self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
                              kind_by_name(kind).plural, name)
@@ -101,10 +112,20 @@ class Cluster:
             raise
 
     def pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.cache is not None:
+            return self.cache.pods(owner)
+        return self._list_pods(owner)
+
+    def _list_pods(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
         return self._raw("list", self.core.list_namespaced_pod, namespace_of(owner),
                          label_selector=owner_selector(owner))["items"]
 
     def children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
+        if self.cache is not None:
+            return self.cache.children(owner)
+        return self._list_children(owner)
+
+    def _list_children(self, owner: dict[str, Any]) -> set[tuple[str, str]]:
         ns, sel, found = namespace_of(owner), owner_selector(owner), set()
         for kind in CHILD_KINDS:
             api = self.rbac if kind.startswith("Role") else self.core
@@ -136,7 +157,8 @@ class Cluster:
             return ""
 
     def apply(self, owner: dict[str, Any], plan: Plan) -> None:
-        """Status first (it records the intent: restarts, start time), then children, then events.
+        """Status first (it records the intent: restarts, start time), then the children other than pods
+        together with the events, then the pods.
 
         Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
         gets its token): the status patch already recorded the transition, so the next reconcile would
@@ -151,8 +173,11 @@ class Cluster:
                 self._report_refused_status(owner, err)       # nothing else acts on an unrecorded intent
                 return
         created: list[tuple[str, str]] = []
+        events = [self._pool.submit(self.post_event, owner, event) for event in plan.events]
         try:
-            for action in plan.actions:
+            together = _leading_child_creates(plan.actions)
+            self._create_together(owner, together, created)
+            for action in plan.actions[len(together):]:
                 self._act(owner, action)
                 if isinstance(action, Create):
                     created.append(action.key)
@@ -160,14 +185,32 @@ class Cluster:
             err.created = created
             raise
         finally:
-            for event in plan.events:
-                self.post_event(owner, event)
+            for posted in events:
+                posted.result()
+
+    def _create_together(self, owner: dict[str, Any], creates: list[Create],
+                         created: list[tuple[str, str]]) -> None:
+        """Create independent children at once (one round trip instead of one each); the first failure, in
+        the plan's order, is raised after all have finished."""
+        if len(creates) < 2:
+            for action in creates:
+                self._act(owner, action)
+                created.append(action.key)
+            return
+        futures = [self._pool.submit(self._act, owner, action) for action in creates]
+        errors = [f.exception() for f in futures]
+        created += [a.key for a, e in zip(creates, errors) if e is None]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def _patch_status(self, owner: dict[str, Any], patch: dict[str, Any]) -> None:
         self._count("patch")
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace_of(owner),
-                                                          kind_by_name(owner["kind"]).plural,
-                                                          owner["metadata"]["name"], {"status": patch})
+        written = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace_of(owner),
+                                                                    kind_by_name(owner["kind"]).plural,
+                                                                    owner["metadata"]["name"], {"status": patch})
+        if self.cache is not None and isinstance(written, dict) and written.get("metadata"):
+            self.cache.wrote(written)
 
     def _report_refused_status(self, owner: dict[str, Any], err: ApiException) -> None:
         """The API server refused the status patch: say so in one condition (a small patch of text only), once
@@ -185,6 +228,8 @@ class Cluster:
 
     def _act(self, owner: dict[str, Any], action: Create | Delete | DeleteOwner) -> None:
         ns = namespace_of(owner)
+        if isinstance(action, Create) and action.replace and self._replaced_from_cache(owner, action.obj):
+            return
         try:
             if isinstance(action, Create) and action.obj["kind"] == "PodGroup":
                 self._count("create")
@@ -195,6 +240,7 @@ class Cluster:
                 api = self.rbac if kind.startswith("Role") else self.core
                 self._count("create")
                 getattr(api, f"create_namespaced_{_SNAKE[kind]}")(ns, action.obj)
+                self._created(owner, action.obj)
             elif isinstance(action, Delete):
                 api = self.rbac if action.kind.startswith("Role") else self.core
                 self._count("delete")
@@ -205,7 +251,8 @@ class Cluster:
                                                             owner["metadata"]["name"])
         except ApiException as err:
             if isinstance(action, Create) and err.status == 409:
-                self._check_owner(owner, action.obj)
+                if self._check_owner(owner, action.obj) is not None:
+                    self._created(owner, action.obj)
                 if action.replace:
                     self._replace(ns, action.obj)
                 return
@@ -238,27 +285,45 @@ class Cluster:
         self._count("replace")
         getattr(api, f"replace_namespaced_{_SNAKE[obj['kind']]}")(obj["metadata"]["name"], namespace, obj)
 
-    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> None:
-        """An object of the child's name exists: ours (this owner's UID as its controller) is success; any
-        other is a conflict, never adopted."""
+    def _created(self, owner: dict[str, Any], obj: dict[str, Any]) -> None:
+        if self.cache is not None and obj["kind"] in (*CHILD_KINDS, "Pod"):
+            self.cache.created(owner, obj)
+
+    def _replaced_from_cache(self, owner: dict[str, Any], obj: dict[str, Any]) -> bool:
+        """A child to create or replace that the cache shows as ours: replaced when its content differs,
+        left alone when it is the same (no call at all); False when the cache cannot tell (then created)."""
+        if self.cache is None or obj["kind"] not in CHILD_KINDS:
+            return False
+        cached = self.cache.child(owner, obj["kind"], obj["metadata"]["name"])
+        if cached is None or not _controlled_by(cached, owner):
+            return False
+        if any(cached.get(k) != v for k, v in obj.items() if k not in ("metadata", "apiVersion", "kind")):
+            self._replace(namespace_of(owner), obj)
+            self._created(owner, obj)
+        return True
+
+    def _check_owner(self, owner: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any] | None:
+        """An object of the child's name exists: ours (this owner's UID as its controller) is success (it
+        is returned); any other is a conflict, never adopted."""
         existing = self._read(namespace_of(owner), obj)
         if existing is None:                  # deleted meanwhile: the next reconcile creates it
-            return
+            return None
+        if _controlled_by(existing, owner):
+            return existing
         refs = existing["metadata"].get("ownerReferences") or []
         controller = next((r for r in refs if r.get("controller")), None)
-        if controller is not None and controller.get("uid") == owner["metadata"].get("uid"):
-            return
         holder = (f"is controlled by {controller.get('kind')} '{controller.get('name')}'" if controller
                   else "has no controller")
         raise CreateFailed(CreateFailure(obj["kind"], obj["metadata"]["name"], 409, holder, conflict=True))
 
     def delete_children(self, owner: dict[str, Any]) -> int:
-        """Delete every owned object by label (works without a garbage collector)."""
+        """Delete every owned object by label (works without a garbage collector). Listed from the API
+        server, not the cache: what another process created just before it stopped is found too."""
         n = 0
-        for pod in self.pods(owner):
+        for pod in self._list_pods(owner):
             self._act(owner, Delete("Pod", pod["metadata"]["name"]))
             n += 1
-        for kind, name in sorted(self.children(owner)):
+        for kind, name in sorted(self._list_children(owner)):
             self._act(owner, Delete(kind, name))
             n += 1
         return n
@@ -277,6 +342,23 @@ class Cluster:
             self.core.create_namespaced_event(namespace_of(owner), body)
         except ApiException as err:
             log.warning("event for %s/%s not posted: %s", namespace_of(owner), meta["name"], err.reason)
+
+
+def _controlled_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    return controller is not None and controller.get("uid") == owner["metadata"].get("uid")
+
+
+def _leading_child_creates(actions: list[Create | Delete | DeleteOwner]) -> list[Create]:
+    """The creates at the head of `actions` that need nothing from each other: every child but pods (a pod
+    needs its ServiceAccount and ConfigMap; the pods of a gang go one by one, in rank order)."""
+    out = []
+    for action in actions:
+        if not isinstance(action, Create) or action.obj["kind"] == "Pod":
+            break
+        out.append(action)
+    return out
 
 
 def native_sidecars_in(version: dict[str, Any]) -> bool:

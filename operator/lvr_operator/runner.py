@@ -32,7 +32,7 @@ def run_operator(settings: OperatorSettings, namespaces: list[str] | None = None
     if metrics_port:
         metrics.serve(metrics_port)
 
-    handlers.register_all(settings)
+    registry = handlers.build_registry(settings)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf_settings = kopf.OperatorSettings()
@@ -40,5 +40,5 @@ def run_operator(settings: OperatorSettings, namespaces: list[str] | None = None
     # installs them first) and --namespace names are exact, so the least-privilege RBAC of
     # manifests/rbac.py needs no access to either. CRDs created later are served after a restart.
     kopf_settings.scanning.disabled = True
-    kopf.run(settings=kopf_settings, **kopf_run_kwargs(namespaces, liveness, peering))
+    kopf.run(registry=registry, settings=kopf_settings, **kopf_run_kwargs(namespaces, liveness, peering))
     return 0

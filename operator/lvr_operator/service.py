@@ -27,6 +27,10 @@ from lvr_operator.reconcile.pods import container_state
 from lvr_operator.settings import OperatorSettings
 
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+# Objects with a coalescing reconcile waiting for their lock: it has read nothing yet, so it will see
+# whatever a newer trigger would, and that trigger is dropped (a work queue holds a key once).
+_queued: set[tuple[str, str, str]] = set()
+_queued_lock = threading.Lock()
 # Gang admission, one job at a time: the free GPUs are counted and the gang's pods created under this lock,
 # so two jobs never both count the same free GPUs; the created (still unbound) pods then count as used for
 # the next job until they are bound (capacity.free_slots), which is the reservation.
@@ -72,9 +76,11 @@ def _nodes(spec: dict[str, Any]) -> int:
 
 
 def observe_job(cluster: Cluster, job: dict[str, Any], settings: OperatorSettings, now: datetime) -> JobObserved:
-    """Read what `reconcile_job` needs, and no more: other children are listed only while the gang is
-    incomplete (5 list calls), dependencies only while the job can still start pods. The free GPU slots
-    are not counted here: `_count_slots` does it under the admission lock (reconcile_object)."""
+    """Read what `reconcile_job` needs, and no more: other children only while the gang is incomplete,
+    dependencies only while the job can still start pods (from the watch cache when the operator has one,
+    else from the API server: 5 list calls for the children). The free GPU slots are not counted here:
+    `_count_slots` lists them from the API server under the admission lock (reconcile_object), since a gang
+    admitted a moment ago must count before the watch shows its pods."""
     ns, spec, status = job["metadata"]["namespace"], job.get("spec") or {}, job.get("status") or {}
     obs = JobObserved(now=now, pods=cluster.pods(job))
     settled = is_terminal(status.get("phase")) and status.get("observedGeneration") == job["metadata"].get("generation")
@@ -119,9 +125,19 @@ def apply_plan(cluster: Cluster, obj: dict[str, Any], plan: Plan, pods: list[dic
 
 
 def reconcile_object(cluster: Cluster, kind: str, namespace: str, name: str, settings: OperatorSettings,
-                     now: datetime | None = None) -> Plan | None:
-    """One full reconcile of one object; None when it is gone or being deleted."""
-    with _locks[(kind, namespace, name)]:
+                     now: datetime | None = None, coalesce: bool = False) -> Plan | None:
+    """One full reconcile of one object; None when it is gone or being deleted. `coalesce` (pod events,
+    the resync timer): None at once when another coalescing reconcile of the object waits for its turn."""
+    key = (kind, namespace, name)
+    if coalesce:
+        with _queued_lock:
+            if key in _queued:
+                return None
+            _queued.add(key)
+    with _locks[key]:
+        if coalesce:
+            with _queued_lock:
+                _queued.discard(key)
         started = time.monotonic()
         try:
             return _reconcile_locked(cluster, kind, namespace, name, settings, now, started)

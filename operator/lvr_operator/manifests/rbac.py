@@ -28,8 +28,9 @@ RULES_FILE = "rbac-rules.yaml"
 # kopf.dev. Granting both keeps a cluster that already has the legacy CRDs from failing the watch.
 PEERING_GROUPS = ["kopf.dev", "zalando.org"]
 _PEERING_VERBS = ["get", "list", "watch", "patch"]      # kopf: watch peers, patch its own keep-alive
-# cluster.py: children(), _act(Create/Delete), and the owner check of a child that already exists (get)
-_CHILD_VERBS = ["get", "list", "create", "delete"]
+# cluster.py: children() (listed, or watched by the cache's kopf indices), _act(Create/Delete), and the
+# owner check of a child that already exists (get)
+_CHILD_VERBS = ["get", "list", "watch", "create", "delete"]
 
 
 def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> Rule:
