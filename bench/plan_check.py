@@ -8,8 +8,11 @@ Steps (each measured after one warm-up step, so AdamW's moments exist as in ever
 - sft: `train.sft.sft_step` on one sequence [prompt | reply] and `train.loop.finish_step`;
 - rl: `train.rl_update.ppo_update` on the packed row [prompt | G replies] (grouped attention, the GRPO loss,
   `finish_step`).
-Under torchrun with N processes the step runs with sequence parallelism N (Ulysses over gloo), every rank
-measuring its own peak; the table shows the largest.
+Each step is measured `--repeats` times; the table shows the median peak and the range. Under torchrun with N
+processes the step runs with sequence parallelism N (Ulysses over gloo), every rank measuring its own peaks; the
+table shows the largest rank's. Under SP the peak varies from step to step (by up to a fifth on 2 cores): gloo's
+worker threads drop their references to the all-to-all buffers a moment after the collective completes, and
+the step may allocate its next tensors before or after they do.
 
     python bench/plan_check.py --stage rl --tokens 2048 8192
     torchrun --nproc_per_node 2 bench/plan_check.py --stage sft --tokens 2048 8192
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,7 +94,9 @@ def measured_peak(model, optimizer, fn) -> int:
     """The most bytes of live tensors at any moment of `fn()`: what lived before it began, plus the highest
     running total of the CPU allocator during it. The allocator keeps that total itself, under its lock, and
     the profiler records it with every allocation and free (`Total Allocated` of its memory events): the
-    counterpart of `torch.cuda.max_memory_allocated`, exact whatever the threads (gloo's included) do."""
+    counterpart of `torch.cuda.max_memory_allocated`, exact whatever the threads (gloo's included) do. The
+    events of several threads are not in time order in the trace; the total as `fn` began is the lowest the
+    running total was before any of them."""
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
@@ -104,7 +110,7 @@ def measured_peak(model, optimizer, fn) -> int:
     memory = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
     if not memory:
         return before
-    start = memory[0]["Total Allocated"] - memory[0]["Bytes"]        # the total as the step began
+    start = min(m["Total Allocated"] - m["Bytes"] for m in memory)
     return before + max(m["Total Allocated"] for m in memory) - start
 
 
@@ -129,6 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192], help="video tokens of the prompt")
     p.add_argument("--group", type=int, default=4, help="G replies per prompt (rl)")
     p.add_argument("--reply-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="steps measured: their median peak and range are shown (under SP the peak varies from "
+                        "step to step with the moment gloo's worker threads release the all-to-all buffers)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -141,20 +150,28 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         step, optimizer = step_function(args.stage, model, cfg, grid, tokens, args.group, args.reply_tokens)
         step()                                   # warm-up: AdamW's moments now exist
-        optimizer.zero_grad(set_to_none=True)
-        peak = torch.tensor([measured_peak(model, optimizer, step)], dtype=torch.float64)
+        peaks = []
+        for _ in range(args.repeats):
+            optimizer.zero_grad(set_to_none=True)
+            peaks.append(measured_peak(model, optimizer, step))
+        # per rank: the median step and the extremes; across ranks: the largest of each
+        stats = torch.tensor([statistics.median(peaks), max(peaks), -min(peaks)], dtype=torch.float64)
         if dist.is_initialized():
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+        median, largest, smallest = stats[0].item(), stats[1].item(), -stats[2].item()
         plan, parts = planned(model, args.stage, tokens, args.group, args.reply_tokens, sp)
         rows.append({"stage": args.stage, "sp": sp, "preset": args.preset, "video_tokens": tokens,
-                     "measured_bytes": int(peak.item()), "plan_bytes": plan, "plan_parts": parts,
-                     "ratio": plan / peak.item()})
+                     "measured_bytes": int(median), "measured_range": [int(smallest), int(largest)],
+                     "plan_bytes": plan, "plan_parts": parts, "ratio": plan / median,
+                     "ratio_to_largest": plan / largest})
     if grid.rank == 0:
-        print("| stage | SP | preset | video tokens | measured MiB | plan MiB | plan / measured |\n"
-              "|---|---:|---|---:|---:|---:|---:|")
+        print("| stage | SP | preset | video tokens | measured MiB (median) | range | plan MiB | plan / median "
+              "| plan / largest |\n|---|---:|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
+            low, high = (b / 2**20 for b in r["measured_range"])
             print(f"| {r['stage']} | {r['sp']} | {r['preset']} | {r['video_tokens']} | "
-                  f"{r['measured_bytes'] / 2**20:.1f} | {r['plan_bytes'] / 2**20:.1f} | {r['ratio']:.2f} |")
+                  f"{r['measured_bytes'] / 2**20:.1f} | {low:.1f} - {high:.1f} | {r['plan_bytes'] / 2**20:.1f} | "
+                  f"{r['ratio']:.2f} | {r['ratio_to_largest']:.2f} |")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
     leave_world()

@@ -226,12 +226,13 @@ def checkpointed_activation_bytes(tokens_per_rank: int, hidden: int, intermediat
     """Activations of one forward + backward with activation checkpointing per decoder layer, per rank, at the
     backward's peak: the input embeddings, every layer's saved input (tokens x hidden), and the layer being
     recomputed: its forward intermediates (the MLP's gate, up and activated products; the attention block's q,
-    k, v, output and residual) and the gradients in flight through it (one MLP intermediate, two hidden-wide).
-    Compared with the measured peak of the trainer's own step by `bench/plan_check.py`."""
+    k, v, output and residual) and the gradients in flight through its MLP, where the backward peaks (the
+    product's gradient and the two it splits into, intermediate-wide; two hidden-wide). Compared with the
+    measured peak of the trainer's own step by `bench/plan_check.py`."""
     inputs = tokens_per_rank * hidden
     saved = layers * tokens_per_rank * hidden
     recomputed = tokens_per_rank * (3 * intermediate + 5 * hidden)
-    gradients = tokens_per_rank * (intermediate + 2 * hidden)
+    gradients = tokens_per_rank * (3 * intermediate + 2 * hidden)
     return (inputs + saved + recomputed + gradients) * act_bytes
 
 
