@@ -156,8 +156,7 @@ def trainer_config(device):
 
 def main(argv=None) -> int:
     from lvr_trainer.parallel.grid import single_process_grid
-    from lvr_trainer.train.loop import finish_step
-    from lvr_trainer.train.optim import build_optimizer
+    from lvr_trainer.train.optim import build_optimizer, finish_step
     from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

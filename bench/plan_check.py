@@ -5,7 +5,7 @@ next to `lvr_trainer.plan`'s figure for the same step, model, workload and layou
 kernels, no runtime share: nothing of a GPU's context is measured here).
 
 Steps (each measured after one warm-up step, so AdamW's moments exist as in every later step):
-- sft: `train.sft.sft_step` on one sequence [prompt | reply] and `train.loop.finish_step`;
+- sft: `train.sft.sft_step` on one sequence [prompt | reply] and `train.optim.finish_step`;
 - rl: `train.rl_update.ppo_update` on the packed row [prompt | G replies] (grouped attention, the GRPO loss,
   `finish_step`).
 Each step is measured `--repeats` times; the table shows the median peak and the range. Under torchrun with N
@@ -59,8 +59,7 @@ def build(preset: str):
 
 def step_function(stage: str, model, cfg, grid, tokens: int, group: int, reply: int):
     """The trainer's step for one micro-batch of this workload, as a callable."""
-    from lvr_trainer.train.loop import finish_step
-    from lvr_trainer.train.optim import build_optimizer
+    from lvr_trainer.train.optim import build_optimizer, finish_step
 
     optimizer, scheduler = build_optimizer(model, cfg.optim, 1000)
     finish = lambda: finish_step(model, optimizer, scheduler, grid, cfg)  # noqa: E731
@@ -127,7 +126,7 @@ def planned(model, stage: str, tokens: int, group: int, reply: int, sp: int) -> 
 
 
 def main(argv=None) -> int:
-    from lvr_trainer.train.distributed import leave_world, setup_grid
+    from lvr_trainer.parallel.world import leave_world, setup_grid
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", choices=["sft", "rl"], default="rl")

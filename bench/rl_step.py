@@ -157,7 +157,7 @@ def per_forward_vision(run):
 def measure_one(args) -> dict:
     """One (preset, frames, mode) in this process: warm-up steps, then `reps` measured steps."""
     import lvr_trainer.train.rl as rl_mod
-    from lvr_trainer.train.setup import make_feature_source
+    from lvr_trainer.inputs.features import make_feature_source
 
     torch.set_num_threads(args.threads)
     root = Path(args.root)

@@ -108,7 +108,7 @@ def test_vllm_max_model_len_comes_from_the_jobs_frames_and_replies():
 
 
 def test_a_run_on_gpus_refuses_to_start_beyond_its_plan_with_exit_3_and_the_plans_verdict(tmp_path, monkeypatch):
-    """The trainer's pre-flight (`train.loop.check_memory_plan`, before any weight loads on GPUs): the paper's
+    """The trainer's pre-flight (`train.run_start.check_memory_plan`, before any weight loads on GPUs): the paper's
     job on 40 GiB GPUs does not fit; `lvr rl` exits 3 and its termination message (what the operator's
     condition quotes) names the largest component and settings that fit. memory_check: warn starts anyway."""
     import lvr_trainer.train.rl as rl
@@ -116,7 +116,7 @@ def test_a_run_on_gpus_refuses_to_start_beyond_its_plan_with_exit_3_and_the_plan
     from lvr_trainer.parallel.grid import ProcessGrid
     from lvr_trainer.contracts.exits import DOES_NOT_FIT_MARK
     from lvr_trainer.plan import DoesNotFit
-    from lvr_trainer.train.loop import check_memory_plan
+    from lvr_trainer.train.run_start import check_memory_plan
 
     small_gpus = _variant(tmp_path, parallel={"gpu_memory": "40GiB"})
     cfg = load_config(small_gpus)

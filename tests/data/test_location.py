@@ -19,7 +19,7 @@ from lvr_trainer.data.location import DatasetUnavailable, join_location, open_da
 from lvr_trainer.data.schema import parse_row
 from lvr_trainer.data.synth import SynthSpec, synthesise
 from lvr_trainer.data.validate import validate_file
-from lvr_trainer.train.setup import DataError, load_split
+from lvr_trainer.data.split import DataError, load_split
 from minio import Minio
 
 ROW = {"id": "q", "question": "q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "A",

@@ -53,7 +53,7 @@ def assert_same_update(make_config):
     """
     import torch
 
-    from lvr_trainer.train.setup import load_policy
+    from lvr_trainer.model.loading import load_policy
 
     def check(dir_one, dir_two) -> tuple[float, float]:
         w1, w2 = checkpoint_weights(dir_one), checkpoint_weights(dir_two)

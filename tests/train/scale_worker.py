@@ -48,14 +48,16 @@ def run(args) -> dict:
 
 def timeout(args) -> dict:
     from lvr_trainer.config import ParallelConfig
-    from lvr_trainer.train.distributed import CollectiveTimeout, all_reduce_sum, barrier, setup_grid
+    from lvr_trainer.parallel.collectives import all_reduce_sum, wait_for_all_ranks
+    from lvr_trainer.parallel.timeouts import CollectiveTimeout
+    from lvr_trainer.parallel.world import setup_grid
 
     grid = setup_grid(ParallelConfig(timeout_s=2))
     out: dict = {"rank": grid.rank}
     if grid.rank == 1:
         time.sleep(8)
         return out
-    for what, fn in (("world", lambda: barrier("the test's barrier")),
+    for what, fn in (("world", lambda: wait_for_all_ranks("the test's barrier")),
                      ("dp", lambda: all_reduce_sum(1.0, "cpu", grid.dp_group))):
         t0 = time.perf_counter()
         try:

@@ -21,10 +21,10 @@ import torch
 from lvr_trainer.storage.s3 import S3Store
 from lvr_trainer.train import checkpoint_upload as upload
 from lvr_trainer.train.checkpoint import save_model_dir, stale_checkpoints
-from lvr_trainer.train.loop import checkpoint_metrics
+from lvr_trainer.train.checkpoint_save import checkpoint_metrics
 from lvr_trainer.train.checkpoint_upload import CheckpointUploader, CheckpointUploadError, local_output_dir
 from lvr_trainer.train.sft import run_sft
-from lvr_trainer.train.setup import load_policy
+from lvr_trainer.model.loading import load_policy
 
 from .conftest import tiny_config
 from .test_precision import BF16_LOSS_RTOL

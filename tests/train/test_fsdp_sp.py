@@ -44,7 +44,7 @@ if {stage!r} == "rl":
 else:
     rows = [{{"loss": x}} for x in summary["losses"]]
 Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps({{"rows": rows, "start": summary.get("start_step", 0)}}))
-from lvr_trainer.train.distributed import leave_world
+from lvr_trainer.parallel.world import leave_world
 leave_world()     # as `lvr rl|sft` ends: every rank leaves its process groups together
 """
 

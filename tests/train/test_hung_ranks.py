@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvr_trainer.train.heartbeat import Beat, describe, lost_peer
+from lvr_trainer.parallel.heartbeat import Beat, describe, lost_peer
 
 
 def test_describe_names_the_rank_that_is_behind():
@@ -38,7 +38,7 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 rank = int(os.environ["RANK"])
 os.environ["LVR_TERMINATION_LOG"] = os.path.join({out!r}, f"term-{{rank}}")
-from lvr_trainer.train.setup import UnreadableVideos
+from lvr_trainer.train.unreadable_videos import UnreadableVideos
 calls = {{"n": 0}}
 original = UnreadableVideos.substitute
 def slow_on_rank_1(self, *args, **kwargs):
@@ -75,7 +75,7 @@ def test_a_stalled_rank_fails_the_others_within_the_timeout_naming_it(make_confi
 LIVENESS_WORKER = r"""
 import os, sys
 import torch.distributed as dist
-from lvr_trainer.train import heartbeat
+from lvr_trainer.parallel import heartbeat
 dist.init_process_group("gloo")
 heartbeat.publish("forward_backward", 33)
 dist.barrier()

@@ -13,7 +13,7 @@ from lvr_trainer.model.loading import load_model
 from lvr_trainer.parallel.grouped import SegmentLayout
 from lvr_trainer.parallel.sp_forward import token_logprobs
 from lvr_trainer.rollout.base import Rollout
-from lvr_trainer.train.batching import response_logprobs
+from lvr_trainer.train.logprobs import response_logprobs
 from lvr_trainer.inputs.examples import Batch, build_example, collate
 from lvr_trainer.inputs.features import VideoFeatures
 from lvr_trainer.train.packing import PackedBatch, pack_groups, prompt_runs

@@ -14,7 +14,7 @@ import torch
 
 from lvr_trainer.config import ConfigError, parse_config
 from lvr_trainer.train.sft import run_sft
-from lvr_trainer.train.setup import load_policy
+from lvr_trainer.model.loading import load_policy
 
 # bf16-mixed vs fp32 SFT loss, relative, measured on the tiny preset (random init, 2 cores, torch 2.13):
 # first step (same weights) 1.7e-6; over 6 steps at lr 1e-2, where the two runs' weights drift apart,
@@ -76,7 +76,7 @@ def test_bf16_mixed_keeps_float32_master_weights(make_config):
     """Trained weights and AdamW state float32; the frozen vision tower in model.dtype (bf16 under
     bf16-mixed: what `lvr encode` caches embeddings with, and no optimizer state to keep)."""
     from lvr_trainer.model.loading import vision_tower
-    from lvr_trainer.train.loop import start_run
+    from lvr_trainer.train.run_start import start_run
     from lvr_trainer.train.optim import build_optimizer
 
     cfg = make_config(train={"bf16": None, "precision": "bf16-mixed"})

@@ -12,7 +12,7 @@ from lvr_trainer.cli import main
 from lvr_trainer.config import RolloutMode
 from lvr_trainer.train.rl import check_rl_config, RLConfigError, run_rl
 from lvr_trainer.train.rl_rollout import RolloutUnavailable
-from lvr_trainer.train.setup import load_policy
+from lvr_trainer.model.loading import load_policy
 
 # The strict `format` reward is 0 for every reply of a random-init model (no signal); the shaped
 # `format_progress` (partial credit) varies within groups, so GRPO's advantages are non-zero.

@@ -32,7 +32,7 @@ cfg = tiny_config(Path({data!r}), Path({out!r}),
 summary = run_rl(cfg)
 rank = int(os.environ["RANK"])
 Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps(summary["history"]))
-from lvr_trainer.train.distributed import leave_world
+from lvr_trainer.parallel.world import leave_world
 leave_world()     # as `lvr rl|sft` ends: every rank leaves its process groups together
 """
 

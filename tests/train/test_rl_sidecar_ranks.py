@@ -28,7 +28,7 @@ cfg = tiny_config(Path({data!r}), Path({out!r}),
                   parallel={{"strategy": "fsdp", "sequence_parallel": 1}})
 summary = run_rl(cfg)
 Path({out!r}, "done-" + os.environ["RANK"]).write_text(json.dumps(summary["steps"]))
-from lvr_trainer.train.distributed import leave_world
+from lvr_trainer.parallel.world import leave_world
 leave_world()     # as `lvr rl|sft` ends: every rank leaves its process groups together
 """
 

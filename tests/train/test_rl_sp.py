@@ -39,7 +39,7 @@ rank = dist.get_rank() if dist.is_initialized() else 0
 keys = ("reward/total", "actor/loss", "actor/ref_kl", "rollout/reply_len", "val/accuracy")
 # one file per rank: the ranks' stdout lines interleave
 Path({out!r}, f"history-{{rank}}.json").write_text(json.dumps([{{k: h[k] for k in keys if k in h}} for h in summary["history"]]))
-from lvr_trainer.train.distributed import leave_world
+from lvr_trainer.parallel.world import leave_world
 leave_world()     # as `lvr rl|sft` ends: every rank leaves its process groups together
 """
 

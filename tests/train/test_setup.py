@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lvr_trainer.train.setup import DataError, load_split
+from lvr_trainer.data.split import DataError, load_split
 
 
 def test_missing_split_names_the_key_and_the_command(tmp_path):
@@ -42,7 +42,7 @@ def _record(i: int, video: str):
 def test_unreadable_videos_are_replaced_counted_and_bounded(capsys):
     from lvr_trainer.data.s3_videos import VideoUnavailable
     from lvr_trainer.data.video import VideoError
-    from lvr_trainer.train.setup import UnreadableVideos
+    from lvr_trainer.train.unreadable_videos import UnreadableVideos
 
     records = [_record(i, f"/v/{i}.mp4") for i in range(10)]
     broken = {"/v/2.mp4", "/v/3.mp4"}
@@ -72,7 +72,7 @@ def test_activation_checkpointing_is_on_by_default_for_models_larger_than_small(
     from types import SimpleNamespace
 
     from lvr_trainer.config import TrainerConfig
-    from lvr_trainer.train.loop import wants_activation_checkpointing
+    from lvr_trainer.train.run_start import wants_activation_checkpointing
 
     def model(hidden, layers):
         return SimpleNamespace(config=SimpleNamespace(text_config=SimpleNamespace(hidden_size=hidden,

@@ -14,9 +14,11 @@ import torch
 
 from lvr_trainer.data.schema import read_records
 from lvr_trainer.inputs.examples import IGNORE, build_example, collate, sft_target
-from lvr_trainer.train.batching import global_indices, rank_micro_batches, response_logprobs
+from lvr_trainer.train.batch_sampling import global_indices, rank_micro_batches
+from lvr_trainer.train.logprobs import response_logprobs
 from lvr_trainer.train.sft import run_sft
-from lvr_trainer.train.setup import load_policy, make_feature_source
+from lvr_trainer.inputs.features import make_feature_source
+from lvr_trainer.model.loading import load_policy
 
 
 @pytest.fixture()
@@ -127,7 +129,7 @@ summary = run_sft(cfg)
 import torch.distributed as dist
 if not dist.is_initialized() or dist.get_rank() == 0:
     print("LOSSES", summary["losses"])
-from lvr_trainer.train.distributed import leave_world
+from lvr_trainer.parallel.world import leave_world
 leave_world()     # as `lvr rl|sft` ends: every rank leaves its process groups together
 """
 

@@ -39,7 +39,7 @@ def run_reporting(fn, *errors: type[Exception]):
     """`fn()`, with the listed user-facing errors turned into a CLIError (message, no traceback); a run that
     returns leaves its process groups together with the other ranks."""
     from lvr_trainer.cli import CLIError
-    from lvr_trainer.train.distributed import leave_world
+    from lvr_trainer.parallel.world import leave_world
 
     try:
         result = fn()

@@ -36,7 +36,8 @@ def _run(args) -> int:
     from lvr_trainer.eval.run import (evaluate, plot_accuracy_vs_frames, sample_questions, sampling_with_frames,
                                       write_results)
     from lvr_trainer.eval.scoring import results_table
-    from lvr_trainer.train.setup import DataError, load_policy, load_split
+    from lvr_trainer.data.split import DataError, load_split
+    from lvr_trainer.model.loading import load_policy
     from lvr_trainer.inputs.features import VideoFeatureSource
 
     if args.samples < 0 or (args.samples and args.temperature <= 0):

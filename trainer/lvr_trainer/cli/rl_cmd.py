@@ -19,7 +19,7 @@ def _run(args) -> int:
     from lvr_trainer.train.preemption import StopOnSigterm
     from lvr_trainer.train.rl import RLConfigError, run_rl
     from lvr_trainer.train.rl_rollout import RolloutUnavailable
-    from lvr_trainer.train.setup import DataError
+    from lvr_trainer.data.split import DataError
 
     with StopOnSigterm() as stop:      # a deleted / preempted pod: checkpoint, then exit EXIT_PREEMPTED
         summary = run_reporting(lambda: run_rl(cfg, resume=args.resume, stop=stop), DataError, RLConfigError,

@@ -63,7 +63,7 @@ def build_served_engine(cfg, engine_kind: str, batch_size: int):
     import torch
 
     from lvr_trainer.cli import CLIError
-    from lvr_trainer.train.setup import load_policy
+    from lvr_trainer.model.loading import load_policy
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.train.torch_threads:          # as the trainer: same kernels, same replies

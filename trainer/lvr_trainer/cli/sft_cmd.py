@@ -18,7 +18,7 @@ def _run(args) -> int:
     cfg = load_trainer_config(args.config, STAGE)
     from lvr_trainer.train.preemption import StopOnSigterm
     from lvr_trainer.config import ConfigError
-    from lvr_trainer.train.setup import DataError
+    from lvr_trainer.data.split import DataError
     from lvr_trainer.train.sft import run_sft
 
     with StopOnSigterm() as stop:      # a deleted / preempted pod: checkpoint, then exit EXIT_PREEMPTED

@@ -15,7 +15,7 @@ import torch
 
 from lvr_trainer.cache.embedder import VideoEmbedder, plan_frames
 from lvr_trainer.cache.embedding_cache import EmbeddingCache
-from lvr_trainer.config import CacheConfig, FrameSampling
+from lvr_trainer.config import CacheConfig, FrameSampling, TrainerConfig
 from lvr_trainer.data.s3_videos import local_video
 from lvr_trainer.data.schema import VideoQARecord
 from lvr_trainer.data.video import sample_frames
@@ -88,3 +88,13 @@ class VideoFeatureSource:
             _, old = self._memory.popitem(last=False)
             self.held_bytes -= old.embeds.numel() * old.embeds.element_size()
         return features
+
+
+def make_feature_source(model, processor, cfg: TrainerConfig, base_dir: str | Path,
+                        group=None) -> VideoFeatureSource:
+    """Video features through the configured embedding cache (bypassed when the vision tower trains).
+    `base_dir` resolves relative videos; `load_split`'s records have none left, so its base is only kept."""
+    trainable = not cfg.model.freeze_vision
+    cache = EmbeddingCache.from_config(cfg.cache) if not trainable else None
+    return VideoFeatureSource(model, processor, cfg.data.sampling, base_dir, cache, trainable, group,
+                              cfg.cache.memory_bytes)

@@ -1,9 +1,10 @@
 """Load a Qwen2-VL / Qwen2.5-VL model and its tokenizer: from a directory, an s3:// prefix, or a preset.
 
-`load_model(ModelConfig) -> (model, tokenizer)` is the one entry point the loops use. Real checkpoints
-(e.g. Qwen2.5-VL-7B-Instruct) go through `from_pretrained` unchanged; presets are random-init with a
-fixed seed. `device="meta"` builds the architecture without reading weights (the trainer's ranks other
-than 0 receive rank 0's by broadcast). Under torchrun an s3:// model is downloaded once per node.
+`load_model(ModelConfig) -> (model, tokenizer)` is the one entry point; `load_policy` adds the video
+processor saved beside the weights. Real checkpoints (e.g. Qwen2.5-VL-7B-Instruct) go through
+`from_pretrained` unchanged; presets are random-init with a fixed seed. `device="meta"` builds the
+architecture without reading weights (the trainer's ranks other than 0 receive rank 0's by broadcast).
+Under torchrun an s3:// model is downloaded once per node.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 from lvr_trainer.config import ModelConfig
+from lvr_trainer.model.processor import VideoProcessor
 
 SUPPORTED_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
@@ -145,7 +147,7 @@ def load_model(cfg: ModelConfig, device=None):
 
     The vision tower is frozen when `cfg.freeze_vision` (the default), so cached embeddings stay valid.
     On `device="meta"` the model has the architecture, dtypes and frozen parts but no storage and no
-    weights read: a skeleton for `lvr_trainer.train.distributed.distribute_weights` to fill.
+    weights read: a skeleton for `lvr_trainer.parallel.data_parallel.distribute_weights` to fill.
     """
     import torch
 
@@ -168,6 +170,24 @@ def load_model(cfg: ModelConfig, device=None):
     if device is not None and not meta:
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+def load_policy(cfg: ModelConfig, device, from_dir: str | Path | None = None):
+    """(model, tokenizer, processor); `from_dir` (a checkpoint's model/) overrides `cfg`'s weights."""
+    if from_dir is not None:
+        cfg = cfg.model_copy(update={"path": str(from_dir), "preset": None})
+    model, tokenizer = load_model(cfg, device)
+    if cfg.path is not None and _has_processor_config(cfg.path):
+        processor = VideoProcessor.from_pretrained(cfg.path)
+    else:
+        processor = VideoProcessor.from_model_config(model.config)
+    return model, tokenizer, processor
+
+
+def _has_processor_config(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / n).is_file() for n in ("video_preprocessor_config.json",
+                                                          "preprocessor_config.json"))
 
 
 def _checked_config(cfg: ModelConfig, path: Path):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from lvr_trainer.parallel.timeouts import explain_timeout
+
 # The device type each backend's collectives take; backends not listed are not checked.
 BACKEND_DEVICE = {"nccl": "cuda", "gloo": "cpu"}
 
@@ -84,3 +86,20 @@ def all_gather_object(out: list, obj, group=None) -> None:
 
 def barrier(group=None) -> None:
     dist.barrier(group=group)
+
+
+def all_reduce_sum(value: float, device, group=None) -> float:
+    """`value` summed over `group`'s ranks (itself without torch.distributed); a timeout says so."""
+    if not dist.is_available() or not dist.is_initialized():
+        return value
+    t = group_tensor([value], group, dtype=torch.float64)
+    with explain_timeout("summing a metric over ranks"):
+        all_reduce(t, group=group)
+    return float(t.item())
+
+
+def wait_for_all_ranks(what: str) -> None:
+    """Wait for every rank (no-op without torch.distributed); a timeout names `what` and the setting."""
+    if dist.is_available() and dist.is_initialized():
+        with explain_timeout(what):
+            barrier()

@@ -1,4 +1,4 @@
-"""AdamW with linear warmup then cosine decay to a floor."""
+"""AdamW with linear warmup then cosine decay to a floor, and the optimizer step the loops take."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import math
 
 import torch
 
-from lvr_trainer.config import OptimConfig
+from lvr_trainer.config import OptimConfig, TrainerConfig
+from lvr_trainer.parallel.gradients import clip_grad_norm
+from lvr_trainer.parallel.grid import ProcessGrid
+from lvr_trainer.parallel.sp_forward import reduce_gradients
+from lvr_trainer.parallel.timeouts import explain_timeout
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -36,3 +40,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
     return optimizer, schedule
+
+
+def finish_step(model, optimizer, scheduler, grid: ProcessGrid, cfg: TrainerConfig) -> float:
+    """Reduce gradients over ranks, clip, AdamW step, schedule step; returns the pre-clip grad norm."""
+    with explain_timeout("reducing gradients"):
+        reduce_gradients(model, grid)
+        norm = clip_grad_norm(model, cfg.optim.grad_clip, grid)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm

@@ -29,23 +29,28 @@ import torch
 from lvr_trainer.algo.rewards import WeightedReward
 from lvr_trainer.config import TrainerConfig
 from lvr_trainer.data.schema import VideoQARecord
-from lvr_trainer.model.loading import vision_tower
+from lvr_trainer.data.split import load_split
+from lvr_trainer.inputs.features import make_feature_source
+from lvr_trainer.model.loading import load_policy, vision_tower
+from lvr_trainer.parallel import heartbeat
+from lvr_trainer.parallel.data_parallel import distribute_weights, is_fsdp, wrap_model
 from lvr_trainer.parallel.grid import ProcessGrid
+from lvr_trainer.parallel.timeouts import explain_timeout
 from lvr_trainer.rollout.base import RolloutEngine
 from lvr_trainer.train.checkpoint import latest_checkpoint
-from lvr_trainer.train import heartbeat
-from lvr_trainer.train.distributed import distribute_weights, explain_timeout, is_fsdp, wrap_model
 from lvr_trainer.train.metrics import Metrics, RunLogger
-from lvr_trainer.train.optim import build_optimizer
+from lvr_trainer.train.optim import build_optimizer, finish_step
 from lvr_trainer.train.rl_rollout import (micro_batches, make_engine, reply_examples, reward_from_config,
                                           sample_for_sp_group, sampling_params, score_groups)
 from lvr_trainer.train.rl_update import ppo_update, prefill_logprobs, prefill_metrics
 from lvr_trainer.train.validation import validate_on_all_ranks
-from lvr_trainer.train.setup import UnreadableVideos, load_policy, load_split, make_feature_source
-from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
-                                   save_step, start_run, stop_if_preempted)
+from lvr_trainer.train.batch_sampling import global_indices, rank_micro_batches
+from lvr_trainer.train.checkpoint_resume import resume_from
+from lvr_trainer.train.checkpoint_save import checkpoint_metrics, finish_uploads, save_step, stop_if_preempted
+from lvr_trainer.train.precision import autocast_for
 from lvr_trainer.train.preemption import StopOnSigterm
-from lvr_trainer.train.batching import global_indices, rank_micro_batches
+from lvr_trainer.train.run_start import start_run
+from lvr_trainer.train.unreadable_videos import UnreadableVideos
 
 
 class VisionCounter:
@@ -136,7 +141,8 @@ def load_reference(cfg: TrainerConfig, grid: ProcessGrid, device: torch.device):
     ref, _, _ = load_policy(cfg.model, device if grid.rank == 0 or not sharded else torch.device("meta"))
     ref.eval().requires_grad_(False)
     if sharded:
-        ref = distribute_weights(ref, cfg.parallel, grid, cfg.train.precision, offload=cfg.rl.reference_offload)
+        ref = distribute_weights(ref, cfg.parallel, grid, cfg.train.precision, offload=cfg.rl.reference_offload,
+                                 keep_whole=vision_tower(ref))
     return ref
 
 
@@ -189,7 +195,7 @@ def _setup(cfg: TrainerConfig, resume: bool) -> RLRun:
     reference = load_reference(cfg, grid, device)
     engine = make_engine(cfg, model, tokenizer, cfg.train.batch_size * cfg.rl.group_size, cfg.train.seed)
     counter = VisionCounter(model, reference)
-    model = wrap_model(model, cfg.parallel, grid)
+    model = wrap_model(model, cfg.parallel, grid, keep_whole=vision_tower(model))
     total_updates = cfg.train.steps * cfg.rl.ppo_epochs * cfg.rl.mini_batches
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
     start = resume_from(begun.checkpoint, model, optimizer, scheduler, cfg, grid) if begun.checkpoint else 0

@@ -18,10 +18,10 @@ from lvr_trainer.algo.masked import masked_mean
 from lvr_trainer.config import GRPOConfig
 from lvr_trainer.model.modes import evaluating
 from lvr_trainer.parallel.grid import ProcessGrid
-from lvr_trainer.train.distributed import all_reduce_sum
+from lvr_trainer.parallel.collectives import all_reduce_sum
 from lvr_trainer.train.metrics import Metrics
 from lvr_trainer.train.rl_rollout import MicroBatch
-from lvr_trainer.train.batching import response_logprobs
+from lvr_trainer.train.logprobs import response_logprobs
 
 
 @torch.no_grad()

@@ -16,17 +16,23 @@ import torch
 
 from lvr_trainer.config import TrainerConfig
 from lvr_trainer.data.schema import VideoQARecord
+from lvr_trainer.model.loading import vision_tower
+from lvr_trainer.parallel import heartbeat
+from lvr_trainer.parallel.collectives import all_reduce_sum
+from lvr_trainer.parallel.data_parallel import wrap_model
 from lvr_trainer.parallel.grid import ProcessGrid
-from lvr_trainer.train.batching import global_indices, rank_micro_batches, response_logprobs
+from lvr_trainer.parallel.timeouts import explain_timeout
+from lvr_trainer.train.batch_sampling import global_indices, rank_micro_batches
 from lvr_trainer.train.checkpoint import latest_checkpoint
-from lvr_trainer.train import heartbeat
-from lvr_trainer.train.distributed import all_reduce_sum, explain_timeout, wrap_model
 from lvr_trainer.inputs.examples import IGNORE, Batch, Example, build_example, collate, sft_target
 from lvr_trainer.train.metrics import Metrics, RunLogger
-from lvr_trainer.train.optim import build_optimizer
-from lvr_trainer.train.loop import (autocast_for, checkpoint_metrics, finish_step, finish_uploads, resume_from,
-                                   save_step, start_run, stop_if_preempted)
+from lvr_trainer.train.optim import build_optimizer, finish_step
+from lvr_trainer.train.checkpoint_resume import resume_from
+from lvr_trainer.train.checkpoint_save import checkpoint_metrics, finish_uploads, save_step, stop_if_preempted
+from lvr_trainer.train.logprobs import response_logprobs
+from lvr_trainer.train.precision import autocast_for
 from lvr_trainer.train.preemption import StopOnSigterm
+from lvr_trainer.train.run_start import start_run
 
 
 @dataclass
@@ -80,7 +86,7 @@ def run_sft(cfg: TrainerConfig, resume: bool = False, stop_after: int | None = N
     grid, device, output = run.grid, run.device, run.output
     model, tokenizer, processor, records, source = run.model, run.tokenizer, run.processor, run.records, run.source
     bank = ExampleBank(model, tokenizer, records, source, cfg.sft.think)
-    model = wrap_model(model, cfg.parallel, grid)
+    model = wrap_model(model, cfg.parallel, grid, keep_whole=vision_tower(model))
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
     start = resume_from(run.checkpoint, model, optimizer, scheduler, cfg, grid) if run.checkpoint else 0
     rank0 = grid.rank == 0
