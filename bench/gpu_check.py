@@ -145,13 +145,16 @@ def plan_gib(model, tokens: int, group: int, reply: int) -> float:
     return sum(c.bytes for c in parts if c.name != "runtime") / 2**30
 
 
-def trainer_config(device):
+def trainer_config(precision: str, group: int | None, sp: int = 1):
+    """The tiny preset's trainer config for running the trainer's step on a hand-made batch (nothing is read
+    or saved): an `rl` section of `group` replies without a KL term, none when `group` is None (SFT)."""
     from lvr_trainer.config import TrainerConfig
 
+    rl = {"rl": {"group_size": group, "kl_coef": 0.0}} if group is not None else {}
     return TrainerConfig.model_validate({
-        "model": {"preset": "tiny"}, "data": {"train": "unused.jsonl"}, "output": {"dir": "/tmp/lvr-gpu-check"},
-        "train": {"precision": "bf16-mixed" if device.type == "cuda" else "fp32", "gradient_checkpointing": True},
-        "optim": {"lr": 1e-6}, "rl": {"group_size": 8, "kl_coef": 0.0}})
+        "model": {"preset": "tiny"}, "data": {"train": "unused.jsonl"}, "output": {"dir": "/tmp/lvr-step-check"},
+        "train": {"precision": precision, "gradient_checkpointing": True, "batch_size": 1},
+        "optim": {"lr": 1e-6}, "parallel": {"strategy": "ddp", "sequence_parallel": sp}, **rl})
 
 
 def main(argv=None) -> int:
@@ -174,7 +177,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    cfg = trainer_config(device)
+    cfg = trainer_config("bf16-mixed" if device.type == "cuda" else "fp32", 8)
     grid = single_process_grid(device.type)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
     model = build(args.shape, args.layers, args.attn, device)

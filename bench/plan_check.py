@@ -32,18 +32,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import make_examples, workload  # noqa: E402
-
-
-def trainer_config(stage: str, group: int, sp: int):
-    from lvr_trainer.config import TrainerConfig
-
-    rl = {"group_size": group, "kl_coef": 0.0} if stage == "rl" else None
-    return TrainerConfig.model_validate({
-        "model": {"preset": "tiny"}, "data": {"train": "unused.jsonl"}, "output": {"dir": "/tmp/lvr-plan-check"},
-        "train": {"precision": "fp32", "gradient_checkpointing": True, "batch_size": 1},
-        "optim": {"lr": 1e-6}, "parallel": {"strategy": "ddp", "sequence_parallel": sp},
-        **({"rl": rl} if rl else {})})
+from gpu_check import make_examples, trainer_config, workload  # noqa: E402
 
 
 def build(preset: str):
@@ -141,7 +130,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sp = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = trainer_config(args.stage, args.group, sp)
+    cfg = trainer_config("fp32", args.group if args.stage == "rl" else None, sp)
     grid = setup_grid(cfg.parallel)
     rows = []
     for tokens in args.tokens:
