@@ -79,7 +79,7 @@ def runnable_problems(cfg: TrainerConfig, *, stage: Stage, world_size: int | Non
 
 
 def parallel_problems(par: ParallelConfig, world_size: int | None = None, heads: int | None = None) -> list[Problem]:
-    """The parallel layout's problems (part of `runnable_problems`; also checked by the trainer's grid set-up)."""
+    """The parallel layout's problems (part of `runnable_problems`)."""
     out: list[Problem] = []
     sp = par.sequence_parallel
     if world_size is not None and world_size % sp:
