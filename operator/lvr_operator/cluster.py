@@ -158,7 +158,8 @@ class Cluster:
 
     def apply(self, owner: dict[str, Any], plan: Plan) -> None:
         """Status first (it records the intent: restarts, start time), then the children other than pods
-        together with the events, then the pods.
+        together with the events (RoleBindings after the rest: the API server checks a binding against its
+        Role), then the pods (a pod needs its ServiceAccount, ConfigMap and, for its trainer, RoleBinding).
 
         Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
         gets its token): the status patch already recorded the transition, so the next reconcile would
@@ -175,9 +176,10 @@ class Cluster:
         created: list[tuple[str, str]] = []
         events = [self._pool.submit(self.post_event, owner, event) for event in plan.events]
         try:
-            together = _leading_child_creates(plan.actions)
-            self._create_together(owner, together, created)
-            for action in plan.actions[len(together):]:
+            waves = _child_create_waves(plan.actions)
+            for wave in waves:
+                self._create_together(owner, wave, created)
+            for action in plan.actions[sum(map(len, waves)):]:
                 self._act(owner, action)
                 if isinstance(action, Create):
                     created.append(action.key)
@@ -258,6 +260,9 @@ class Cluster:
                 return
             if isinstance(action, Create) and err.status in (400, 403, 422):
                 raise CreateFailed(_refusal(*action.key, err)) from err
+            if isinstance(action, Create) and err.status == 404:    # what it refers to is not there yet
+                raise RetryLater(f"creating {action.obj['kind']} {action.obj['metadata']['name']} in {ns}: "
+                                 f"{_refusal(*action.key, err).message}; retrying", 1.0) from err
             if err.status in (404, 409):      # gone already: the goal is met
                 return
             delay = _retry_after(err)
@@ -350,15 +355,19 @@ def _controlled_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
     return controller is not None and controller.get("uid") == owner["metadata"].get("uid")
 
 
-def _leading_child_creates(actions: list[Create | Delete | DeleteOwner]) -> list[Create]:
-    """The creates at the head of `actions` that need nothing from each other: every child but pods (a pod
-    needs its ServiceAccount and ConfigMap; the pods of a gang go one by one, in rank order)."""
-    out = []
+_AFTER = {"RoleBinding": 1}      # creation wave of a child kind (default 0): a RoleBinding needs its Role
+
+
+def _child_create_waves(actions: list[Create | Delete | DeleteOwner]) -> list[list[Create]]:
+    """The creates of children other than pods at the head of `actions`, in waves whose members need
+    nothing from each other. The pods that follow go one by one, in rank order."""
+    head: list[Create] = []
     for action in actions:
         if not isinstance(action, Create) or action.obj["kind"] == "Pod":
             break
-        out.append(action)
-    return out
+        head.append(action)
+    waves = [[a for a in head if _AFTER.get(a.obj["kind"], 0) == w] for w in range(max(_AFTER.values()) + 1)]
+    return [wave for wave in waves if wave]
 
 
 def native_sidecars_in(version: dict[str, Any]) -> bool:
