@@ -128,9 +128,9 @@ class Operator:
         from kopf.testing import KopfRunner
 
         from lvr_operator import handlers
-        from lvr_operator.cluster import Cluster
+        from lvr_operator.cluster import Cluster, load_client
 
-        self.cluster = handlers.CONFIG["cluster"] = Cluster(k8s)
+        self.cluster = handlers.CONFIG["cluster"] = Cluster(load_client(os.environ["KUBECONFIG"]))
         self.runner = KopfRunner(["run", "--standalone", "--namespace", ns, "-m", "lvr_operator.main"],
                                  timeout=120)
 

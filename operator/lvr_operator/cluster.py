@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,7 +30,9 @@ from lvr_operator.reconcile.model import (Create, CreateFailure, Delete, DeleteO
 
 log = logging.getLogger("lvr_operator")
 CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
-CHILD_WRITERS = 16      # threads per adapter creating children other than pods together, and posting events
+CHILD_WRITERS = 16      # threads per adapter creating children other than pods together
+EVENT_WRITERS = 2       # threads per adapter posting Events, which no reconcile waits for (as client-go's recorder)
+CONNECTIONS = 32        # HTTP connections kept to the API server: reconciles, creates and events at once
 _SNAKE = {"ConfigMap": "config_map", "Service": "service", "ServiceAccount": "service_account",
           "Role": "role", "RoleBinding": "role_binding", "Pod": "pod"}
 
@@ -73,12 +75,17 @@ def _retry_after(err: ApiException) -> float | None:
         return 1.0
 
 
-def load_client() -> client.ApiClient:
+def load_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client for the operator: in-cluster config, else the kubeconfig; CONNECTIONS kept open."""
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        if kubeconfig is not None:
+            raise config.ConfigException("a kubeconfig was given")
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.connection_pool_maxsize = CONNECTIONS
+    return client.ApiClient(configuration)
 
 
 class Cluster:
@@ -90,6 +97,7 @@ class Cluster:
         self.cache: WatchCache | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=CHILD_WRITERS, thread_name_prefix="lvr-create")
+        self._events = ThreadPoolExecutor(max_workers=EVENT_WRITERS, thread_name_prefix="lvr-event")
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -157,28 +165,38 @@ class Cluster:
             return ""
 
     def apply(self, owner: dict[str, Any], plan: Plan) -> None:
-        """Status first (it records the intent: restarts, start time), then the children other than pods
-        together with the events (RoleBindings after the rest: the API server checks a binding against its
-        Role), then the pods (a pod needs its ServiceAccount, ConfigMap and, for its trainer, RoleBinding).
+        """The status patch (it records the intent: restarts, start time) goes together with the first wave
+        of children other than pods; then the RoleBindings (the API server checks a binding against its
+        Role), then the pods, one by one in rank order (a pod needs its ServiceAccount,
+        its ConfigMap and, for its trainer, its RoleBinding). One round trip per step, not per object.
 
-        Events are posted even when a child write fails (e.g. a retryable 500 while a new ServiceAccount
-        gets its token): the status patch already recorded the transition, so the next reconcile would
-        not post them again."""
+        A refused status patch stops the apply before any RoleBinding or pod: nothing acts on an unrecorded
+        intent (the first wave's children are idempotent, and the next reconcile writes them again if they
+        differ). Events are posted in the background once the status is recorded, even when a child write
+        fails (e.g. a retryable 500 while a new ServiceAccount gets its token): the status patch recorded
+        the transition, so the next reconcile would not post them again."""
         patch = status_patch(owner.get("status"), plan.status)
+        waves = _child_create_waves(plan.actions)
+        created: list[tuple[str, str]] = []
+        first = self._submit(owner, waves[0]) if waves else []
         if patch:
             try:
                 self._patch_status(owner, patch)
             except ApiException as err:
+                _settle(first)
                 if err.status not in (400, 422):
                     raise
                 self._report_refused_status(owner, err)       # nothing else acts on an unrecorded intent
                 return
-        created: list[tuple[str, str]] = []
-        events = [self._pool.submit(self.post_event, owner, event) for event in plan.events]
+            except BaseException:
+                _settle(first)
+                raise
+        for event in plan.events:
+            self._events.submit(self.post_event, owner, event)
         try:
-            waves = _child_create_waves(plan.actions)
-            for wave in waves:
-                self._create_together(owner, wave, created)
+            self._collect(first, created)
+            for wave in waves[1:]:
+                self._collect(self._submit(owner, wave), created)
             for action in plan.actions[sum(map(len, waves)):]:
                 self._act(owner, action)
                 if isinstance(action, Create):
@@ -186,23 +204,17 @@ class Cluster:
         except CreateFailed as err:
             err.created = created
             raise
-        finally:
-            for posted in events:
-                posted.result()
 
-    def _create_together(self, owner: dict[str, Any], creates: list[Create],
-                         created: list[tuple[str, str]]) -> None:
-        """Create independent children at once (one round trip instead of one each); the first failure, in
-        the plan's order, is raised after all have finished."""
-        if len(creates) < 2:
-            for action in creates:
-                self._act(owner, action)
-                created.append(action.key)
-            return
-        futures = [self._pool.submit(self._act, owner, action) for action in creates]
-        errors = [f.exception() for f in futures]
-        created += [a.key for a, e in zip(creates, errors) if e is None]
-        first = next((e for e in errors if e is not None), None)
+    def _submit(self, owner: dict[str, Any], creates: list[Create]) -> list[tuple[Create, Future]]:
+        """Start creating independent children at once (one round trip instead of one each)."""
+        return [(action, self._pool.submit(self._act, owner, action)) for action in creates]
+
+    @staticmethod
+    def _collect(pending: list[tuple[Create, Future]], created: list[tuple[str, str]]) -> None:
+        """Wait for `pending`; the first failure, in the plan's order, is raised after all have finished."""
+        errors = _settle(pending)
+        created += [action.key for (action, _), err in zip(pending, errors) if err is None]
+        first = next((err for err in errors if err is not None), None)
         if first is not None:
             raise first
 
@@ -358,9 +370,14 @@ def _controlled_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
 _AFTER = {"RoleBinding": 1}      # creation wave of a child kind (default 0): a RoleBinding needs its Role
 
 
+def _settle(pending: list[tuple[Create, Future]]) -> list[BaseException | None]:
+    """Wait for every pending write; their exceptions (None for a success), in order."""
+    return [future.exception() for _, future in pending]
+
+
 def _child_create_waves(actions: list[Create | Delete | DeleteOwner]) -> list[list[Create]]:
     """The creates of children other than pods at the head of `actions`, in waves whose members need
-    nothing from each other. The pods that follow go one by one, in rank order."""
+    nothing from each other nor from the status. The pods that follow go one by one, in rank order."""
     head: list[Create] = []
     for action in actions:
         if not isinstance(action, Create) or action.obj["kind"] == "Pod":

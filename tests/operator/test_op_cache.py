@@ -194,3 +194,18 @@ def test_a_create_the_api_server_answers_not_found_is_retried_not_taken_for_done
     with pytest.raises(RetryLater):
         cluster.apply(job(), Plan(status={}, actions=[binding]))
     assert cluster.cache.children(job()) == set()
+
+
+def test_a_refused_status_patch_stops_before_role_bindings_and_pods():
+    """The first wave of children goes with the status patch; nothing that depends on it follows a refusal."""
+    from kubernetes.client.rest import ApiException
+
+    cluster, fake = _adapter(_Indices())
+
+    def refused(*_: Any, **__: Any) -> None:
+        raise ApiException(status=422, reason="Unprocessable Entity")
+    fake.patch_namespaced_custom_object_status = refused
+    actions = [Create({"kind": k, "metadata": {"name": f"c-{k}"}}) for k in ("ConfigMap", "Role", "RoleBinding")]
+    cluster.apply(job(), Plan(status={"phase": "Created"}, actions=[*actions, Create({"kind": "Pod", "metadata": {
+        "name": "r1-rl-worker-0"}})]))
+    assert {name for _, name in fake.calls} <= {"c-ConfigMap", "c-Role"}
