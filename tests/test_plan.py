@@ -113,15 +113,14 @@ def test_a_run_on_gpus_refuses_to_start_beyond_its_plan_with_exit_3_and_the_plan
     condition quotes) names the largest component and settings that fit. memory_check: warn starts anyway."""
     import lvr_trainer.train.rl as rl
     from lvr_trainer.config import load_config
-    from lvr_trainer.parallel.grid import ProcessGrid
+    from lvr_trainer.parallel.grid import ProcessGrid, plan_grid
     from lvr_trainer.contracts.exits import DOES_NOT_FIT_MARK
     from lvr_trainer.plan import DoesNotFit
     from lvr_trainer.train.run_start import check_memory_plan
 
     small_gpus = _variant(tmp_path, parallel={"gpu_memory": "40GiB"})
     cfg = load_config(small_gpus)
-    grid = ProcessGrid.__new__(ProcessGrid)
-    object.__setattr__(grid, "world_size", 8)
+    grid = ProcessGrid(rank=0, layout=plan_grid(8, 4), device="cuda")     # rank 0 of 8 GPUs, as torchrun gives
     with pytest.raises(DoesNotFit, match=f"{DOES_NOT_FIT_MARK}: the plan needs .* of 40.0 .*Would fit: .*"):
         check_memory_plan(cfg, "rl", grid)
     check_memory_plan(load_config(_variant(tmp_path, parallel={"gpu_memory": "80GiB"})), "rl", grid)   # fits

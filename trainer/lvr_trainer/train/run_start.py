@@ -51,7 +51,8 @@ class RunStart:
 def check_memory_plan(cfg: TrainerConfig, stage: str, grid) -> None:
     """Before any weight loads: the run's memory plan on its GPUs (`lvr plan`); DoesNotFit (exit 3, the plan's
     verdict in the pod's termination message) when it exceeds them, a warning under memory_check: warn."""
-    plan = preflight(cfg, stage, grid.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", grid.world_size)))
+    plan = preflight(cfg, stage, grid.layout.world_size,
+                     int(os.environ.get("LOCAL_WORLD_SIZE", grid.layout.world_size)))
     if not plan.fits:
         logging.getLogger("lvr").warning("the memory plan needs %.1f GiB per GPU of %.1f (parallel.memory_check: "
                                          "warn): starting anyway", plan.total / 2**30, plan.gpu_bytes / 2**30)
