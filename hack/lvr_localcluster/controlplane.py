@@ -56,6 +56,10 @@ class ControlPlane:
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     pki: Pki | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Real nodes: the address pods reach the apiserver at (kube-proxy forwards the `kubernetes` Service
+    # there, never to loopback), and the identities of kubelets and kube-proxy: user -> (token, groups).
+    advertise_address: str = "127.0.0.1"
+    identities: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def pid_dir(self) -> Path:
@@ -74,7 +78,7 @@ class ControlPlane:
         for exe in ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager"):
             if not os.access(self.bin_dir / exe, os.X_OK):
                 raise FileNotFoundError(f"{self.bin_dir / exe} missing; run hack/build-kube.sh (make cluster-bins)")
-        self.pki = make_pki(self.state_dir / "pki")
+        self.pki = make_pki(self.state_dir / "pki", extra_ips=[self.advertise_address])
         etcd_url = self._start_etcd(timeout)
         self._start_apiserver(etcd_url, timeout)
         kubeconfig = self.write_kubeconfig(self.state_dir / "admin.kubeconfig", self.admin_token, ADMIN_USER)
@@ -105,20 +109,30 @@ class ControlPlane:
     def _start_apiserver(self, etcd_url: str, timeout: float) -> None:
         port = free_port()
         tokens = self.state_dir / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
+        lines = [f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"']
+        lines += [f'{token},{user},{user},"{groups}"' for user, (token, groups) in self.identities.items()]
+        tokens.write_text("\n".join(lines) + "\n")
         tokens.chmod(0o600)
         pki = self.pki
         proc = self._start("kube-apiserver", [
-            str(self.bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1", f"--secure-port={port}", "--insecure-port=0",
+            str(self.bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+            f"--bind-address={self.bind_address}", f"--advertise-address={self.advertise_address}",
+            f"--secure-port={port}", "--insecure-port=0",
             f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-            f"--token-auth-file={tokens}", "--authorization-mode=RBAC",
+            f"--token-auth-file={tokens}",
+            f"--authorization-mode={'Node,RBAC' if self.identities else 'RBAC'}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-key-file={pki.sa_public_key}",
             f"--service-account-signing-key-file={pki.sa_private_key}",
             "--service-account-issuer=https://kubernetes.default.svc", f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true", "--profiling=false", "-v=1"])
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{self.bind_address}:{port}"
         self._wait_ready(proc, timeout)
+
+    @property
+    def bind_address(self) -> str:
+        """Loopback, or the advertised address when real nodes' pods must reach the apiserver."""
+        return self.advertise_address
 
     def _wait_ready(self, proc: subprocess.Popen, timeout: float) -> None:
         deadline, last = time.monotonic() + timeout, ""

@@ -51,15 +51,17 @@ def _cert(subject: str, public_key, issuer: str, signing_key, *, ca: bool, sans=
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def make_pki(directory: Path) -> Pki:
-    """Write a fresh CA, a serving cert for 127.0.0.1/localhost/kubernetes.default.svc, and SA keys."""
+def make_pki(directory: Path, extra_ips: list[str] = ()) -> Pki:
+    """Write a fresh CA, a serving cert for 127.0.0.1/localhost/kubernetes.default.svc (and `extra_ips`), and
+    SA keys."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory / "ca.crt", directory / "apiserver.crt", directory / "apiserver.key",
               directory / "sa.key", directory / "sa.pub")
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("lvr-local-ca", ca_key.public_key(), "lvr-local-ca", ca_key, ca=True)
     serving_key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(n) for n in SERVING_NAMES] + [x509.IPAddress(ipaddress.ip_address(i)) for i in SERVING_IPS]
+    sans = [x509.DNSName(n) for n in SERVING_NAMES] + [x509.IPAddress(ipaddress.ip_address(i))
+                                                           for i in dict.fromkeys([*SERVING_IPS, *extra_ips])]
     serving = _cert("kube-apiserver", serving_key.public_key(), "lvr-local-ca", ca_key, ca=False, sans=sans)
     # ServiceAccount tokens are RS256-signed; the apiserver and controller-manager need an RSA key.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -74,9 +74,13 @@ def test_runs_as_a_numeric_non_root_user_from_a_pinned_base(dockerfile):
     steps = instructions(dockerfile)
     users = [args for word, args in steps if word == "USER"]
     assert users and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]), f"{dockerfile.name}: USER {users}"
+    defaults = {}                   # a base chosen by a build argument: its default must be pinned
     for word, args in steps:
+        if word == "ARG" and "=" in args:
+            name, value = args.split("=", 1)
+            defaults[name.strip()] = value.strip()
         if word == "FROM":
-            image = args.split()[0]
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), args.split()[0])
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"unpinned base {image}"
 
 
