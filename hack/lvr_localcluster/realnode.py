@@ -89,7 +89,7 @@ def cni_conflist(spec: NodeSpec) -> dict:
          "ipam": {"type": "host-local", "ranges": [[{
              "subnet": POD_CIDR, "gateway": NODE_IP,
              "rangeStart": f"10.244.{spec.index + 1}.2", "rangeEnd": f"10.244.{spec.index + 1}.254"}]],
-             "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"/var/lib/cni/lvr-{spec.name}"}},
+             "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ipam_dir(spec))}},
         {"type": "portmap", "capabilities": {"portMappings": True}},
         {"type": "loopback"}]}
 
@@ -193,6 +193,7 @@ class RealNodes:
         for index, spec in enumerate(self.specs):
             node_dir = self.node_dir(spec)
             shutil.rmtree(node_dir, ignore_errors=True)
+            shutil.rmtree(ipam_dir(spec), ignore_errors=True)
             (node_dir / "cni").mkdir(parents=True)
             (node_dir / "cni" / "10-lvr.conflist").write_text(json.dumps(cni_conflist(spec), indent=1))
             (node_dir / "containerd.toml").write_text(containerd_config(node_dir))
@@ -272,7 +273,10 @@ class RealNodes:
                 time.sleep(0.5)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop the kubelets (their containers go with containerd's shims, killed by process group below)."""
+        """Stop every node: its containers first (SIGKILL through its containerd: a container outlives its shim,
+        reparented to init, if only the shim dies), then its kubelet and containerd; then kube-proxy."""
+        for spec in self.specs:
+            self._kill_containers(spec)
         for name in list(self.procs):
             proc = self.procs.pop(name)
             if proc.poll() is None:
@@ -280,3 +284,19 @@ class RealNodes:
             procs.forget(self.state_dir / "pids", proc)
         for spec in self.specs:
             subprocess.run(["pkill", "-f", f"containerd-shim.*{self.node_dir(spec)}"], capture_output=True)
+            shutil.rmtree(ipam_dir(spec), ignore_errors=True)
+
+    def _kill_containers(self, spec: NodeSpec) -> None:
+        sock = self.node_dir(spec) / "containerd.sock"
+        if not sock.exists():
+            return
+        ctr = ["ctr", "--address", str(sock), "--timeout", "10s", "-n", "k8s.io", "tasks"]
+        listed = subprocess.run([*ctr, "ls", "-q"], capture_output=True, text=True, timeout=30)
+        for task in listed.stdout.split():
+            subprocess.run([*ctr, "kill", "--all", "--signal", "SIGKILL", task], capture_output=True, timeout=30)
+
+
+def ipam_dir(spec: NodeSpec) -> Path:
+    """Where host-local IPAM records the node's allocated pod addresses (cleared at start and stop: a range
+    of 253 addresses fills up over restarts otherwise)."""
+    return Path("/var/lib/cni") / f"lvr-{spec.name}"
