@@ -23,6 +23,7 @@ from lvr_localcluster.controlplane import KUBE_VERSION, ControlPlane, kube_bin_d
 from lvr_localcluster.kubeapi import ApiError, KubeApi
 from lvr_localcluster.kubelet import Kubelet
 from lvr_localcluster.nodes import Heartbeat, register_nodes
+from lvr_localcluster.clusterdns import ClusterDns
 from lvr_localcluster.realnode import RealNodes
 
 TOKEN_SECONDS = 24 * 3600
@@ -36,6 +37,7 @@ class LocalCluster:
         self.build = build
         self.real_nodes = os.environ.get("LVR_NODES") == "real" if real_nodes is None else real_nodes
         self.real: RealNodes | None = None
+        self.dns: ClusterDns | None = None
         self.marker = f"lvr-{uuid.uuid4().hex[:12]}"
         self.control: ControlPlane | None = None
         self.api: KubeApi | None = None
@@ -100,6 +102,8 @@ class LocalCluster:
                                     identities=realnode.node_identities(specs))
         self.control.start(timeout)
         self.api = KubeApi(self.server, self.control.admin_token, str(self.control.pki.ca_cert))
+        self.dns = ClusterDns(self.state_dir, realnode.NODE_IP, self.marker)
+        self.dns.start(self.api)
         self.real = RealNodes(self.state_dir, bin_dir, self.marker, specs)
         self.real.start(self.control, archives)
         self.real.advertise_gpus(self.api, timeout)
@@ -111,6 +115,9 @@ class LocalCluster:
         if self.real:
             self.real.stop()
             self.real = None
+        if self.dns:
+            self.dns.stop()
+            self.dns = None
         if self.kubelet:
             self.kubelet.stop()
         if self.heartbeat:

@@ -2,7 +2,8 @@
 control plane's version on containerd, pods in containers from the images `hack/build-images.sh` builds,
 kube-proxy forwarding the `kubernetes` Service. What a user's cluster does with a pod holds here: its own
 address, the securityContext applied (and refused when the image cannot honour it), `kubectl logs` and
-`kubectl exec`, in-cluster API access, extended GPU resources scheduled."""
+`kubectl exec`, in-cluster API access, cluster DNS for Services and headless pods, extended GPU resources
+scheduled."""
 
 from __future__ import annotations
 
@@ -88,6 +89,28 @@ def test_a_pod_runs_in_a_container_as_its_security_context_says_with_logs_exec_a
     assert "uid 65532 host hello" in kubectl("logs", "hello").stdout
     out = kubectl("exec", "hello", "--", "sh", "-c", "id -u; touch /probe || echo read-only", check=False)
     assert out.returncode == 0 and out.stdout.split() == ["65532", "read-only"], out.stdout + out.stderr
+
+
+def test_cluster_dns_answers_for_services_and_for_the_pods_of_a_headless_service(real_cluster, kubectl):
+    """What torchrun's rendezvous needs: <hostname>.<subdomain>.<ns>.svc resolves from another pod."""
+    real_cluster.api.create(f"/api/v1/namespaces/{NS}/services", {
+        "metadata": {"name": "peers"},
+        "spec": {"clusterIP": "None", "selector": {"app": "peer"}, "ports": [{"name": "c10d", "port": 29500}]}})
+    peer = _pod("peer-0", ["sleep", "600"], run_as={"runAsUser": 65532})
+    peer["metadata"]["labels"] = {"app": "peer"}
+    peer["spec"].update(hostname="peer-0", subdomain="peers")
+    real_cluster.api.create(f"/api/v1/namespaces/{NS}/pods", peer)
+    wait_until(lambda: _status(real_cluster, "peer-0").get("phase") == "Running", 120, "pod peer-0 Running")
+    peer_ip = _status(real_cluster, "peer-0")["podIP"]
+    fqdn = f"peer-0.peers.{NS}.svc.cluster.local"
+    assert kubectl("exec", "peer-0", "--", "hostname", "-f").stdout.strip() == fqdn
+
+    def resolve(name: str) -> str:
+        out = kubectl("exec", "hello", "--", "python", "-c",
+                      f"import socket; print(socket.gethostbyname('{name}'))", check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    wait_until(lambda: resolve(f"peer-0.peers.{NS}.svc") == peer_ip, 30, f"{fqdn} -> {peer_ip}")
+    assert resolve("kubernetes.default") == "10.96.0.1"       # the search path of a ClusterFirst pod
 
 
 def test_a_security_context_the_image_cannot_honour_fails_the_container(real_cluster):
