@@ -36,9 +36,14 @@ def real_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def kubectl(real_cluster):
+def helm_bin() -> Path:
     out = subprocess.run(["bash", str(ROOT / "hack" / "install-helm.sh")], capture_output=True, text=True, check=True)
-    binary = str(Path(out.stdout.strip().splitlines()[-1]) / "kubectl")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def kubectl(real_cluster, helm_bin):
+    binary = str(helm_bin / "kubectl")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run([binary, "--kubeconfig", str(real_cluster.kubeconfig), "-n", NS, *args],
@@ -136,3 +141,32 @@ def test_a_pod_asking_for_gpus_is_scheduled_on_a_gpu_node(real_cluster):
     pod = real_cluster.api.get(f"/api/v1/namespaces/{NS}/pods/gpus")
     assert pod["spec"]["nodeName"] == "gpu-node-1"
     assert pod["status"]["podIP"].startswith("10.244.2.")
+
+
+def test_the_chart_runs_the_operator_from_its_image_and_it_reconciles(real_cluster, kubectl, helm_bin, tmp_path):
+    """helm install puts the operator in a container of its Deployment's pod; from there it reaches the
+    apiserver through the `kubernetes` Service and writes a status on the SFTJob it watches."""
+    import yaml
+
+    system, watched = real_cluster.create_namespace("lvr-system"), real_cluster.create_namespace("lvr-watched")
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "watchNamespaces": [watched], "minio": {"enabled": False},
+        "operator": {"image": {"repository": "localhost/longvideo-rl/operator", "tag": "dev", "pullPolicy": "Never"}}}))
+    out = subprocess.run([str(helm_bin / "helm"), "install", "lvr", str(ROOT / "charts" / "longvideo-rl"),
+                          "--namespace", system, "--kubeconfig", str(real_cluster.kubeconfig), "-f", str(values),
+                          "--wait", "--timeout", "180s"], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pods = real_cluster.api.get(f"/api/v1/namespaces/{system}/pods")["items"]
+    (operator,) = [p for p in pods if p["metadata"]["name"].startswith("lvr-longvideo-rl-operator")]
+    assert operator["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    job = yaml.safe_load((ROOT / "examples" / "local" / "sftjob.yaml").read_text())
+    real_cluster.api.create(f"/apis/longvideo.dev/v1alpha1/namespaces/{watched}/sftjobs", job)
+
+    def status() -> dict:
+        return real_cluster.api.get(f"/apis/longvideo.dev/v1alpha1/namespaces/{watched}/sftjobs/sft-tiny").get(
+            "status") or {}
+    wait_until(lambda: "synth" in str(status().get("message", "")), 90, "the operator's status on the SFTJob")
+    log = subprocess.run([str(helm_bin / "kubectl"), "--kubeconfig", str(real_cluster.kubeconfig), "-n", system,
+                          "logs", operator["metadata"]["name"]], capture_output=True, text=True, timeout=60)
+    assert log.returncode == 0 and "LongVideoDataset 'synth' not found" in log.stdout
