@@ -56,6 +56,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING      # our own Events describe transitions
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
+    # the API server sends only our own pods and children: the rest of a namespace never reaches the operator
+    for resource in [("", "v1", "pods"), *_CHILD_RESOURCES.values()]:
+        settings.watching.label_selectors[resource] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
 def _reconcile(kind: str, namespace: str, name: str, raise_waits: bool, indices: dict[str, Any]) -> None:

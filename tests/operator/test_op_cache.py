@@ -209,3 +209,17 @@ def test_a_refused_status_patch_stops_before_role_bindings_and_pods():
     cluster.apply(job(), Plan(status={"phase": "Created"}, actions=[*actions, Create({"kind": "Pod", "metadata": {
         "name": "r1-rl-worker-0"}})]))
     assert {name for _, name in fake.calls} <= {"c-ConfigMap", "c-Role"}
+
+
+def test_pods_and_children_are_filtered_by_the_api_server():
+    """The watches that feed the cache ask only for objects with our managed-by label."""
+    from kopf._cogs.structs.references import Resource
+
+    from lvr_operator.handlers import configure
+
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    ours = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    for group, plural in [("", "pods"), ("", "configmaps"), ("rbac.authorization.k8s.io", "rolebindings")]:
+        assert list(settings.watching.label_selectors.collect(Resource(group, "v1", plural))) == [ours]
+    assert not list(settings.watching.label_selectors.collect(Resource("longvideo.dev", "v1alpha1", "rljobs")))
