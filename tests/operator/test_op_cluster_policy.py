@@ -87,7 +87,8 @@ def test_two_jobs_that_each_need_the_whole_node_never_both_get_pods(op, crds, ku
     """Fair gang admission: both jobs created at once, each a gang of 2 pods x 8 GPUs, i.e. both GPU nodes.
     The operator counts free GPUs and creates a gang under one lock, so only one job holds pods at any
     moment (never half of each, which would deadlock both); the other waits Pending, saying which job holds
-    the GPUs, and runs when they are free."""
+    the GPUs (every message it shows names the holder; what the holder has alive changes as its pods finish),
+    and runs when they are free."""
     import time
 
     ns, api, core = kube_namespace, crds, client.CoreV1Api(k8s_client)
@@ -95,7 +96,7 @@ def test_two_jobs_that_each_need_the_whole_node_never_both_get_pods(op, crds, ku
     for name in ("first", "second"):
         create(api, ns, "sftjobs", "SFTJob", name, job_spec(args=["--steps", "6", "--sleep", "0.5"],
                                                             resources={"nodes": 2, "gpusPerNode": 8}))
-    waiting_message, most, done = "", 0, set()
+    waiting, most, done = [], 0, set()
     deadline = time.monotonic() + 150
     while len(done) < 2 and time.monotonic() < deadline:
         holders = {p.metadata.labels["longvideo.dev/owner"] for p in core.list_namespaced_pod(ns).items
@@ -105,10 +106,14 @@ def test_two_jobs_that_each_need_the_whole_node_never_both_get_pods(op, crds, ku
         for name in ("first", "second"):
             status = api.get_namespaced_custom_object(G, V, ns, "sftjobs", name).get("status") or {}
             if status.get("phase") == "Pending" and "does not fit" in (status.get("message") or ""):
-                waiting_message = status["message"]
+                waiting.append((name, status["message"]))
             if status.get("phase") == "Succeeded":
                 done.add(name)
         time.sleep(0.2)
     assert done == {"first", "second"}, done
     assert most == 1, f"{most} jobs held worker pods at once"
-    assert "GPUs held by SFTJob" in waiting_message and "(2 pods, 16 GPUs)" in waiting_message, waiting_message
+    assert waiting, "the job that waited never said why"
+    for name, message in waiting:
+        holder = ({"first", "second"} - {name}).pop()
+        assert f"GPUs held by SFTJob {ns}/{holder} (" in message, message
+    assert any("(2 pods, 16 GPUs)" in message for _, message in waiting), waiting[-3:]
