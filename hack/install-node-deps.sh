@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The host packages the local cluster's real nodes and image builds need, from Debian 12 (bookworm):
 # containerd (its CRI plugin), runc, the CNI plugins (bridge, host-local, portmap, loopback), iptables and
-# conntrack for kube-proxy, podman + buildah (image builds without a daemon), debootstrap (the base image),
+# conntrack for kube-proxy, dnsmasq for cluster DNS, podman + buildah (image builds without a daemon), debootstrap (the base image),
 # and a static libc for the pause image. Root and apt-get needed; a second run installs nothing.
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins iptables conntrack podman buildah debootstrap libc6-dev gcc)
+packages=(containerd runc containernetworking-plugins iptables conntrack dnsmasq-base podman buildah debootstrap libc6-dev gcc)
 die() { echo "install-node-deps: ERROR: $*" >&2; exit 1; }
 
 command -v apt-get >/dev/null || die "apt-get not found: the local cluster's real nodes need Debian 12 (bookworm);

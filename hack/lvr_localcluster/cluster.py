@@ -91,9 +91,6 @@ class LocalCluster:
     def _start_real(self, bin_dir: Path, timeout: float) -> None:
         """The control plane advertised on the pods' bridge, then real kubelets on containerd (realnode.py)."""
         gaps = realnode.missing(bin_dir)
-        archives = realnode.image_archives()
-        if not any("lvr-pause" in a.name for a in archives):
-            gaps.append(f"the pause image in {realnode.IMAGE_CACHE} (make images)")
         if gaps:
             raise RuntimeError("the local cluster's real nodes need: " + "; ".join(gaps))
         realnode.ensure_bridge()
@@ -105,7 +102,7 @@ class LocalCluster:
         self.dns = ClusterDns(self.state_dir, realnode.NODE_IP, self.marker)
         self.dns.start(self.api)
         self.real = RealNodes(self.state_dir, bin_dir, self.marker, specs)
-        self.real.start(self.control, archives)
+        self.real.start(self.control, realnode.image_archives())
         self.real.advertise_gpus(self.api, timeout)
         self.real.wait_ready(self.api, timeout)
         self.nodes = [s.name for s in specs]

@@ -56,8 +56,8 @@ class ControlPlane:
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     pki: Pki | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    # Real nodes: the address pods reach the apiserver at (kube-proxy forwards the `kubernetes` Service
-    # there, never to loopback), and the identities of kubelets and kube-proxy: user -> (token, groups).
+    # Where the apiserver listens and what it advertises: loopback, or for real nodes the address pods reach
+    # it at (kube-proxy forwards the `kubernetes` Service there, never to loopback); and the identities of kubelets and kube-proxy: user -> (token, groups).
     advertise_address: str = "127.0.0.1"
     identities: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -116,7 +116,7 @@ class ControlPlane:
         pki = self.pki
         proc = self._start("kube-apiserver", [
             str(self.bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            f"--bind-address={self.bind_address}", f"--advertise-address={self.advertise_address}",
+            f"--bind-address={self.advertise_address}", f"--advertise-address={self.advertise_address}",
             f"--secure-port={port}", "--insecure-port=0",
             f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
             f"--token-auth-file={tokens}",
@@ -126,13 +126,8 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.sa_private_key}",
             "--service-account-issuer=https://kubernetes.default.svc", f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true", "--profiling=false", "-v=1"])
-        self.server = f"https://{self.bind_address}:{port}"
+        self.server = f"https://{self.advertise_address}:{port}"
         self._wait_ready(proc, timeout)
-
-    @property
-    def bind_address(self) -> str:
-        """Loopback, or the advertised address when real nodes' pods must reach the apiserver."""
-        return self.advertise_address
 
     def _wait_ready(self, proc: subprocess.Popen, timeout: float) -> None:
         deadline, last = time.monotonic() + timeout, ""

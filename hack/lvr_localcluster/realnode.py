@@ -6,8 +6,9 @@ Pods get addresses from one /16 on the bridge `lvr0`, a /24 range per node (host
 on one node reaches a pod on the other over the bridge. The bridge's address is the nodes' InternalIP (the
 apiserver reaches each kubelet there, on a port of its own) and the address the apiserver advertises.
 
-Needs root, Linux, containerd, runc, the CNI plugins and iptables (hack/install-node-deps.sh), the kubelet
-and kube-proxy (hack/build-kube.sh) and the pause image (hack/build-images.sh); `missing()` names what lacks.
+Needs root, Linux, containerd, runc, the CNI plugins, iptables and dnsmasq (hack/install-node-deps.sh), the
+kubelet and kube-proxy (make node-bins) and the pause and operator images (make images); `missing()` names
+what lacks.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ CNI_BIN = Path("/usr/lib/cni")
 CLUSTER_DOMAIN = "cluster.local"
 IMAGE_CACHE = Path(os.environ.get("LVR_IMAGE_CACHE", Path.home() / ".cache" / "lvr" / "images"))
 HOST_TOOLS = {"containerd": "containerd", "runc": "runc", "ctr": "containerd", "iptables": "iptables",
-              "ip": "iproute2", "unshare": "util-linux"}
+              "ip": "iproute2", "unshare": "util-linux", "dnsmasq": "dnsmasq-base"}
+IMAGES = ("lvr-pause", "operator")      # imported into every node at start
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def default_specs() -> list[NodeSpec]:
             NodeSpec(CPU_NODE, 2, local)]
 
 
-def image_archives(names: tuple[str, ...] = ("lvr-pause", "operator")) -> list[Path]:
+def image_archives(names: tuple[str, ...] = IMAGES) -> list[Path]:
     """The docker archives hack/build-images.sh saved for the images named (each node's containerd imports
     every one: about 20 s per GB per node on 2 cores)."""
     found = sorted(IMAGE_CACHE.glob("*.tar")) if IMAGE_CACHE.is_dir() else []
@@ -78,7 +80,10 @@ def missing(bin_dir: Path) -> list[str]:
         gaps.append("CNI plugins in /usr/lib/cni (hack/install-node-deps.sh: containernetworking-plugins)")
     for exe in ("kubelet", "kube-proxy"):
         if not os.access(bin_dir / exe, os.X_OK):
-            gaps.append(f"{bin_dir / exe} (make cluster-bins)")
+            gaps.append(f"{bin_dir / exe} (make node-bins)")
+    archives = image_archives()
+    gaps += [f"the {name} image in {IMAGE_CACHE} (make images)" for name in IMAGES
+             if not any(name in a.name for a in archives)]
     return gaps
 
 
@@ -190,7 +195,7 @@ class RealNodes:
     def start(self, control, images: list[Path]) -> None:
         """Start every node (containerd, then its kubelet) and kube-proxy; import `images` (docker archives)
         into every node's containerd."""
-        for index, spec in enumerate(self.specs):
+        for spec in self.specs:
             node_dir = self.node_dir(spec)
             shutil.rmtree(node_dir, ignore_errors=True)
             shutil.rmtree(ipam_dir(spec), ignore_errors=True)
@@ -205,7 +210,7 @@ class RealNodes:
             logs = node_dir / "pod-logs"
             logs.mkdir()
             kubelet = " ".join(f"'{a}'" for a in kubelet_argv(self.bin_dir, spec, node_dir, kubeconfig,
-                                                                 10250 + index, self.cluster_dns))
+                                                                 10250 + spec.index, self.cluster_dns))
             script = (f"mkdir -p /var/log/pods && mount --bind '{logs}' /var/log/pods && "
                       f"containerd --config '{node_dir}/containerd.toml' >'{self.log_path('containerd-' + spec.name)}' 2>&1 & "
                       f"for i in $(seq 100); do [ -S '{node_dir}/containerd.sock' ] && break; sleep 0.1; done; "
